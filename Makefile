@@ -1,0 +1,36 @@
+# Two commands are the whole set-up on a fresh clone: `make sweep` and `make test`.
+# Each creates .venv and installs the package (editable, with dev tools) on first use.
+PYTHON ?= python3.11
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+OUT ?= runs
+
+.PHONY: sweep test lint format bench clean
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+sweep: $(STAMP)
+	$(BIN)/supcon-sweep data synth --out $(OUT)/data --size tiny
+	$(BIN)/supcon-sweep data check --kind asvspoof2019 --root $(OUT)/data/LA
+
+test: $(STAMP)
+	$(BIN)/python -m pytest
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+format: $(STAMP)
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
+
+bench: $(STAMP)
+	$(BIN)/python bench/data_pipeline.py
+
+clean:
+	rm -rf $(VENV) $(OUT) .pytest_cache .ruff_cache *.egg-info
