@@ -1,0 +1,1 @@
+"""Search spaces (YAML keyed by trainer config paths) and their conversion to Tune domains."""

@@ -1,0 +1,1 @@
+"""Corpus readers, audio pipeline, augmentation, sampling and the synthetic corpus."""
