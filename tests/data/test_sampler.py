@@ -1,0 +1,62 @@
+"""The class-balanced, distributed-aware batch sampler."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from trainer.data.config import SamplerConfig
+from trainer.data.sampler import BalancedBatchSampler
+
+# 10% bona fide, as ASVspoof 2019 LA train.
+FLAGS = [i % 10 == 0 for i in range(400)]
+
+
+def _batches(world_size: int, rank: int, epoch: int = 0, seed: int = 1, **cfg):
+    sampler = BalancedBatchSampler(
+        FLAGS, SamplerConfig(**cfg), world_size=world_size, world_rank=rank, seed=seed
+    )
+    sampler.set_epoch(epoch)
+    return [[k.index for k in batch] for batch in sampler]
+
+
+def test_every_batch_has_the_configured_mix() -> None:
+    for batch in _batches(1, 0, batch_size=8, bonafide_fraction=0.25):
+        assert len(batch) == 8
+        assert sum(FLAGS[i] for i in batch) == 2
+
+
+def test_ranks_get_equal_counts_and_disjoint_batches() -> None:
+    per_rank = [_batches(4, r, batch_size=4, batches_per_epoch=5) for r in range(4)]
+    assert {len(b) for b in per_rank} == {5}
+    seen = [i for rank in per_rank for batch in rank for i in batch]
+    # 4 ranks x 5 batches x 2 bona fide = 40 = the whole bona fide pool: no clip twice.
+    assert len(seen) == len(set(seen))
+    assert sum(FLAGS[i] for i in seen) == 40
+
+
+def test_default_epoch_covers_the_dataset() -> None:
+    assert len(_batches(2, 0, batch_size=16)) == 400 // 32
+
+
+def test_order_is_a_function_of_seed_and_epoch() -> None:
+    assert _batches(2, 1, epoch=3) == _batches(2, 1, epoch=3)
+    assert _batches(2, 1, epoch=3) != _batches(2, 1, epoch=4)
+    assert _batches(2, 1, epoch=3, seed=1) != _batches(2, 1, epoch=3, seed=2)
+
+
+def test_minority_class_is_oversampled_in_reshuffled_passes() -> None:
+    indices = [i for b in _batches(1, 0, batch_size=16) for i in b]  # 25 batches x 8 bona fide
+    bona = np.array([i for i in indices if FLAGS[i]])
+    first_pass, second_pass = bona[:40], bona[40:80]
+    assert len(set(first_pass)) == 40 and set(first_pass) == set(second_pass)
+    assert not np.array_equal(first_pass, second_pass)
+
+
+def test_bad_settings_fail_clearly() -> None:
+    with pytest.raises(ValueError, match="leaves a class with no clip"):
+        SamplerConfig(batch_size=4, bonafide_fraction=0.1)
+    with pytest.raises(ValueError, match="both bonafide and spoof"):
+        BalancedBatchSampler([True, True], SamplerConfig(batch_size=2))
+    with pytest.raises(ValueError, match="world_rank 2 outside world_size 2"):
+        BalancedBatchSampler(FLAGS, SamplerConfig(), world_size=2, world_rank=2)
