@@ -1,0 +1,33 @@
+"""The ``supcon-sweep`` command line. Subcommands import their modules lazily, so ``data``
+works (and ``--help`` is quick) without starting Ray or MLflow."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+
+from trainer.data import cli as data_cli
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="supcon-sweep",
+        description=(
+            "Sweeps of a two-stage XLS-R supervised-contrastive deepfake-audio detector: Ray "
+            "Train trials, Ray Tune + Optuna search, MLflow tracking. On one machine everything "
+            "runs on embedded defaults (local Ray, SQLite MLflow, a synthetic corpus)."
+        ),
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    data_cli.add_parser(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    args = build_parser().parse_args(argv)
+    return args.handler(args)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
