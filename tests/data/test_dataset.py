@@ -8,9 +8,10 @@ import numpy as np
 import pytest
 import torch
 
-from trainer.data.config import CropConfig, DatasetConfig, SamplerConfig
+from trainer.data.config import CropConfig, DatasetConfig, RawBoostConfig, SamplerConfig
 from trainer.data.corpora import read_corpus
 from trainer.data.dataset import AudioDataset, make_loader
+from trainer.data.rawboost import RawBoost
 from trainer.data.sampler import BalancedBatchSampler
 
 
@@ -65,3 +66,26 @@ def test_workers_ranks_and_epochs_draw_differently(synth_root: Path, rank0_two_w
 
 def test_each_batch_is_class_balanced(rank0_two_workers) -> None:
     assert all(b["label"].sum().item() == 2 for b in rank0_two_workers)
+
+
+def test_rawboost_in_the_loader_is_reproducible(synth_root: Path) -> None:
+    corpus = read_corpus(DatasetConfig(kind="asvspoof2019", root=synth_root / "LA", split="dev"))
+    rawboost = RawBoost(RawBoostConfig(algo=5, p=1.0))
+    dataset = AudioDataset(corpus.utterances, CropConfig(samples=8000), augment=rawboost, seed=3)
+    clean = AudioDataset(corpus.utterances, CropConfig(samples=8000), seed=3)
+    flags = [u.is_bonafide for u in corpus.utterances]
+
+    def run(rank: int) -> torch.Tensor:
+        sampler = BalancedBatchSampler(
+            flags, SamplerConfig(batch_size=4, batches_per_epoch=2), world_size=2,
+            world_rank=rank, seed=3,
+        )  # fmt: skip
+        loader = make_loader(dataset, batch_sampler=sampler, num_workers=2, seed=3, world_rank=rank)
+        return torch.cat([b["waveform"] for b in loader])
+
+    first = run(0)
+    assert torch.equal(first, run(0))
+    keys = next(iter(BalancedBatchSampler(flags, SamplerConfig(batch_size=4, batches_per_epoch=2),
+                                          world_size=2, world_rank=0, seed=3)))  # fmt: skip
+    assert not torch.allclose(first[0], clean[keys[0]]["waveform"])
+    assert torch.isfinite(first).all()
