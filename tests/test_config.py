@@ -1,0 +1,74 @@
+"""The typed trainer config: shipped YAML files, dotted overrides, errors that name the key."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from trainer.config import CONFIG_DIR, ConfigError, flatten, load_config
+
+
+@pytest.mark.parametrize("name", ["local.yaml", "paper.yaml"])
+def test_shipped_configs_validate(name: str) -> None:
+    cfg = load_config(CONFIG_DIR / name)
+    assert cfg.data.train.split == "train" and set(cfg.data.eval) == {
+        "asv19", "itw", "asv21la", "asv21df"
+    }  # fmt: skip
+
+
+def test_paper_config_has_the_paper_hyperparameters() -> None:
+    cfg = load_config(CONFIG_DIR / "paper.yaml")
+    assert cfg.model.pretrained == "facebook/wav2vec2-xls-r-300m"
+    assert (cfg.stage1.lr_encoder, cfg.stage1.lr_head, cfg.stage1.weight_decay) == (
+        1e-5,
+        5e-4,
+        3e-3,
+    )
+    assert (cfg.queue.size, cfg.queue.start_epoch) == (4096, 5)
+    assert (cfg.data.sampler.batch_size, cfg.data.sampler.bonafide_per_batch) == (16, 8)
+    assert (cfg.stage2.lr, cfg.stage2.batch_size, cfg.stage2.patience) == (1e-4, 64, 15)
+
+
+def test_overrides_apply_with_yaml_types() -> None:
+    cfg = load_config(None, ["loss.temperature=0.07", "loss.similarity=angular", "queue.size=0",
+                             "stage1.patience=null", "data.eval.itw.root=/elsewhere"])  # fmt: skip
+    assert cfg.loss.temperature == 0.07 and cfg.loss.similarity == "angular"
+    assert cfg.queue.size == 0 and cfg.stage1.patience is None
+    assert cfg.data.eval["itw"].root == Path("/elsewhere")
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("loss.temprature=0.1", "loss.temprature: unknown key"),
+        ("queue.size=-5", "queue.size: Input should be greater than or equal to 0"),
+        ("queue.size=lots", "queue.size: Input should be a valid integer"),
+        ("loss.similarity=euclid", "loss.similarity: Input should be 'cosine' or 'angular'"),
+        ("data.train.kind=asvspoof2020", "data.train.kind"),
+        ("model.pretrained=facebook/wav2vec2-xls-r-300m", "set exactly one of pretrained"),
+        ("data.sampler.bonafide_fraction=0.01", "leaves a class with no clip"),
+    ],
+)
+def test_bad_values_fail_naming_the_key(override: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        load_config(None, [override])
+
+
+def test_malformed_overrides_and_files(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="is not key=value"):
+        load_config(None, ["loss.temperature"])
+    with pytest.raises(ConfigError, match=r"loss\.temperature is not a section"):
+        load_config(None, ["loss.temperature.x=1"])
+    with pytest.raises(ConfigError, match="config file not found"):
+        load_config(tmp_path / "missing.yaml")
+    (tmp_path / "list.yaml").write_text("- a\n- b\n")
+    with pytest.raises(ConfigError, match="expected a mapping"):
+        load_config(tmp_path / "list.yaml")
+
+
+def test_flatten_gives_dotted_paths() -> None:
+    flat = flatten(load_config())
+    assert flat["loss.temperature"] == 0.3
+    assert flat["queue.start_epoch"] == 2
+    assert flat["data.eval.itw.kind"] == "itw"

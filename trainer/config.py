@@ -1,0 +1,190 @@
+"""The trainer's one typed configuration: YAML files plus dotted ``key=value`` overrides.
+
+Unknown keys, wrong types and impossible combinations fail at load time, naming the key.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from trainer.data.config import CropConfig, DatasetConfig, RawBoostConfig, SamplerConfig
+
+CONFIG_DIR = Path(__file__).parent / "configs"
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ModelConfig(_Strict):
+    """The encoder: a hub id or local directory (``pretrained``), or a random-weight ``preset``.
+
+    ``tiny`` (tens of thousands of parameters) is for tests and the local default; ``xlsr-300m`` is
+    the real XLS-R 300M architecture with random weights, for performance work offline.
+    """
+
+    pretrained: str | None = None
+    preset: Literal["tiny", "xlsr-300m"] | None = "tiny"
+    embedding_dim: int = Field(default=256, ge=2)
+    layers: Literal["mean", "last", "weighted"] = "mean"
+    dropout: float = Field(default=0.1, ge=0.0, lt=1.0)
+    gradient_checkpointing: bool = False
+
+    @model_validator(mode="after")
+    def _one_source(self) -> ModelConfig:
+        if (self.pretrained is None) == (self.preset is None):
+            raise ValueError("model: set exactly one of pretrained (hub id or path) and preset")
+        return self
+
+
+class LossConfig(_Strict):
+    similarity: Literal["cosine", "angular"] = "cosine"
+    temperature: float = Field(default=0.3, gt=0.0)
+
+
+class QueueConfig(_Strict):
+    """The global cross-batch queue of detached (embedding, label) pairs (XBM-style memory).
+
+    ``size`` counts entries of both classes; with class-balanced batches the paper's |Q| (the
+    negatives an anchor sees) is ``size / 2``. ``size: 0`` disables it. The queue is off (neither
+    read nor filled) before epoch ``start_epoch`` (0-based) and global step ``start_step``.
+    ``positives`` decides whether same-label queue entries count as positives.
+    """
+
+    size: int = Field(default=0, ge=0)
+    start_epoch: int = Field(default=0, ge=0)
+    start_step: int = Field(default=0, ge=0)
+    positives: bool = True
+
+
+class DataConfig(_Strict):
+    """Training and dev splits, evaluation sets by name, and the loader settings."""
+
+    train: DatasetConfig
+    dev: DatasetConfig
+    eval: dict[str, DatasetConfig] = Field(default_factory=dict)
+    train_crop: CropConfig = CropConfig(policy="random")
+    eval_crop: CropConfig = CropConfig(policy="head")
+    rawboost: RawBoostConfig = RawBoostConfig()
+    sampler: SamplerConfig = SamplerConfig()
+    eval_batch_size: int = Field(default=32, ge=1)
+    num_workers: int = Field(default=0, ge=0)
+
+
+class Stage1Config(_Strict):
+    epochs: int = Field(default=100, ge=1)
+    lr_encoder: float = Field(default=1e-5, ge=0.0)
+    lr_head: float = Field(default=5e-4, ge=0.0)
+    weight_decay: float = Field(default=3e-3, ge=0.0)
+    grad_clip: float | None = Field(default=5.0, gt=0.0)
+    grad_clip_scope: Literal["head", "all"] = "head"
+    warmup_steps: int = Field(default=0, ge=0)
+    schedule: Literal["constant", "cosine"] = "constant"
+    monitor: Literal["dev_loss", "dev_eer"] = "dev_loss"
+    patience: int | None = Field(default=10, ge=1)
+
+
+class Stage2Config(_Strict):
+    epochs: int = Field(default=200, ge=1)
+    lr: float = Field(default=1e-4, gt=0.0)
+    weight_decay: float = Field(default=1e-4, ge=0.0)
+    batch_size: int = Field(default=64, ge=1)
+    patience: int | None = Field(default=15, ge=1)
+
+
+class RuntimeConfig(_Strict):
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    precision: Literal["auto", "fp32", "bf16"] = "auto"
+    threads: int | None = Field(default=None, ge=1)
+    progress: bool = True
+
+
+class TrainerConfig(_Strict):
+    seed: int = 0
+    model: ModelConfig = ModelConfig()
+    loss: LossConfig = LossConfig()
+    queue: QueueConfig = QueueConfig()
+    data: DataConfig
+    stage1: Stage1Config = Stage1Config()
+    stage2: Stage2Config = Stage2Config()
+    runtime: RuntimeConfig = RuntimeConfig()
+
+
+class ConfigError(ValueError):
+    """A config file or override is invalid; the message names the key."""
+
+
+def _set_dotted(tree: dict[str, Any], dotted: str, value: Any) -> None:
+    node = tree
+    *parents, leaf = dotted.split(".")
+    for i, key in enumerate(parents):
+        child = node.setdefault(key, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"{'.'.join(parents[: i + 1])} is not a section; cannot set {dotted}")
+        node = child
+    node[leaf] = value
+
+
+def parse_overrides(items: list[str]) -> list[tuple[str, Any]]:
+    """``["loss.temperature=0.1", ...]`` -> pairs; values are YAML scalars (``null``, ``1e-4``)."""
+    pairs = []
+    for item in items:
+        key, sep, raw = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"override {item!r} is not key=value (e.g. loss.temperature=0.1)")
+        pairs.append((key.strip(), yaml.safe_load(raw) if raw.strip() else None))
+    return pairs
+
+
+def _format_error(err: ValidationError) -> str:
+    lines = []
+    for e in err.errors():
+        key = ".".join(str(p) for p in e["loc"]) or "(top level)"
+        msg = "unknown key" if e["type"] == "extra_forbidden" else e["msg"]
+        lines.append(f"  {key}: {msg}")
+    return "invalid trainer config:\n" + "\n".join(lines)
+
+
+def load_config(
+    path: Path | str | None = None, overrides: list[str] | None = None
+) -> TrainerConfig:
+    """Read a YAML config (default ``trainer/configs/local.yaml``) and apply dotted overrides."""
+    path = Path(path) if path is not None else CONFIG_DIR / "local.yaml"
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    tree = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    if not isinstance(tree, dict):
+        raise ConfigError(f"{path}: expected a mapping at the top level")
+    for key, value in parse_overrides(overrides or []):
+        _set_dotted(tree, key, value)
+    return validate_tree(tree)
+
+
+def validate_tree(tree: dict[str, Any]) -> TrainerConfig:
+    try:
+        return TrainerConfig.model_validate(tree)
+    except ValidationError as err:
+        raise ConfigError(_format_error(err)) from None
+
+
+def to_yaml(cfg: TrainerConfig) -> str:
+    return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)
+
+
+def flatten(cfg: TrainerConfig) -> dict[str, Any]:
+    """Dotted path -> leaf value, e.g. ``{"loss.temperature": 0.3, ...}``."""
+    out: dict[str, Any] = {}
+
+    def walk(prefix: str, node: Any) -> None:
+        if isinstance(node, dict) and node:
+            for k, v in node.items():
+                walk(f"{prefix}.{k}" if prefix else k, v)
+        else:
+            out[prefix] = node
+
+    walk("", cfg.model_dump(mode="json"))
+    return out
