@@ -1,0 +1,195 @@
+"""The distributed helpers: identity in one process; with 2 gloo processes the gathered SupCon
+step (plus queue) under DDP reproduces one process on the full batch, and a gather that keeps
+only the local slice's gradient does not."""
+
+from __future__ import annotations
+
+import os
+import socket
+from pathlib import Path
+from typing import Any
+from unittest import mock
+
+import pytest
+import torch
+import torch.distributed as torch_dist
+import torch.multiprocessing as mp
+import torch.nn.functional as F
+from torch.nn.parallel import DistributedDataParallel
+
+from trainer import distributed
+from trainer.contrastive import contrastive_step
+from trainer.queue import CrossBatchQueue
+
+WORLD_SIZE = 2
+GLOBAL_BATCH = 8  # 4 per rank, 2 of each class
+QUEUE_SIZE = 12  # wraps on the second enqueue
+STEPS = 3
+# name -> (similarity, temperature, queue_positives)
+VARIANTS = {"cosine": ("cosine", 0.3, True), "angular": ("angular", 0.1, False)}
+
+
+def _global_batch(step: int) -> tuple[torch.Tensor, torch.Tensor]:
+    x = torch.randn(GLOBAL_BATCH, 16, generator=torch.Generator().manual_seed(100 + step))
+    return x, torch.tensor([0, 1] * (GLOBAL_BATCH // 2))  # (8, 16), (8,)
+
+
+def _train(variant: str, world_rank: int, world_size: int) -> dict[str, Any]:
+    """SGD steps of Linear(16, 8) + normalise on this rank's share of each global batch; the
+    queue is filled every step and read from step 1 on. Returns per-step gradients and the queue."""
+    similarity, temperature, queue_positives = VARIANTS[variant]
+    torch.manual_seed(0)
+    model = torch.nn.Linear(16, 8)
+    net = DistributedDataParallel(model) if world_size > 1 else model
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.5)
+    queue = CrossBatchQueue(QUEUE_SIZE, 8)
+    per_rank = GLOBAL_BATCH // world_size
+    rows = slice(world_rank * per_rank, (world_rank + 1) * per_rank)
+    grads = []
+    for step in range(STEPS):
+        x, labels = _global_batch(step)
+        z = F.normalize(net(x[rows]), dim=1)  # (B, 8)
+        loss, gathered_z, gathered_labels = contrastive_step(
+            z, labels[rows], queue, similarity=similarity, temperature=temperature,
+            use_queue=step >= 1, queue_positives=queue_positives,
+        )  # fmt: skip
+        optimizer.zero_grad()
+        loss.backward()
+        grads.append(torch.cat([p.grad.flatten() for p in model.parameters()]))
+        optimizer.step()
+        queue.enqueue(gathered_z, gathered_labels)
+    embeddings, labels = queue.contents()
+    return {"grads": torch.stack(grads), "queue_z": embeddings, "queue_labels": labels}
+
+
+def _local_grad_only_gather(x: torch.Tensor) -> torch.Tensor:
+    """The mistake: a plain all_gather, with only the local slice put back with its gradient."""
+    parts = [torch.empty_like(x) for _ in range(torch_dist.get_world_size())]
+    torch_dist.all_gather(parts, x.detach().contiguous())
+    parts[torch_dist.get_rank()] = x
+    return torch.cat(parts)
+
+
+def _collectives(world_rank: int) -> dict[str, Any]:
+    return {
+        "ranks": (distributed.world_rank(), distributed.world_size(), distributed.is_main()),
+        "variable": distributed.all_gather_variable(torch.full((world_rank + 2, 3), world_rank)),
+        "sum": distributed.all_reduce_sum(torch.tensor([world_rank + 1.0])),
+        "mean": distributed.all_reduce_mean(torch.tensor([world_rank + 1])),
+        "broadcast": distributed.broadcast_object(f"from rank {world_rank}", src=1),
+        "objects": distributed.all_gather_object(world_rank * 10),
+    }
+
+
+def _worker(world_rank: int, port: int, out_dir: str) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(world_rank),
+                      WORLD_SIZE=str(WORLD_SIZE), LOCAL_RANK=str(world_rank))  # fmt: skip
+    torch.set_num_threads(1)
+    assert distributed.init_from_env("gloo")
+    try:
+        result = {name: _train(name, world_rank, WORLD_SIZE) for name in VARIANTS}
+        with mock.patch.object(distributed, "gather_with_grad", _local_grad_only_gather):
+            result["local_grad_only"] = _train("cosine", world_rank, WORLD_SIZE)
+        for name in VARIANTS:  # each rank's queue, as seen from every rank
+            result[name]["all_queue_z"] = distributed.all_gather_nograd(
+                result[name]["queue_z"][None]
+            )
+        result.update(_collectives(world_rank))
+        torch.save(result, Path(out_dir) / f"rank{world_rank}.pt")
+    finally:
+        distributed.destroy()
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def two_ranks(tmp_path_factory: pytest.TempPathFactory) -> list[dict[str, Any]]:
+    out_dir = tmp_path_factory.mktemp("dist")
+    mp.spawn(_worker, args=(_free_port(), str(out_dir)), nprocs=WORLD_SIZE, join=True)
+    return [torch.load(out_dir / f"rank{r}.pt") for r in range(WORLD_SIZE)]
+
+
+@pytest.mark.dist
+@pytest.mark.parametrize("variant", list(VARIANTS))
+def test_ddp_gradients_match_one_process_on_the_full_batch(two_ranks, variant: str):
+    single = _train(variant, world_rank=0, world_size=1)
+    for rank in two_ranks:
+        torch.testing.assert_close(rank[variant]["grads"], single["grads"], atol=1e-5, rtol=0)
+    torch.testing.assert_close(two_ranks[0][variant]["queue_z"], single["queue_z"], atol=1e-5,
+                               rtol=0)  # fmt: skip
+    assert torch.equal(two_ranks[0][variant]["queue_labels"], single["queue_labels"])
+
+
+@pytest.mark.dist
+@pytest.mark.parametrize("variant", list(VARIANTS))
+def test_queues_are_identical_on_every_rank(two_ranks, variant: str):
+    for rank in two_ranks:
+        queues = rank[variant]["all_queue_z"]  # (W, K, D)
+        assert queues.shape == (WORLD_SIZE, QUEUE_SIZE, 8)
+        assert torch.equal(queues[0], queues[1])
+
+
+@pytest.mark.dist
+def test_gather_keeping_only_the_local_gradient_does_not_match(two_ranks):
+    single = _train("cosine", world_rank=0, world_size=1)["grads"][0]
+    wrong = two_ranks[0]["local_grad_only"]["grads"][0]
+    # Same forward, so only the backward differs: by about the missing cross-rank half.
+    assert (wrong - single).norm() > 0.2 * single.norm()
+
+
+@pytest.mark.dist
+def test_collectives_across_two_ranks(two_ranks):
+    for world_rank, rank in enumerate(two_ranks):
+        assert rank["ranks"] == (world_rank, WORLD_SIZE, world_rank == 0)
+        expected = torch.cat([torch.full((2, 3), 0), torch.full((3, 3), 1)])
+        assert torch.equal(rank["variable"], expected)
+        assert rank["sum"].item() == 3.0
+        assert rank["mean"].item() == 1.5
+        assert rank["broadcast"] == "from rank 1"
+        assert rank["objects"] == [0, 10]
+
+
+def test_helpers_are_the_identity_without_a_process_group(monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    monkeypatch.setenv("LOCAL_RANK", "3")
+    assert not distributed.is_distributed() and not distributed.init_from_env()
+    assert (distributed.world_size(), distributed.world_rank()) == (1, 0)
+    assert distributed.is_main() and distributed.local_rank() == 3
+    distributed.barrier()
+    x = torch.randn(4, 3, requires_grad=True)
+    assert distributed.gather_with_grad(x) is x
+    for gathered in (distributed.all_gather_nograd(x), distributed.all_gather_variable(x)):
+        assert torch.equal(gathered, x) and not gathered.requires_grad
+    total = distributed.all_reduce_sum(x)
+    assert torch.equal(total, x) and total is not x
+    assert distributed.all_reduce_mean(torch.tensor([3])).item() == 3.0
+    assert distributed.broadcast_object({"a": 1}) == {"a": 1}
+    assert distributed.all_gather_object("x") == ["x"]
+    distributed.destroy()
+
+
+def test_one_process_step_is_supcon_on_batch_plus_queue():
+    from trainer.loss import supcon_loss
+
+    z = F.normalize(torch.randn(6, 4), dim=1)
+    labels = torch.tensor([0, 1, 0, 1, 0, 1])
+    queue = CrossBatchQueue(5, 4)
+    queue.enqueue(F.normalize(torch.randn(5, 4), dim=1), torch.tensor([0, 0, 1, 1, 0]))
+    queue_z, queue_labels = queue.contents()
+    kw = {"similarity": "cosine", "temperature": 0.2}
+    for queue_positives, contrast_labels in [(True, queue_labels), (False, -1 - queue_labels)]:
+        loss, gathered_z, gathered_labels = contrastive_step(
+            z, labels, queue, use_queue=True, queue_positives=queue_positives, **kw
+        )
+        contrast = torch.cat([z, queue_z])
+        expected_labels = torch.cat([labels, contrast_labels])
+        expected = supcon_loss(z, labels, contrast, expected_labels, torch.arange(6), **kw)
+        torch.testing.assert_close(loss, expected, atol=0, rtol=0)
+        assert torch.equal(gathered_z, z) and torch.equal(gathered_labels, labels)
+    assert len(queue) == 5  # read, not filled
+    off, _, _ = contrastive_step(z, labels, queue, use_queue=False, queue_positives=True, **kw)
+    torch.testing.assert_close(off, supcon_loss(z, labels, z, labels, torch.arange(6), **kw))
