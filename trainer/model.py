@@ -1,0 +1,222 @@
+"""The encoder (wav2vec2 / XLS-R) and the SupCon embedding model built on it.
+
+Features follow the paper's code (Sudan et al., arXiv:2604.26057): all hidden states of the
+encoder, combined over the layer axis, a frame-wise Dropout -> LeakyReLU -> Linear head, an
+attention-masked mean over frames, then L2 normalisation.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import Wav2Vec2Config, Wav2Vec2Model
+
+from trainer.config import ModelConfig
+
+# DDP needs every rank to use the same parameters each step: SpecAugment (which also creates the
+# otherwise unused ``masked_spec_embed``) and LayerDrop break that, so they are off on every path.
+DDP_SAFE = {
+    "apply_spec_augment": False,
+    "mask_time_prob": 0.0,
+    "mask_feature_prob": 0.0,
+    "layerdrop": 0.0,
+}
+
+# Shared by both presets: the XLS-R feature encoder geometry (320x downsampling, 400-sample
+# receptive field), pre-LayerNorm transformer, and the dropouts of the published
+# facebook/wav2vec2-xls-r-300m config.json (from memory of that file; no download here).
+_XLSR_COMMON = {
+    "conv_kernel": (10, 3, 3, 3, 3, 2, 2),
+    "conv_stride": (5, 2, 2, 2, 2, 2, 2),
+    "conv_bias": True,
+    "feat_extract_norm": "layer",
+    "feat_extract_activation": "gelu",
+    "do_stable_layer_norm": True,
+    "hidden_act": "gelu",
+    "attention_dropout": 0.1,
+    "hidden_dropout": 0.1,
+    "feat_proj_dropout": 0.1,
+    "activation_dropout": 0.0,
+    "layer_norm_eps": 1e-5,
+}
+
+_PRESETS = {
+    # 39,792 parameters: fast enough for tests and CPU smoke runs.
+    "tiny": {
+        "hidden_size": 32,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 2,
+        "intermediate_size": 64,
+        "conv_dim": (32,) * 7,
+        "num_conv_pos_embeddings": 16,
+        "num_conv_pos_embedding_groups": 4,
+    },
+    # 315,437,696 parameters: the Wav2Vec2Model part of XLS-R 300M without masked_spec_embed.
+    "xlsr-300m": {
+        "hidden_size": 1024,
+        "num_hidden_layers": 24,
+        "num_attention_heads": 16,
+        "intermediate_size": 4096,
+        "conv_dim": (512,) * 7,
+        "num_conv_pos_embeddings": 128,
+        "num_conv_pos_embedding_groups": 16,
+    },
+}
+
+_OFFLINE_VARS = ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")
+
+
+class ModelLoadError(ValueError):
+    """Pretrained weights could not be found; the message says how to provide them."""
+
+
+def build_encoder(cfg: ModelConfig) -> Wav2Vec2Model:
+    """A ``Wav2Vec2Model`` from ``cfg.preset`` (random weights) or ``cfg.pretrained``, DDP-safe."""
+    if cfg.preset is not None:
+        config = Wav2Vec2Config(**_XLSR_COMMON, **_PRESETS[cfg.preset], **DDP_SAFE)
+        encoder = Wav2Vec2Model(config)
+    else:
+        encoder = _load_pretrained(cfg.pretrained)
+    _check_masking(encoder.config, cfg.pretrained or cfg.preset)
+    return encoder
+
+
+def _offline() -> bool:
+    return any(os.environ.get(v, "").upper() in {"1", "ON", "YES", "TRUE"} for v in _OFFLINE_VARS)
+
+
+def _how_to(source: str, reason: str) -> str:
+    return (
+        f"model.pretrained={source!r}: {reason}.\n"
+        "Provide the weights in one of two ways:\n"
+        f"  - pre-download them into the Hugging Face cache on a machine with internet:\n"
+        f"      huggingface-cli download {source}\n"
+        "    (set HF_HOME to the same shared cache on every node), or\n"
+        "  - point model.pretrained at a local directory holding config.json and the weights\n"
+        "    (e.g. on shared storage; save_pretrained() or a copy of the hub snapshot)."
+    )
+
+
+def _load_pretrained(source: str) -> Wav2Vec2Model:
+    path = Path(source).expanduser()
+    if path.is_dir():
+        return Wav2Vec2Model.from_pretrained(path, **DDP_SAFE)
+    if source.startswith(("/", ".", "~")) or path.exists():
+        raise ModelLoadError(_how_to(source, f"{path} is not a directory"))
+    try:
+        return Wav2Vec2Model.from_pretrained(source, local_files_only=True, **DDP_SAFE)
+    except (OSError, ValueError):
+        pass  # not cached: download below unless offline
+    if _offline():
+        reason = "not in the Hugging Face cache and the hub is offline (HF_HUB_OFFLINE)"
+        raise ModelLoadError(_how_to(source, reason))
+    try:
+        return Wav2Vec2Model.from_pretrained(source, **DDP_SAFE)
+    except Exception as err:  # any hub/network failure gets the same actionable message
+        first_line = str(err).strip().splitlines()[0] if str(err).strip() else ""
+        reason = f"download failed ({type(err).__name__}: {first_line})"
+        raise ModelLoadError(_how_to(source, reason)) from None
+
+
+def _check_masking(config: Wav2Vec2Config, source: str | None) -> None:
+    """Padding must not change a clip's embedding: that needs per-frame (layer) CNN norms."""
+    if config.feat_extract_norm != "layer" or config.add_adapter:
+        raise ModelLoadError(
+            f"model {source!r} has feat_extract_norm={config.feat_extract_norm!r}, "
+            f"add_adapter={config.add_adapter}: its outputs depend on zero padding; use an XLS-R "
+            "style checkpoint (feat_extract_norm='layer', no adapter)"
+        )
+
+
+class _Head(nn.Module):
+    """Combines the hidden states (learned weights if ``layers="weighted"``), projects frames."""
+
+    def __init__(self, cfg: ModelConfig, hidden_size: int, num_states: int) -> None:
+        super().__init__()
+        self.layers = cfg.layers
+        if cfg.layers == "weighted":
+            # Zeros -> softmax is uniform: training starts from the paper's "mean".
+            self.layer_logits = nn.Parameter(torch.zeros(num_states))
+        self.proj = nn.Sequential(
+            nn.Dropout(cfg.dropout), nn.LeakyReLU(), nn.Linear(hidden_size, cfg.embedding_dim)
+        )
+
+    def combine(self, states: list[torch.Tensor]) -> torch.Tensor:
+        """(B, T', H) from the hidden states, each (B, T', H), accumulated in fp32."""
+        if self.layers == "last":
+            return states[-1].float()
+        if self.layers == "weighted":
+            weights = torch.softmax(self.layer_logits.float(), dim=0)  # (L,)
+        else:
+            weights = torch.full((len(states),), 1.0 / len(states), device=states[0].device)
+        # A running sum rather than torch.stack: no (L, B, T', H) copy.
+        out = weights[0] * states[0].float()
+        for w, h in zip(weights[1:], states[1:], strict=True):
+            out = out + w * h.float()
+        return out
+
+
+class SupConModel(nn.Module):
+    """Encoder + head: waveform (B, T) -> L2-normalised embedding z (B, embedding_dim).
+
+    ``encoder`` is the ``Wav2Vec2Model``; ``head`` holds everything else (layer weights and the
+    projection), so the optimiser can give them separate learning rates.
+    """
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.encoder = build_encoder(cfg)
+        if cfg.gradient_checkpointing:
+            # Non-reentrant: works under DDP and without inputs that require grad.
+            self.encoder.activation_checkpointing_enable({"use_reentrant": False})
+        config = self.encoder.config
+        self.head = _Head(cfg, config.hidden_size, config.num_hidden_layers + 1)
+
+    def encoder_parameters(self) -> Iterator[nn.Parameter]:
+        return self.encoder.parameters()
+
+    def head_parameters(self) -> Iterator[nn.Parameter]:
+        return self.head.parameters()
+
+    def forward(
+        self, waveform: torch.Tensor, attention_mask: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """z (B, D), fp32, unit norm, from right-padded waveforms (B, T) and their 0/1 mask (B, T).
+
+        Each waveform is normalised to zero mean and unit variance over its valid samples, as the
+        XLS-R feature extractor does (``do_normalize=True``), so raw [-1, 1] audio can be fed;
+        padding stays zero. With the mask, a clip's z does not depend on the padding. A clip
+        shorter than the 400-sample receptive field has no frames and gets z = 0.
+        """
+        wave = waveform.float()  # (B, T)
+        valid = torch.ones_like(wave) if attention_mask is None else attention_mask.to(wave)
+        wave = _normalise(wave, valid)  # (B, T)
+        out = self.encoder(wave, attention_mask=attention_mask, output_hidden_states=True)
+        # transformers 5 records the last layer before the final LayerNorm; use the normalised
+        # output as 4.x did (and so that the final LayerNorm takes part, as DDP requires).
+        states = [*out.hidden_states[:-1], out.last_hidden_state]  # L x (B, T', H)
+        frames = self.head.proj(self.head.combine(states))  # (B, T', D)
+        lengths = self.encoder._get_feat_extract_output_lengths(valid.sum(-1).long())  # (B,)
+        steps = torch.arange(frames.shape[1], device=frames.device)
+        frame_mask = (steps[None, :] < lengths[:, None]).to(frames.dtype)  # (B, T')
+        count = frame_mask.sum(1, keepdim=True).clamp(min=1)  # (B, 1)
+        pooled = (frames * frame_mask[..., None]).sum(1) / count  # (B, D)
+        return F.normalize(pooled.float(), dim=-1)
+
+
+def _normalise(wave: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """Zero mean, unit variance over the valid samples of each row (eps as in HF's extractor)."""
+    count = valid.sum(-1, keepdim=True).clamp(min=1)  # (B, 1)
+    mean = (wave * valid).sum(-1, keepdim=True) / count
+    var = (((wave - mean) * valid) ** 2).sum(-1, keepdim=True) / count
+    return (wave - mean) / torch.sqrt(var + 1e-7) * valid
+
+
+def count_parameters(module: nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())
