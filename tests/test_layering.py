@@ -25,7 +25,11 @@ print("imported", len(sys.argv) - 1)
 
 
 def test_trainer_imports_without_ray_optuna_mlflow() -> None:
-    modules = [m.name for m in pkgutil.walk_packages(trainer.__path__, "trainer.")]
+    modules = [
+        m.name
+        for m in pkgutil.walk_packages(trainer.__path__, "trainer.")
+        if not m.name.endswith("__main__")
+    ]
     assert "trainer.data.corpora" in modules and "trainer.metrics" in modules
     proc = subprocess.run(
         [sys.executable, "-c", _BLOCK_AND_IMPORT, *modules],

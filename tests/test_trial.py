@@ -1,0 +1,107 @@
+"""End-to-end trials on the synthetic corpus: CLI smoke run, stage-2 freeze, resume after a kill,
+and a non-finite loss failing the trial."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from orchestrator.cli import main
+from trainer.config import load_config
+from trainer.metrics import read_scores
+from trainer.run import Trial
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def micro(synth_root: Path, epochs: int = 3) -> list[str]:
+    """A trial that takes seconds: tiny model, half-second crops, two evaluation sets."""
+    la, itw = synth_root / "LA", synth_root / "itw"
+    return [
+        f"data.train.root={la}", f"data.dev.root={la}",
+        f"data.eval={{asv19: {{kind: asvspoof2019, root: {la}, split: eval}}, "
+        f"itw: {{kind: itw, root: {itw}}}}}",
+        "data.train_crop.seconds=0.5", "data.eval_crop.seconds=0.5",
+        "data.sampler.batch_size=8", "data.sampler.batches_per_epoch=2",
+        f"stage1.epochs={epochs}", "stage1.patience=null", "queue.size=24", "queue.start_epoch=1",
+        "stage2.epochs=5", "runtime.threads=1", "runtime.progress=false",
+    ]  # fmt: skip
+
+
+def test_cli_trial_writes_everything(synth_root: Path, tmp_path: Path, capsys) -> None:
+    out = tmp_path / "trial"
+    assert main(["trial", "--out", str(out), *micro(synth_root)]) == 0
+    table = capsys.readouterr().out
+    assert "eval asv19" in table and "pooled (mean of sets)" in table
+    metrics = json.loads((out / "metrics.json").read_text())
+    for key in ("encoder/dev/eer", "classifier/dev/eer", "eval/asv19/eer", "eval/itw/eer",
+                "eval/asv19/eer_A07", "eval/pooled_mean/eer", "eval/pooled_all/eer"):  # fmt: skip
+        assert 0.0 <= metrics[key] <= 1.0, key
+    assert metrics["eval/pooled_mean/eer"] == pytest.approx(
+        (metrics["eval/asv19/eer"] + metrics["eval/itw/eer"]) / 2
+    )
+    assert len(read_scores(out / "scores" / "asv19.tsv")) == 68
+    assert (out / "checkpoints" / "last" / "state.pt").is_file()
+    assert (out / "det.png").stat().st_size > 0 and (out / "config.yaml").is_file()
+    epochs = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [e["epoch"] for e in epochs] == [0, 1, 2]
+    assert (
+        epochs[0]["encoder/train/queue_fill"] == 0 and epochs[2]["encoder/train/queue_fill"] == 24
+    )
+
+
+def test_stage2_leaves_encoder_and_head_bit_identical(synth_root: Path, tmp_path: Path) -> None:
+    cfg = load_config(None, micro(synth_root, epochs=1))
+    trial = Trial(cfg, tmp_path / "t")
+    trial.run()
+    best = torch.load(tmp_path / "t" / "checkpoints" / "last" / "best_model.pt")
+    after = trial.model.state_dict()
+    assert best.keys() == after.keys()
+    assert all(torch.equal(best[k], after[k]) for k in best)
+    assert not any(p.requires_grad for p in trial.model.parameters())
+
+
+def _trial_cmd(out: Path, overrides: list[str]) -> list[str]:
+    return [sys.executable, "-m", "trainer", "--out", str(out), *overrides]
+
+
+@pytest.mark.slow
+def test_resume_after_kill_matches_uninterrupted_run(synth_root: Path, tmp_path: Path) -> None:
+    overrides = micro(synth_root, epochs=5)
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    straight = tmp_path / "straight"
+    subprocess.run(_trial_cmd(straight, overrides), check=True, cwd=ROOT, env=env,
+                   capture_output=True)  # fmt: skip
+    killed = tmp_path / "killed"
+    proc = subprocess.Popen(_trial_cmd(killed, overrides), cwd=ROOT, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    log = killed / "metrics.jsonl"
+    deadline = time.monotonic() + 300
+    while not (log.is_file() and len(log.read_text().splitlines()) >= 2):
+        assert proc.poll() is None and time.monotonic() < deadline, "run ended before the kill"
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (killed / "metrics.json").exists()
+    done = subprocess.run(_trial_cmd(killed, overrides), cwd=ROOT, env=env, capture_output=True,
+                          text=True, check=False)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert "resumed from" in done.stderr
+    expected = json.loads((straight / "metrics.json").read_text())
+    assert json.loads((killed / "metrics.json").read_text()) == expected
+
+
+def test_non_finite_loss_fails_the_trial(synth_root: Path, tmp_path: Path, capsys) -> None:
+    code = main(["trial", "--out", str(tmp_path / "nan"), *micro(synth_root, epochs=1),
+                 "loss.temperature=1e-40"])  # fmt: skip
+    assert code == 1
+    assert "stage 1 loss is nan at epoch 0, step 0" in capsys.readouterr().err
+    assert not (tmp_path / "nan" / "metrics.json").exists()

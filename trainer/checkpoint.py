@@ -1,0 +1,74 @@
+"""Checkpoints: one self-contained folder per save, written atomically.
+
+A checkpoint holds the model (current and best-so-far weights), the optimiser and LR schedule, the
+queue contents and pointer, the stage-1 progress (epoch, step, early-stopping state), every RNG
+state (torch, CUDA, numpy, python) and the resolved config, so a killed run resumes where it
+stopped and reproduces the uninterrupted run's numbers.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+STATE = "state.pt"
+MODEL = "model.pt"
+BEST = "best_model.pt"
+
+
+def rng_state() -> dict[str, Any]:
+    state = {
+        "torch": torch.get_rng_state(),
+        "numpy": np.random.get_state(),
+        "python": random.getstate(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    np.random.set_state(state["numpy"])
+    random.setstate(state["python"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def save(folder: Path, *, state: dict[str, Any], model: dict, best_model: dict) -> Path:
+    """Write the checkpoint to a fresh sibling folder, then swap it in for ``folder``."""
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
+    try:
+        torch.save(state, staging / STATE)
+        torch.save(model, staging / MODEL)
+        torch.save(best_model, staging / BEST)
+        old = folder.with_name(f".{folder.name}.old")
+        if folder.exists():
+            os.replace(folder, old)
+        os.replace(staging, folder)
+        shutil.rmtree(old, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return folder
+
+
+def exists(folder: Path | None) -> bool:
+    return folder is not None and (folder / STATE).is_file()
+
+
+def load(folder: Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """``{"state": ..., "model": ..., "best_model": ...}`` from a checkpoint folder."""
+    return {
+        "state": torch.load(folder / STATE, map_location=map_location, weights_only=False),
+        "model": torch.load(folder / MODEL, map_location=map_location, weights_only=True),
+        "best_model": torch.load(folder / BEST, map_location=map_location, weights_only=True),
+    }

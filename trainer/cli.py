@@ -1,0 +1,120 @@
+"""``supcon-sweep trial`` and ``python -m trainer``: one trial (stage 1, stage 2, evaluation).
+
+Under torchrun (``torchrun --nproc_per_node 2 -m trainer ...``) every rank runs this entry point
+and the trial runs as DDP; rank 0 alone writes files.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+from trainer import distributed as dist
+from trainer.config import CONFIG_DIR, ConfigError, TrainerConfig, load_config
+from trainer.data.errors import CorpusError
+
+log = logging.getLogger(__name__)
+DEFAULT_DATA = Path("runs/data")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--config", type=Path,
+        help=f"trainer YAML (default {CONFIG_DIR / 'local.yaml'}: tiny model, synthetic corpus; "
+        f"see also {CONFIG_DIR / 'paper.yaml'})",
+    )  # fmt: skip
+    parser.add_argument(
+        "--out", type=Path, default=Path("runs/trial"),
+        help="output folder: config.yaml, checkpoints/, scores/, metrics.json, plots "
+        "(default runs/trial); a folder holding a checkpoint of the same config is resumed",
+    )  # fmt: skip
+    parser.add_argument(
+        "overrides", nargs="*", metavar="key=value",
+        help="dotted config overrides, e.g. loss.temperature=0.1 queue.size=1024",
+    )  # fmt: skip
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    trial = subparsers.add_parser(
+        "trial",
+        help="run one trial locally: stage 1, stage 2, evaluation",
+        description=(
+            "Run one trial of the two-stage trainer in this process (or as DDP under torchrun). "
+            "With no arguments: the local default on the synthetic corpus, generated into "
+            "runs/data if missing."
+        ),
+    )
+    add_arguments(trial)
+    trial.set_defaults(handler=run_from_args)
+
+
+def _absolute_roots(cfg: TrainerConfig) -> TrainerConfig:
+    """Relative corpus roots are relative to the working directory; fix them now, because Ray
+    and torchrun workers may run elsewhere."""
+    tree = cfg.model_dump()
+    data = tree["data"]
+    for ds in (data["train"], data["dev"], *data["eval"].values()):
+        ds["root"] = Path(ds["root"]).expanduser().resolve()
+    return TrainerConfig.model_validate(tree)
+
+
+def _ensure_synthetic(cfg: TrainerConfig) -> None:
+    target = DEFAULT_DATA.resolve()
+    roots = [cfg.data.train.root, cfg.data.dev.root, *(d.root for d in cfg.data.eval.values())]
+    if any(target in root.parents or root == target for root in roots) and not target.exists():
+        if dist.is_main():
+            from trainer.data.synth import generate
+
+            log.info("generating the tiny synthetic corpus into %s", target)
+            generate(target, seed=0, size="tiny")
+        dist.barrier()
+
+
+def _print_table(metrics: dict[str, float]) -> None:
+    rows = [("dev (stage 1, centroid)", metrics.get("encoder/dev/eer")),
+            ("dev (stage 2)", metrics.get("classifier/dev/eer"))]  # fmt: skip
+    names = sorted(
+        {k.split("/")[1] for k in metrics if k.startswith("eval/")} - {"pooled_mean", "pooled_all"}
+    )
+    rows += [(f"eval {n}", metrics[f"eval/{n}/eer"]) for n in names]
+    rows += [("pooled (mean of sets)", metrics.get("eval/pooled_mean/eer")),
+             ("pooled (all scores)", metrics.get("eval/pooled_all/eer"))]  # fmt: skip
+    print(f"\n{'set':<26} {'EER %':>7}")
+    for name, value in rows:
+        if value is not None:
+            print(f"{name:<26} {100 * value:>7.2f}")
+
+
+def run_from_args(args: argparse.Namespace) -> int:
+    from trainer.run import run_trial
+    from trainer.stage1 import NonFiniteLossError
+
+    try:
+        cfg = load_config(args.config, args.overrides)
+        if args.config is None:
+            dist.init_from_env()
+            _ensure_synthetic(_absolute_roots(cfg))
+        cfg = _absolute_roots(cfg)
+        metrics = run_trial(cfg, args.out.resolve())
+        main_rank = dist.is_main()
+    except ConfigError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    except (CorpusError, NonFiniteLossError, ValueError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    finally:
+        dist.destroy()
+    if main_rank:
+        _print_table(metrics)
+        print(f"\noutputs in {args.out.resolve()}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    parser = argparse.ArgumentParser(prog="python -m trainer", description=__doc__)
+    add_arguments(parser)
+    return run_from_args(parser.parse_args(argv))

@@ -1,0 +1,63 @@
+"""Sharded embedding extraction: each rank embeds its slice, every rank gets the whole set."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from contextlib import AbstractContextManager
+
+import torch
+from torch.utils.data import Subset
+from tqdm import tqdm
+
+from trainer import distributed as dist
+from trainer.data.config import CropConfig
+from trainer.data.dataset import AudioDataset, make_loader
+from trainer.data.records import Utterance
+
+
+@torch.no_grad()
+def embed(
+    model: torch.nn.Module,
+    utterances: Sequence[Utterance],
+    crop: CropConfig,
+    *,
+    device: torch.device,
+    precision: AbstractContextManager | None = None,
+    batch_size: int = 32,
+    num_workers: int = 0,
+    seed: int = 0,
+    desc: str = "embed",
+    progress: bool = False,
+) -> torch.Tensor:
+    """(N, D) float32 embeddings of ``utterances`` in their order, in eval mode, on CPU.
+
+    Rank r embeds utterances r, r + W, ...; the slices are gathered and put back in order.
+    """
+    was_training = model.training
+    model.eval()
+    dataset = AudioDataset(utterances, crop, seed=seed)
+    rank, world = dist.world_rank(), dist.world_size()
+    mine = list(range(rank, len(dataset), world))
+    loader = make_loader(
+        Subset(dataset, mine), batch_size=batch_size, num_workers=num_workers, seed=seed,
+        world_rank=rank,
+    )  # fmt: skip
+    chunks = []
+    for batch in tqdm(loader, desc=desc, unit="batch", leave=False, disable=not progress):
+        wave = batch["waveform"].to(device, non_blocking=True)
+        mask = batch["attention_mask"].to(device, non_blocking=True)
+        with precision if precision is not None else torch.autocast("cpu", enabled=False):
+            z = model(wave, mask)  # (b, D)
+        chunks.append(z.float())
+    local = torch.cat(chunks) if chunks else torch.zeros(0, _dim(model), device=device)
+    gathered = dist.all_gather_variable(local)  # rank-major: all of rank 0's, then rank 1's...
+    order = torch.tensor([i for r in range(world) for i in range(r, len(dataset), world)])
+    out = torch.empty_like(gathered)
+    out[order.to(gathered.device)] = gathered
+    model.train(was_training)
+    return out.cpu()
+
+
+def _dim(model: torch.nn.Module) -> int:
+    inner = getattr(model, "module", model)
+    return inner.cfg.embedding_dim
