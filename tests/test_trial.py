@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -105,3 +106,29 @@ def test_non_finite_loss_fails_the_trial(synth_root: Path, tmp_path: Path, capsy
     assert code == 1
     assert "stage 1 loss is nan at epoch 0, step 0" in capsys.readouterr().err
     assert not (tmp_path / "nan" / "metrics.json").exists()
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.mark.dist
+def test_torchrun_two_processes(synth_root: Path, tmp_path: Path) -> None:
+    """The same trial as DDP over 2 gloo processes; rank 0 alone writes the outputs."""
+    out = tmp_path / "ddp"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+           "--master_addr", "127.0.0.1", "--master_port", str(_free_port()), "-m", "trainer",
+           "--out", str(out),
+           *micro(synth_root)]  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, check=False,
+                          timeout=240)  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.count("pooled (mean of sets)") == 1
+    epochs = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [e["epoch"] for e in epochs] == [0, 1, 2]
+    # 2 ranks x 8 clips: the queue holds the gathered global batches (capped at its size, 24).
+    assert epochs[1]["encoder/train/queue_fill"] == 24
+    assert len(read_scores(out / "scores" / "itw.tsv")) == 32
