@@ -19,6 +19,13 @@ Similarity = Literal["cosine", "angular"]
 _ACOS_EPS = 1e-7
 
 
+def _exact_matmul_dtype(device: torch.device) -> torch.dtype:
+    tf32 = (
+        torch.backends.cuda.matmul.allow_tf32 or torch.get_float32_matmul_precision() != "highest"
+    )
+    return torch.float64 if device.type == "cuda" and tf32 else torch.float32
+
+
 def pairwise_similarity(a: torch.Tensor, b: torch.Tensor, similarity: Similarity) -> torch.Tensor:
     """Similarities (B, N) between L2-normalised rows of ``a`` (B, D) and ``b`` (N, D), in float32.
 
@@ -27,14 +34,16 @@ def pairwise_similarity(a: torch.Tensor, b: torch.Tensor, similarity: Similarity
     clamp is needed because d acos(x)/dx is infinite at x = +-1: an anchor's own entry (x = 1) would
     give NaN gradients even when it is masked out afterwards.
 
-    The dot products run in float64 and are rounded to float32: on CUDA a float32 matmul may use
-    TF32 (10-bit mantissa), which moves acos near 1 by several hundredths of a radian. At SupCon's
-    sizes, (B, N, D) = (16, 8k, 256), the float64 matmul costs nothing measurable.
+    On CUDA with TF32 allowed, the dot products run in float64 and are rounded to float32: a TF32
+    matmul (10-bit mantissa) moves acos near 1 by several hundredths of a radian. At SupCon's
+    sizes, (B, N, D) = (16, 8k, 256), that costs nothing measurable on a GPU; CPU float32 matmuls
+    are plain IEEE float32 and stay in float32.
     """
     if similarity not in ("cosine", "angular"):
         raise ValueError(f"similarity must be 'cosine' or 'angular', got {similarity!r}")
     with torch.autocast(device_type=a.device.type, enabled=False):
-        cos = (a.double() @ b.double().T).float()  # (B, N)
+        exact = _exact_matmul_dtype(a.device)
+        cos = (a.to(exact) @ b.to(exact).T).float()  # (B, N)
         if similarity == "cosine":
             return cos
         theta = torch.acos(cos.clamp(-1.0 + _ACOS_EPS, 1.0 - _ACOS_EPS))
