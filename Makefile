@@ -17,6 +17,7 @@ $(STAMP): pyproject.toml
 sweep: $(STAMP)
 	$(BIN)/supcon-sweep data synth --out $(OUT)/data --size tiny
 	$(BIN)/supcon-sweep data check --kind asvspoof2019 --root $(OUT)/data/LA
+	$(BIN)/supcon-sweep trial --out $(OUT)/trial
 
 test: $(STAMP)
 	$(BIN)/python -m pytest
@@ -31,6 +32,7 @@ format: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python bench/data_pipeline.py
+	$(BIN)/python bench/train_step.py
 
 clean:
 	rm -rf $(VENV) $(OUT) .pytest_cache .ruff_cache *.egg-info
