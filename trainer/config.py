@@ -118,7 +118,8 @@ class ConfigError(ValueError):
     """A config file or override is invalid; the message names the key."""
 
 
-def _set_dotted(tree: dict[str, Any], dotted: str, value: Any) -> None:
+def set_dotted(tree: dict[str, Any], dotted: str, value: Any) -> None:
+    """Set ``a.b.c`` in a nested dict in place, creating missing sections."""
     node = tree
     *parents, leaf = dotted.split(".")
     for i, key in enumerate(parents):
@@ -160,7 +161,7 @@ def load_config(
     if not isinstance(tree, dict):
         raise ConfigError(f"{path}: expected a mapping at the top level")
     for key, value in parse_overrides(overrides or []):
-        _set_dotted(tree, key, value)
+        set_dotted(tree, key, value)
     return validate_tree(tree)
 
 

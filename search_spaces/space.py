@@ -1,0 +1,355 @@
+"""Search spaces: YAML files keyed by trainer config paths, turned into Tune domains or a grid.
+
+A space file maps a dotted trainer config path to one distribution::
+
+    loss.temperature: {loguniform: [0.03, 1.0]}   # lo > 0, both ends inclusive
+    stage1.lr_head: {uniform: [1.0e-4, 1.0e-3]}
+    queue.start_epoch: {int: [0, 8]}              # inclusive; optional step: {int: [0, 8192, 256]}
+    queue.size: {categorical: [0, 256, 1024]}     # TPE chooses
+    loss.similarity: {grid: [cosine, angular]}    # every value runs
+    queue.positives: true                         # fixed, the same in every trial
+
+Grid or TPE, never both. A space whose keys are all ``grid`` (or fixed) is a grid: the sweep runs
+the cartesian product, ``grid_points()``, once each. Any other space is sampled by Optuna's TPE
+through ``optuna_search()``. Mixing ``grid`` with sampled distributions is rejected rather than read
+as ``categorical``: a grid promises that every combination runs, which TPE does not (and Optuna
+cannot take Tune's ``grid_search``). Write ``categorical`` to let TPE choose among values.
+
+``load_space`` checks everything before a trial starts: keys are leaf paths of the trainer config,
+ranges are well formed, and every value the space can produce (range ends, every choice, every grid
+point) validates through ``apply_params``. Errors are ``SpaceError``, naming the file and the key.
+"""
+
+from __future__ import annotations
+
+import difflib
+import itertools
+import math
+import random
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import optuna
+import yaml
+from ray import tune
+from ray.tune.search.optuna import OptunaSearch
+
+from trainer.config import (
+    ConfigError,
+    TrainerConfig,
+    flatten,
+    load_config,
+    set_dotted,
+    validate_tree,
+)
+
+SPACES_DIR = Path(__file__).resolve().parent
+DISTRIBUTIONS = ("loguniform", "uniform", "int", "categorical", "grid")
+Kind = Literal["loguniform", "uniform", "int", "categorical", "grid", "fixed"]
+# Cross-key checks try every combination of range ends and choices up to this many.
+_MAX_COMBINATIONS = 4096
+
+
+class SpaceError(ValueError):
+    """A search space file is invalid; the message names the file and the key."""
+
+
+@dataclass(frozen=True)
+class Param:
+    """One key of a space.
+
+    ``values``: (lo, hi) for loguniform/uniform/int, both inclusive; the choices for
+    categorical/grid; (value,) for fixed. ``step`` applies to int only.
+    """
+
+    kind: Kind
+    values: tuple[Any, ...]
+    step: int = 1
+
+    @property
+    def sampled(self) -> bool:
+        return self.kind not in ("grid", "fixed")
+
+    def tune_domain(self) -> Any:
+        lo, hi = self.values[0], self.values[-1]
+        if self.kind == "loguniform":
+            return tune.loguniform(lo, hi)
+        if self.kind == "uniform":
+            return tune.uniform(lo, hi)
+        if self.kind == "int":
+            # randint excludes its upper end; qrandint (step > 1) includes it.
+            return tune.randint(lo, hi + 1) if self.step == 1 else tune.qrandint(lo, hi, self.step)
+        if self.kind == "categorical":
+            return tune.choice(list(self.values))
+        if self.kind == "fixed":
+            return lo
+        raise SpaceError("a grid key has no Tune domain; a grid space runs grid_points()")
+
+    def contains(self, value: Any) -> bool:
+        if self.kind not in ("loguniform", "uniform", "int"):
+            return any(type(value) is type(v) and value == v for v in self.values)
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            return False
+        lo, hi = self.values
+        if self.kind == "int":
+            return isinstance(value, int) and lo <= value <= hi and (value - lo) % self.step == 0
+        return lo <= value <= hi
+
+
+@dataclass(frozen=True)
+class SearchSpace:
+    """A parsed space: ``params`` maps dotted trainer config paths to ``Param`` in file order."""
+
+    path: Path
+    params: dict[str, Param]
+
+    def __post_init__(self) -> None:
+        if not self.params:
+            raise SpaceError(f"{self.path}: the space defines no parameters")
+        grid = [k for k, p in self.params.items() if p.kind == "grid"]
+        sampled = [k for k, p in self.params.items() if p.sampled]
+        if grid and sampled:
+            raise SpaceError(
+                f"{self.path}: grid keys {grid} cannot be mixed with sampled keys {sampled}; "
+                "use categorical for TPE to choose, or make every key a grid"
+            )
+
+    @property
+    def is_grid(self) -> bool:
+        """True when no key is sampled: the sweep runs ``grid_points()`` exhaustively."""
+        return not any(p.sampled for p in self.params.values())
+
+    @property
+    def n_trials_hint(self) -> int | None:
+        """The number of grid points for a grid; None for a sampled space (the user chooses)."""
+        return math.prod(len(p.values) for p in self.params.values()) if self.is_grid else None
+
+    def fixed(self) -> dict[str, Any]:
+        return {k: p.values[0] for k, p in self.params.items() if p.kind == "fixed"}
+
+    def grid_points(self) -> list[dict[str, Any]]:
+        """The cartesian product in file order, last key fastest; fixed keys included."""
+        if not self.is_grid:
+            raise SpaceError(f"{self.path}: not a grid space; use optuna_search() or sample()")
+        keys = list(self.params)
+        combos = itertools.product(*(p.values for p in self.params.values()))
+        return [dict(zip(keys, combo, strict=True)) for combo in combos]
+
+    def tune_param_space(self) -> dict[str, Any]:
+        """Tune domains keyed by dotted path, plus the fixed values (sampled spaces only)."""
+        self._require_sampled("tune_param_space")
+        return {k: p.tune_domain() for k, p in self.params.items()}
+
+    def optuna_search(
+        self,
+        metric: str,
+        mode: str,
+        seed: int | None = None,
+        points_to_evaluate: list[dict[str, Any]] | None = None,
+    ) -> OptunaSearch:
+        """An ``OptunaSearch`` (TPE) over the sampled keys; suggestions are keyed by dotted path.
+
+        Suggestions hold the sampled keys only: apply ``fixed()`` to the base config (or pass it
+        as the Tuner's ``param_space``, which Tune merges). ``metric`` and ``mode`` are required:
+        an ``OptunaSearch`` built with a space ignores the ones ``TuneConfig`` sets later. Dotted
+        keys pass through Ray's conversion unchanged (it only splits on ``/``).
+        ``points_to_evaluate`` may include the fixed keys; they are dropped.
+        """
+        self._require_sampled("optuna_search")
+        if not metric or mode not in ("min", "max"):
+            raise ValueError(f"optuna_search needs a metric and mode 'min' or 'max', got {mode!r}")
+        points = [self._sampled_point(point) for point in points_to_evaluate or []]
+        return OptunaSearch(
+            space=self._optuna_distributions(),
+            metric=metric,
+            mode=mode,
+            seed=seed,
+            points_to_evaluate=points or None,
+        )
+
+    def sample(self, n: int, seed: int) -> list[dict[str, Any]]:
+        """``n`` full parameter dicts (fixed keys included), reproducible from ``seed``, no Ray.
+
+        A sampled space draws independently (Optuna's RandomSampler) from the same Optuna
+        distributions the sweep's TPE uses; a grid space draws grid points uniformly.
+        """
+        if self.is_grid:
+            return random.Random(seed).choices(self.grid_points(), k=n)
+        study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=seed))
+        distributions = self._optuna_distributions()
+        draws = [{**self.fixed(), **study.ask(distributions).params} for _ in range(n)]
+        return [{k: draw[k] for k in self.params} for draw in draws]
+
+    def _require_sampled(self, what: str) -> None:
+        if self.is_grid:
+            raise SpaceError(f"{self.path}: a grid space has no {what}; run its grid_points()")
+
+    def _optuna_distributions(self) -> dict[str, Any]:
+        domains = {k: p.tune_domain() for k, p in self.params.items() if p.sampled}
+        return OptunaSearch.convert_search_space(domains)
+
+    def _sampled_point(self, point: dict[str, Any]) -> dict[str, Any]:
+        fixed = self.fixed()
+        out = {}
+        for key, value in point.items():
+            param = self.params.get(key)
+            if param is None or not param.contains(value):
+                raise SpaceError(f"{self.path}: point {point}: {key}={value!r} is not in the space")
+            if key not in fixed:
+                out[key] = value
+        missing = [k for k, p in self.params.items() if p.sampled and k not in out]
+        if missing:
+            raise SpaceError(f"{self.path}: point {point} lacks {missing}")
+        return out
+
+
+def apply_params(base: TrainerConfig, params: dict[str, Any]) -> TrainerConfig:
+    """``base`` with each dotted key of ``params`` set, validated; ``ConfigError`` names the key."""
+    tree = base.model_dump()
+    for key, value in params.items():
+        set_dotted(tree, key, value)
+    return validate_tree(tree)
+
+
+def shipped_spaces() -> list[Path]:
+    return sorted(SPACES_DIR.glob("*.yaml"))
+
+
+def load_space(path: Path | str, base: TrainerConfig | None = None) -> SearchSpace:
+    """Parse and validate a space file against ``base`` (default: the trainer's local config).
+
+    Keys must be leaf paths of ``base`` (so ``data.eval.<name>.*`` exists only for the eval sets
+    that ``base`` names).
+    """
+    path = Path(path)
+    base = base if base is not None else load_config()
+    tree = _read_mapping(path)
+    leaves = flatten(base)
+    params = {}
+    for key, spec in tree.items():
+        _check_key(path, key, leaves)
+        params[key] = _parse_param(f"{path}: {key}", spec)
+    space = SearchSpace(path=path, params=params)
+    _check_values(space, base)
+    return space
+
+
+def _read_mapping(path: Path) -> dict[Any, Any]:
+    if not path.is_file():
+        raise SpaceError(f"{path}: search space file not found")
+    try:
+        tree = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as err:
+        raise SpaceError(f"{path}: not valid YAML: {err}") from None
+    if not isinstance(tree, dict):
+        raise SpaceError(f"{path}: expected a mapping of config path to distribution")
+    return tree
+
+
+def _check_key(path: Path, key: Any, leaves: dict[str, Any]) -> None:
+    if key in leaves:
+        return
+    if isinstance(key, str) and any(leaf.startswith(f"{key}.") for leaf in leaves):
+        raise SpaceError(f"{path}: {key}: is a config section; name one of its leaves")
+    close = difflib.get_close_matches(str(key), list(leaves), n=1)
+    hint = f"; did you mean {close[0]}?" if close else ""
+    raise SpaceError(f"{path}: {key}: not a trainer config path{hint}")
+
+
+def _parse_param(where: str, spec: Any) -> Param:
+    if isinstance(spec, list):
+        raise SpaceError(f"{where}: a bare list is ambiguous; write {{categorical: [...]}}")
+    if not isinstance(spec, dict):
+        if not _is_scalar(spec):
+            raise SpaceError(f"{where}: a fixed value must be a scalar, got {spec!r}")
+        return Param("fixed", (spec,))
+    if len(spec) != 1:
+        raise SpaceError(f"{where}: expected one distribution such as {{uniform: [lo, hi]}}")
+    ((name, args),) = spec.items()
+    if name not in DISTRIBUTIONS:
+        raise SpaceError(f"{where}: unknown distribution {name!r}; expected one of {DISTRIBUTIONS}")
+    if not isinstance(args, list) or not args:
+        raise SpaceError(f"{where}: {name} needs a non-empty list, got {args!r}")
+    if name in ("categorical", "grid"):
+        return _parse_choices(where, name, args)
+    if name == "int":
+        return _parse_int(where, args)
+    return _parse_float(where, name, args)
+
+
+def _is_scalar(value: Any) -> bool:
+    return value is None or isinstance(value, bool | int | float | str)
+
+
+def _parse_choices(where: str, name: Kind, args: list[Any]) -> Param:
+    if not all(_is_scalar(v) for v in args):
+        raise SpaceError(f"{where}: {name} values must be scalars, got {args!r}")
+    if len({(type(v), v) for v in args}) != len(args):
+        raise SpaceError(f"{where}: {name} lists a value twice: {args!r}")
+    return Param(name, tuple(args))
+
+
+def _parse_float(where: str, name: Kind, args: list[Any]) -> Param:
+    for v in args:
+        if isinstance(v, str):
+            raise SpaceError(f"{where}: {v!r} is a string; YAML needs a dot, e.g. 1.0e-3, not 1e-3")
+    if len(args) != 2 or not all(_is_number(v) for v in args):
+        raise SpaceError(f"{where}: {name} needs [lo, hi] as numbers, got {args!r}")
+    lo, hi = float(args[0]), float(args[1])
+    if not lo < hi:
+        raise SpaceError(f"{where}: {name} needs lo < hi, got {args!r}")
+    if name == "loguniform" and lo <= 0:
+        raise SpaceError(f"{where}: loguniform needs lo > 0, got {args!r}")
+    return Param(name, (lo, hi))
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _parse_int(where: str, args: list[Any]) -> Param:
+    if len(args) not in (2, 3) or not all(isinstance(v, int) and _is_number(v) for v in args):
+        raise SpaceError(f"{where}: int needs [lo, hi] or [lo, hi, step] as integers, got {args!r}")
+    lo, hi, step = (*args, 1)[:3]
+    if not lo < hi:
+        raise SpaceError(f"{where}: int needs lo < hi, got {args!r}")
+    if step < 1:
+        raise SpaceError(f"{where}: int step must be >= 1, got {step}")
+    if lo % step or hi % step:
+        # Tune's qrandint draws multiples of the step; Optuna draws lo + k*step. They agree here.
+        raise SpaceError(f"{where}: int lo and hi must be multiples of the step {step}")
+    return Param("int", (lo, hi), step)
+
+
+def _check_values(space: SearchSpace, base: TrainerConfig) -> None:
+    """Every range end, choice and grid point validates; floats are not aimed at int fields."""
+    fixed = space.fixed()
+    for key, param in space.params.items():
+        for value in param.values:
+            try:
+                cfg = apply_params(base, {**fixed, key: value})
+            except ConfigError as err:
+                raise SpaceError(
+                    f"{space.path}: {key}: {value!r} is invalid here: {_one_line(err)}"
+                ) from None
+        if param.kind in ("loguniform", "uniform") and type(flatten(cfg)[key]) is int:
+            raise SpaceError(
+                f"{space.path}: {key}: the trainer wants an int; use {{int: [lo, hi]}}"
+            )
+    # Keys can constrain each other (model validators), so try the combinations too.
+    keys = list(space.params)
+    values = [p.values for p in space.params.values()]
+    if space.is_grid or math.prod(len(v) for v in values) <= _MAX_COMBINATIONS:
+        for combo in itertools.product(*values):
+            point = dict(zip(keys, combo, strict=True))
+            try:
+                apply_params(base, point)
+            except ConfigError as err:
+                raise SpaceError(
+                    f"{space.path}: the combination {point} is invalid: {_one_line(err)}"
+                ) from None
+
+
+def _one_line(err: ConfigError) -> str:
+    return " ".join(str(err).split())

@@ -1,0 +1,202 @@
+"""Search spaces: shipped files load and validate, sampling is seeded, bad files name the key."""
+
+from __future__ import annotations
+
+import itertools
+import math
+from pathlib import Path
+
+import pytest
+from ray.tune.search.optuna import OptunaSearch
+
+from search_spaces import (
+    SPACES_DIR,
+    SpaceError,
+    apply_params,
+    load_space,
+    shipped_spaces,
+)
+from trainer.config import ConfigError, flatten, load_config
+
+
+@pytest.fixture(scope="module")
+def base():
+    return load_config()
+
+
+def _write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "space.yaml"
+    path.write_text(text)
+    return path
+
+
+def test_the_spaces_ship_with_the_package() -> None:
+    names = {p.name for p in shipped_spaces()}
+    assert {"default.yaml", "paper_grid.yaml", "smoke.yaml"} <= names
+
+
+@pytest.mark.parametrize("path", shipped_spaces(), ids=lambda p: p.name)
+def test_shipped_space_loads_and_its_configs_validate(path: Path, base) -> None:
+    space = load_space(path, base)
+    assert set(space.params) <= set(flatten(base))
+    points = space.grid_points() if space.is_grid else space.sample(8, seed=0)
+    assert len(points) == (space.n_trials_hint or 8)
+    for point in points:
+        assert set(point) == set(space.params)
+        flat = flatten(apply_params(base, point))
+        assert all(flat[key] == value for key, value in point.items())
+
+
+def test_default_space_is_tpe_over_loss_and_queue(base) -> None:
+    space = load_space(SPACES_DIR / "default.yaml", base)
+    assert not space.is_grid and space.n_trials_hint is None
+    assert set(space.params) == {
+        "loss.temperature", "queue.size", "queue.start_epoch", "loss.similarity"
+    }  # fmt: skip
+    with pytest.raises(SpaceError, match="not a grid space"):
+        space.grid_points()
+
+
+def test_paper_grid_is_the_40_point_product(base) -> None:
+    space = load_space(SPACES_DIR / "paper_grid.yaml", base)
+    assert space.is_grid and space.n_trials_hint == 40
+    points = space.grid_points()
+    expected = itertools.product(
+        ["cosine", "angular"], [0.07, 0.1, 0.3, 0.6], [0, 256, 1024, 4096, 8192]
+    )
+    got = [(p["loss.similarity"], p["loss.temperature"], p["queue.size"]) for p in points]
+    assert got == list(expected)
+    assert {p["queue.start_epoch"] for p in points} == {5}
+    with pytest.raises(SpaceError, match="grid space has no optuna_search"):
+        space.optuna_search("encoder/dev/eer", "min", seed=0)
+
+
+def test_smoke_space_has_two_points(base) -> None:
+    points = load_space(SPACES_DIR / "smoke.yaml", base).grid_points()
+    assert points == [
+        {"loss.temperature": 0.1, "queue.size": 16, "queue.start_epoch": 1},
+        {"loss.temperature": 0.3, "queue.size": 16, "queue.start_epoch": 1},
+    ]
+
+
+def test_sampling_is_seeded(base) -> None:
+    space = load_space(SPACES_DIR / "default.yaml", base)
+    assert space.sample(6, seed=3) == space.sample(6, seed=3)
+    assert space.sample(6, seed=3) != space.sample(6, seed=4)
+
+
+def test_samples_respect_bounds_and_choices(tmp_path: Path, base) -> None:
+    path = _write(tmp_path, "loss.temperature: {loguniform: [0.05, 0.5]}\n"
+                            "queue.start_epoch: {int: [2, 4]}\n"
+                            "queue.size: {int: [0, 1024, 256]}\n"
+                            "loss.similarity: {categorical: [angular]}\n"
+                            "stage1.lr_head: {uniform: [1.0e-4, 2.0e-4]}\n")  # fmt: skip
+    samples = load_space(path, base).sample(300, seed=0)
+    temps = [s["loss.temperature"] for s in samples]
+    assert min(temps) >= 0.05 and max(temps) <= 0.5
+    # Log-uniform: about half the draws fall below the geometric midpoint.
+    below = sum(t < math.sqrt(0.05 * 0.5) for t in temps) / len(temps)
+    assert 0.35 < below < 0.65
+    assert {s["queue.start_epoch"] for s in samples} == {2, 3, 4}
+    assert {s["queue.size"] for s in samples} == {0, 256, 512, 768, 1024}
+    assert {s["loss.similarity"] for s in samples} == {"angular"}
+    assert all(1e-4 <= s["stage1.lr_head"] <= 2e-4 for s in samples)
+
+
+def test_optuna_search_suggests_dotted_keys(base) -> None:
+    space = load_space(SPACES_DIR / "default.yaml", base)
+    start = {"loss.temperature": 0.1, "queue.size": 1024, "queue.start_epoch": 5,
+             "loss.similarity": "angular"}  # fmt: skip
+    searcher = space.optuna_search("encoder/dev/eer", "min", seed=0, points_to_evaluate=[start])
+    assert isinstance(searcher, OptunaSearch)
+    assert searcher.suggest("t0") == start
+    config = searcher.suggest("t1")
+    assert set(config) == set(space.params)
+    apply_params(base, config)
+    # The same seed gives the same first sampled trial.
+    again = space.optuna_search("encoder/dev/eer", "min", seed=0)
+    assert again.suggest("a") == space.optuna_search("encoder/dev/eer", "min", seed=0).suggest("a")
+    with pytest.raises(ValueError, match="needs a metric and mode"):
+        space.optuna_search(None, None, seed=0)  # type: ignore[arg-type]
+
+
+def test_tune_param_space_keeps_inclusive_int_bounds(tmp_path: Path, base) -> None:
+    path = _write(tmp_path, "queue.start_epoch: {int: [0, 8]}\nqueue.size: {int: [0, 512, 256]}\n"
+                            "queue.positives: false\n")  # fmt: skip
+    space = load_space(path, base)
+    domains = space.tune_param_space()
+    assert domains["queue.positives"] is False
+    optuna_space = OptunaSearch.convert_search_space(domains)
+    assert (optuna_space["queue.start_epoch"].low, optuna_space["queue.start_epoch"].high) == (0, 8)
+    assert (optuna_space["queue.size"].high, optuna_space["queue.size"].step) == (512, 256)
+    draws = domains["queue.start_epoch"].sample(size=400, random_state=0)
+    assert set(draws) == set(range(9))
+
+
+def test_apply_params_overrides_and_validates(base) -> None:
+    cfg = apply_params(base, {"loss.temperature": 0.07, "data.eval.itw.root": "/elsewhere"})
+    assert cfg.loss.temperature == 0.07 and str(cfg.data.eval["itw"].root) == "/elsewhere"
+    assert base.loss.temperature == 0.3
+    with pytest.raises(ConfigError, match=r"queue\.size: Input should be greater than or equal"):
+        apply_params(base, {"queue.size": -1})
+    with pytest.raises(ConfigError, match=r"loss\.temprature: unknown key"):
+        apply_params(base, {"loss.temprature": 0.1})
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("loss.temprature: {uniform: [0.1, 0.5]}", r"loss\.temprature: not a trainer config path; "
+                                                   r"did you mean loss\.temperature"),
+        ("loss: {uniform: [0.1, 0.5]}", "loss: is a config section"),
+        ("loss.temperature: {loguniform: [0, 1]}", r"loss\.temperature: loguniform needs lo > 0"),
+        ("loss.temperature: {uniform: [1, 0]}", r"loss\.temperature: uniform needs lo < hi"),
+        ("loss.temperature: {uniform: [1e-3, 1]}", r"loss\.temperature: '1e-3' is a string"),
+        ("loss.temperature: {normal: [0.1, 1]}", r"loss\.temperature: unknown distribution"),
+        ("loss.temperature: {uniform: 0.1}", r"loss\.temperature: uniform needs a non-empty list"),
+        ("queue.size: {categorical: []}", r"queue\.size: categorical needs a non-empty list"),
+        ("queue.size: {categorical: [0, 0]}", r"queue\.size: categorical lists a value twice"),
+        ("queue.size: [0, 256]", r"queue\.size: a bare list is ambiguous"),
+        ("queue.size: {int: [0, 2.5]}", r"queue\.size: int needs \[lo, hi\]"),
+        ("queue.size: {int: [1, 9, 2]}", r"queue\.size: int lo and hi must be multiples"),
+        ("queue.size: {int: [-5, 3]}", r"queue\.size: -5 is invalid here.*greater than or equal"),
+        ("queue.size: {categorical: [-1, 8]}", r"queue\.size: -1 is invalid here"),
+        ("queue.size: {loguniform: [1, 4096]}", r"queue\.size: the trainer wants an int"),
+        ("loss.similarity: {grid: [cosine, euclid]}", r"loss\.similarity: 'euclid' is invalid"),
+        ("model.dropout: {uniform: [0.0, 1.0]}", r"model\.dropout: 1\.0 is invalid here"),
+        ("loss.similarity: {grid: [cosine, angular]}\nqueue.size: {categorical: [0, 8]}",
+         r"grid keys \['loss\.similarity'\] cannot be mixed with sampled keys \['queue\.size'\]"),
+        ("model.pretrained: {categorical: [null, facebook/wav2vec2-xls-r-300m]}",
+         r"model\.pretrained: 'facebook/wav2vec2-xls-r-300m' is invalid.*exactly one"),
+        ("- loss.temperature", "expected a mapping"),
+        ("", "expected a mapping"),
+        ("{}", "defines no parameters"),
+        ("loss.temperature: {uniform: [0.1", "not valid YAML"),
+    ],
+)  # fmt: skip
+def test_bad_spaces_fail_naming_file_and_key(tmp_path: Path, base, text: str, message: str) -> None:
+    path = _write(tmp_path, text + "\n")
+    with pytest.raises(SpaceError, match=message) as info:
+        load_space(path, base)
+    assert str(path) in str(info.value)
+
+
+def test_combinations_are_checked(tmp_path: Path, base) -> None:
+    # Each value is fine with the base's other bounds; min_f 5000 with max_f 1000 is not.
+    path = _write(tmp_path, "data.rawboost.min_f: {grid: [20.0, 5000.0]}\n"
+                            "data.rawboost.max_f: {grid: [1000.0, 8000.0]}\n")  # fmt: skip
+    with pytest.raises(SpaceError, match=r"the combination .* is invalid.*must not exceed"):
+        load_space(path, base)
+
+
+def test_missing_file(tmp_path: Path, base) -> None:
+    with pytest.raises(SpaceError, match="search space file not found"):
+        load_space(tmp_path / "nope.yaml", base)
+
+
+def test_eval_set_keys_follow_the_base_config(tmp_path: Path, base) -> None:
+    path = _write(tmp_path, "data.eval.itw.on_missing: {grid: [error, skip]}\n")
+    assert load_space(path, base).n_trials_hint == 2
+    path = _write(tmp_path, "data.eval.other.on_missing: {grid: [error, skip]}\n")
+    with pytest.raises(SpaceError, match=r"data\.eval\.other\.on_missing: not a trainer config"):
+        load_space(path, base)
