@@ -1,0 +1,164 @@
+"""``supcon-sweep best``: the best finished trials in MLflow, as a table, JSON or a config file."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from trainer.config import ConfigError
+
+# The swept knobs, always shown; any other param that differs among the shown runs joins them.
+KEY_PARAMS = ("loss.similarity", "loss.temperature", "queue.size", "queue.start_epoch")
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "best",
+        help="list the best finished trials tracked in MLflow; export the best one's config",
+        description=(
+            "Rank the finished trial runs of an MLflow experiment by a metric (the last value "
+            "each run logged) and print their swept parameters and EERs. --export writes the "
+            "best trial's config for `supcon-sweep trial --config FILE`."
+        ),
+    )
+    p.add_argument("--experiment", default="supcon-sweep", help="MLflow experiment")
+    p.add_argument(
+        "--metric",
+        default="eval/pooled_mean/eer",
+        help="ranking metric (default eval/pooled_mean/eer, a test-set metric)",
+    )
+    p.add_argument("--mode", choices=("min", "max"), default="min")
+    p.add_argument("--top", type=int, default=5, help="how many trials (default 5)")
+    p.add_argument(
+        "--tracking-uri",
+        help="MLflow URI (default MLFLOW_TRACKING_URI, else sqlite:///OUT/mlflow.db)",
+    )
+    p.add_argument(
+        "--out",
+        type=Path,
+        default=Path("runs"),
+        help="the sweep's output folder, where the embedded store lives (default runs)",
+    )
+    p.add_argument("--json", action="store_true", help="print the runs as JSON")
+    p.add_argument("--export", type=Path, metavar="FILE", help="write the best trial's config")
+    p.set_defaults(handler=_best)
+
+
+def _fmt(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return str(value)
+
+
+def _shown_params(rows: Sequence[dict[str, Any]]) -> list[str]:
+    keys = sorted({k for r in rows for k in r["params"]})
+    differing = [
+        k for k in keys if k not in KEY_PARAMS and len({_fmt(r["params"].get(k)) for r in rows}) > 1
+    ]
+    return [k for k in KEY_PARAMS if k in keys] + differing
+
+
+def _eer_columns(rows: Sequence[dict[str, Any]], metric: str) -> list[tuple[str, str]]:
+    """(metric key, header) pairs: each evaluation set, the two pooled figures, stage-2 dev, and
+    the ranking metric if it is none of those. Per-attack keys (``eer_A07``) are left out."""
+    keys = {k for r in rows for k in r["metrics"]}
+    sets = sorted(
+        parts[1]
+        for parts in (k.split("/") for k in keys)
+        if len(parts) == 3 and parts[0] == "eval" and parts[2] == "eer"
+    )
+    names = [s for s in sets if s not in ("pooled_mean", "pooled_all")]
+    columns = [(f"eval/{s}/eer", s) for s in names]
+    columns += [("eval/pooled_mean/eer", "pooled_mean"), ("eval/pooled_all/eer", "pooled_all"),
+                ("classifier/dev/eer", "dev(stage2)")]  # fmt: skip
+    columns = [(k, h) for k, h in columns if k in keys]
+    if metric not in {k for k, _ in columns} and metric in keys:
+        columns.append((metric, metric))
+    return columns
+
+
+def _is_eer(key: str) -> bool:
+    return key.endswith("/eer")
+
+
+def _metric(key: str, value: float | None) -> str:
+    if value is None:
+        return "-"
+    return f"{100 * value:.2f}" if _is_eer(key) else f"{value:.4g}"
+
+
+def print_table(rows: Sequence[dict[str, Any]], metric: str) -> None:
+    """One line per run, best first: rank, trial id, shown params, then EERs in %."""
+    if not rows:
+        print("(no finished trial has this metric)")
+        return
+    params = _shown_params(rows)
+    eers = _eer_columns(rows, metric)
+    header = ["#", "trial", *params, *(f"{h} %" if _is_eer(k) else h for k, h in eers)]
+    table = [
+        [str(i), r["trial_id"], *(_fmt(r["params"].get(k)) for k in params),
+         *(_metric(k, r["metrics"].get(k)) for k, _ in eers)]
+        for i, r in enumerate(rows, 1)
+    ]  # fmt: skip
+    widths = [max(len(row[c]) for row in [header, *table]) for c in range(len(header))]
+    for row in [header, *table]:
+        pairs = enumerate(zip(row, widths, strict=True))
+        cells = [c.ljust(w) if i < 2 else c.rjust(w) for i, (c, w) in pairs]
+        print("  ".join(cells).rstrip())
+
+
+def _best(args: argparse.Namespace) -> int:
+    from orchestrator.tracking import (
+        TrackingError,
+        check_reachable,
+        export_config,
+        query_best,
+        resolve_tracking_uri,
+        safe_uri,
+    )
+
+    if args.top < 1:
+        print("error: --top must be at least 1", file=sys.stderr)
+        return 2
+    if args.metric.startswith("eval/"):
+        print(
+            f"note: {args.metric} is a test-set metric; choosing a trial by it makes its test "
+            "EER optimistic (the sweep itself selects on a dev metric)",
+            file=sys.stderr,
+        )
+    uri = resolve_tracking_uri(args.tracking_uri, args.out)
+    try:
+        check_reachable(uri)
+        rows = query_best(uri, args.experiment, args.metric, args.mode, args.top)
+    except TrackingError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    if not rows:
+        print(
+            f"error: no finished trial in experiment {args.experiment!r} of {safe_uri(uri)} "
+            f"has the metric {args.metric}",
+            file=sys.stderr,
+        )
+        return 1
+    if args.json:
+        print(json.dumps(rows, indent=2, default=str))
+    else:
+        print_table(rows, args.metric)
+    if args.export:
+        try:
+            path = export_config(rows[0], args.export)
+        except ConfigError as err:
+            print(f"error: trial {rows[0]['trial_id']} has no valid config: {err}", file=sys.stderr)
+            return 1
+        print(
+            f"wrote the config of trial {rows[0]['trial_id']} to {path.resolve()}; rerun it with "
+            f"supcon-sweep trial --config {path}",
+            file=sys.stderr if args.json else sys.stdout,
+        )
+    return 0

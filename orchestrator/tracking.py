@@ -1,0 +1,423 @@
+"""All MLflow access: the sweep's parent run, each trial's nested run, best-run queries.
+
+Only :class:`mlflow.tracking.MlflowClient` with explicit run ids is used, never the fluent
+``mlflow.start_run`` state, so logging works (and leaves it alone) when an MLflow run is already
+active in the process, as it is inside a Tune trial. Trials log from rank 0 only.
+
+Params are written as YAML scalars (``null``, ``true``, ``1.0e-05``, quoted ambiguous strings), so
+:func:`query_best` reads them back with ``yaml.safe_load`` as the values the config held.
+Non-finite metric values are not logged (a warning names them): MLflow would keep a NaN as the
+latest value, which then hides the run's real result from searches ordered by that metric.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import math
+import os
+import ssl
+import subprocess
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Mapping, Sequence
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import yaml
+from mlflow.entities import Metric, Param, RunTag, ViewType
+from mlflow.exceptions import MlflowException
+from mlflow.tracking import MlflowClient
+from mlflow.utils.validation import MAX_PARAM_VAL_LENGTH, MAX_PARAMS_TAGS_PER_BATCH
+
+from trainer.config import TrainerConfig, set_dotted, to_yaml, validate_tree
+
+log = logging.getLogger(__name__)
+
+DEFAULT_EXPERIMENT = "supcon-sweep"
+SWEEP_TAG = "supcon.sweep"
+TRIAL_TAG = "supcon.trial_id"
+STATUS_TAG = "supcon.status"
+CODE_TAG = "supcon.code_version"
+PARENT_TAG = "mlflow.parentRunId"
+END_STATUSES = ("FINISHED", "FAILED", "KILLED")
+_ROOT = Path(__file__).resolve().parents[1]
+_METRICS_PER_BATCH = 1000
+
+
+class TrackingError(RuntimeError):
+    """The tracking store is unreachable or does not hold what was asked for."""
+
+
+def safe_uri(uri: str) -> str:
+    """``uri`` without ``user:password@`` and query string, fit for messages and logs."""
+    head, sep, rest = uri.partition("://")
+    if not sep:
+        return uri
+    rest, query, _ = rest.partition("?")
+    authority, slash, path = rest.partition("/")
+    if "@" in authority:
+        authority = "***@" + authority.rpartition("@")[2]
+    return f"{head}://{authority}{slash}{path}" + ("?..." if query else "")
+
+
+def _sqlite_path(uri: str) -> Path | None:
+    if not uri.startswith("sqlite:///") or uri == "sqlite:///:memory:":
+        return None
+    return Path(uri.removeprefix("sqlite:///"))
+
+
+def resolve_tracking_uri(uri: str | None, out_dir: Path) -> str:
+    """Explicit ``uri`` > ``MLFLOW_TRACKING_URI`` > ``sqlite:///<out_dir>/mlflow.db``.
+
+    SQLite paths are made absolute here, because Ray runs trials in other working directories.
+    """
+    chosen = uri or os.environ.get("MLFLOW_TRACKING_URI") or ""
+    if not chosen:
+        return f"sqlite:///{Path(out_dir).resolve() / 'mlflow.db'}"
+    db = _sqlite_path(chosen)
+    if db is not None and not db.is_absolute():
+        return f"sqlite:///{db.resolve()}"
+    return chosen
+
+
+def artifact_root(out_dir: Path) -> str:
+    """Where new experiments of the embedded store keep artifacts: ``<out_dir>/mlartifacts``."""
+    return (Path(out_dir).resolve() / "mlartifacts").as_uri()
+
+
+def check_reachable(uri: str, timeout: float = 5) -> None:
+    """Fail fast, naming the URI, when an http(s) server does not answer or the SQLite folder
+    cannot be created. One plain GET without retries (MLflow's client retries for minutes); any
+    HTTP answer, even an error status or a TLS handshake, counts as reachable. Other schemes
+    (databricks, postgresql, ...) are not checked."""
+    parts = urlsplit(uri)
+    if parts.scheme in ("http", "https"):
+        netloc = parts.netloc.rpartition("@")[2]  # credentials are not needed for /health
+        url = urlunsplit((parts.scheme, netloc, parts.path.rstrip("/") + "/health", "", ""))
+        try:
+            with urllib.request.urlopen(url, timeout=timeout):
+                return
+        except urllib.error.HTTPError:
+            return
+        except (urllib.error.URLError, OSError) as err:
+            reason = getattr(err, "reason", err)
+            if isinstance(reason, ssl.SSLError):  # it answered; TLS trust is MLflow's setting
+                return
+            raise TrackingError(
+                f"MLflow tracking server {safe_uri(uri)} is not reachable ({reason}; waited at "
+                f"most {timeout:g} s); start it or pass another --tracking-uri"
+            ) from None
+    db = _sqlite_path(uri)
+    if db is not None:
+        try:
+            db.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            raise TrackingError(
+                f"cannot create the folder of the MLflow store {safe_uri(uri)}: {err}"
+            ) from None
+
+
+def ensure_experiment(client: MlflowClient, name: str, artifact_location: str | None) -> str:
+    """The id of experiment ``name``, created (with ``artifact_location``) if missing."""
+    exp = client.get_experiment_by_name(name)
+    if exp is None:
+        try:
+            return client.create_experiment(name, artifact_location=artifact_location)
+        except MlflowException:  # another process created it meanwhile
+            exp = client.get_experiment_by_name(name)
+            if exp is None:
+                raise
+    if exp.lifecycle_stage == "deleted":
+        raise TrackingError(
+            f"MLflow experiment {name!r} is deleted; restore it (mlflow experiments restore "
+            f"--experiment-id {exp.experiment_id}) or choose another name"
+        )
+    return exp.experiment_id
+
+
+@functools.cache
+def code_version() -> str:
+    """``git rev-parse HEAD`` of this checkout (``-dirty`` with local changes), else the
+    installed package version."""
+    if (_ROOT / ".git").exists():
+        try:
+            head = subprocess.run(
+                ["git", "rev-parse", "HEAD"], cwd=_ROOT, capture_output=True, text=True,
+                timeout=10, check=True,
+            ).stdout.strip()  # fmt: skip
+            dirty = subprocess.run(
+                ["git", "diff", "--quiet", "HEAD"], cwd=_ROOT, capture_output=True, timeout=10
+            ).returncode
+            return head + ("-dirty" if dirty else "")
+        except (OSError, subprocess.SubprocessError):
+            pass
+    try:
+        return f"supcon-sweep=={metadata.version('supcon-sweep')}"
+    except metadata.PackageNotFoundError:
+        return "unknown"
+
+
+def encode_param(value: Any) -> str:
+    """A config value as a one-line YAML scalar that ``yaml.safe_load`` turns back into it."""
+    text = yaml.safe_dump(value, default_flow_style=True, width=math.inf, sort_keys=False)
+    return text.strip().removesuffix("\n...").strip()
+
+
+def decode_param(text: str) -> Any:
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
+
+
+def _quoted(value: str) -> str:
+    for quote in ("'", '"'):
+        if quote not in value:
+            return f"{quote}{value}{quote}"
+    raise TrackingError(f"{value!r} holds both kinds of quotes; MLflow cannot search for it")
+
+
+def _log_params(client: MlflowClient, run_id: str, params: Mapping[str, Any]) -> None:
+    """Log ``params`` in batches, skipping those the run already holds: MLflow refuses to change
+    a logged param, so a resumed run keeps its first value and a changed one is only warned."""
+    existing = client.get_run(run_id).data.params
+    new: list[Param] = []
+    for key, value in params.items():
+        text = encode_param(value)
+        if len(text) > MAX_PARAM_VAL_LENGTH:
+            log.warning(
+                "param %s is longer than MLflow allows (%d chars); not logged", key, len(text)
+            )
+        elif key not in existing:
+            new.append(Param(key, text))
+        elif existing[key] != text:
+            log.warning("param %s is already %r on run %s; keeping it", key, existing[key], run_id)
+    for i in range(0, len(new), MAX_PARAMS_TAGS_PER_BATCH):
+        client.log_batch(run_id, params=new[i : i + MAX_PARAMS_TAGS_PER_BATCH], synchronous=True)
+
+
+def _find_run(client: MlflowClient, experiment_id: str, tags: Mapping[str, str]) -> Any | None:
+    """The earliest un-deleted run carrying every tag in ``tags``, or None."""
+    where = " and ".join(f"tags.`{k}` = {_quoted(v)}" for k, v in tags.items())
+    runs = client.search_runs(
+        [experiment_id], where, ViewType.ACTIVE_ONLY, max_results=1,
+        order_by=["attributes.start_time ASC"],
+    )  # fmt: skip
+    return runs[0] if runs else None
+
+
+def _reopen(client: MlflowClient, run_id: str) -> None:
+    client.update_run(run_id, status="RUNNING")
+    client.set_tag(run_id, STATUS_TAG, "RUNNING")
+
+
+def _finish(client: MlflowClient, run_id: str, status: str) -> None:
+    if status not in END_STATUSES:
+        raise ValueError(f"status must be one of {', '.join(END_STATUSES)}, got {status!r}")
+    client.set_tag(run_id, STATUS_TAG, status)
+    client.set_terminated(run_id, status)
+
+
+class SweepRun:
+    """The parent MLflow run of a sweep, found again by its ``supcon.sweep`` tag on resume."""
+
+    def __init__(self, client: MlflowClient, uri: str, experiment_id: str, run_id: str) -> None:
+        self.client = client
+        self.uri = uri
+        self.experiment_id = experiment_id
+        self.run_id = run_id
+
+    @classmethod
+    def start(
+        cls,
+        uri: str,
+        experiment: str,
+        sweep_name: str,
+        *,
+        params: dict[str, Any],
+        tags: dict[str, str],
+        space_text: str | None,
+    ) -> SweepRun:
+        """Create the parent run, or continue the un-deleted one tagged with ``sweep_name``.
+
+        New experiments on a SQLite store keep artifacts in ``mlartifacts/`` beside the database.
+        """
+        client = MlflowClient(uri)
+        db = _sqlite_path(uri)
+        location = artifact_root(db.parent) if db is not None else None
+        experiment_id = ensure_experiment(client, experiment, location)
+        found = _find_run(client, experiment_id, {SWEEP_TAG: sweep_name})
+        if found is not None:
+            run_id = found.info.run_id
+            _reopen(client, run_id)
+            log.info("continuing MLflow run %s of sweep %s", run_id, sweep_name)
+        else:
+            run_tags = {**tags, SWEEP_TAG: sweep_name, STATUS_TAG: "RUNNING"}
+            run_id = client.create_run(
+                experiment_id, tags=run_tags, run_name=sweep_name
+            ).info.run_id
+        version = code_version()
+        extra = {CODE_TAG: version, **tags}
+        if len(version) >= 40 and version[:40].isalnum():
+            extra["mlflow.source.git.commit"] = version[:40]
+        client.log_batch(run_id, tags=[RunTag(k, str(v)) for k, v in extra.items()])
+        _log_params(client, run_id, params)
+        if space_text is not None:
+            client.log_text(run_id, space_text, "search_space.yaml")
+        return cls(client, uri, experiment_id, run_id)
+
+    def finish(self, status: str = "FINISHED") -> None:
+        _finish(self.client, self.run_id, status)
+
+
+class TrialTracker:
+    """The nested MLflow run of one trial, written by rank 0 of the trial's workers only."""
+
+    def __init__(self, client: MlflowClient, run_id: str) -> None:
+        self.client = client
+        self.run_id = run_id
+        self._skipped: set[str] = set()
+
+    @classmethod
+    def open(
+        cls,
+        uri: str,
+        experiment_id: str,
+        parent_run_id: str,
+        trial_id: str,
+        params: dict[str, Any],
+    ) -> TrialTracker:
+        """Continue the child run of (``parent_run_id``, ``trial_id``) or create it; log the
+        flattened trainer config (dotted paths) as params."""
+        client = MlflowClient(uri)
+        tags = {PARENT_TAG: parent_run_id, TRIAL_TAG: trial_id}
+        found = _find_run(client, experiment_id, tags)
+        if found is not None:
+            run_id = found.info.run_id
+            _reopen(client, run_id)
+        else:
+            tags |= {STATUS_TAG: "RUNNING", CODE_TAG: code_version()}
+            run_id = client.create_run(experiment_id, tags=tags, run_name=trial_id).info.run_id
+        _log_params(client, run_id, params)
+        return cls(client, run_id)
+
+    def log_metrics(self, metrics: Mapping[str, float], step: int) -> None:
+        """Log ``stage/split/name`` metrics at ``step`` in batches; non-finite values are skipped
+        with a warning (once per key)."""
+        now = int(time.time() * 1000)
+        batch = []
+        for key, value in metrics.items():
+            if math.isfinite(value):
+                batch.append(Metric(key, float(value), now, step))
+            elif key not in self._skipped:
+                self._skipped.add(key)
+                log.warning("metric %s is %s at step %d; not logged to MLflow", key, value, step)
+        for i in range(0, len(batch), _METRICS_PER_BATCH):
+            self.client.log_batch(
+                self.run_id, metrics=batch[i : i + _METRICS_PER_BATCH], synchronous=True
+            )
+
+    def log_artifacts(self, paths: Sequence[Path], artifact_path: str | None = None) -> None:
+        """Upload files (and folders, under their own name) to ``artifact_path`` of the run."""
+        for path in map(Path, paths):
+            if path.is_dir():
+                dest = f"{artifact_path}/{path.name}" if artifact_path else path.name
+                self.client.log_artifacts(self.run_id, str(path), dest)
+            elif path.is_file():
+                self.client.log_artifact(self.run_id, str(path), artifact_path)
+            else:
+                log.warning("artifact %s does not exist; not logged", path)
+
+    def finish(self, status: str = "FINISHED") -> None:
+        _finish(self.client, self.run_id, status)
+
+
+def _experiment_id(client: MlflowClient, uri: str, experiment: str) -> str:
+    exp = client.get_experiment_by_name(experiment)
+    if exp is None or exp.lifecycle_stage == "deleted":
+        names = sorted(e.name for e in client.search_experiments())
+        raise TrackingError(
+            f"no MLflow experiment {experiment!r} in {safe_uri(uri)}; "
+            f"existing: {', '.join(names) or '(none)'}"
+        )
+    return exp.experiment_id
+
+
+def query_best(
+    uri: str,
+    experiment: str,
+    metric: str = "eval/pooled_mean/eer",
+    mode: str = "min",
+    top: int = 5,
+    parent_run_id: str | None = None,
+) -> list[dict[str, Any]]:
+    """The ``top`` finished trial runs (optionally of one sweep) with a finite ``metric``, best
+    first: ``{"run_id", "trial_id", "params": {path: value}, "metrics": {key: value}}``.
+
+    Runs are ordered by the metric's last logged value (MLflow's ``latest`` metric).
+    """
+    if mode not in ("min", "max"):
+        raise ValueError(f"mode must be min or max, got {mode!r}")
+    db = _sqlite_path(uri)
+    if db is not None and not db.is_file():
+        raise TrackingError(f"no MLflow store at {db} (run a sweep, or pass --tracking-uri/--out)")
+    client = MlflowClient(uri)
+    experiment_id = _experiment_id(client, uri, experiment)
+    where = f"attributes.status = 'FINISHED' and tags.`{TRIAL_TAG}` IS NOT NULL"
+    if parent_run_id:
+        where += f" and tags.`{PARENT_TAG}` = {_quoted(parent_run_id)}"
+    order = [
+        f"metrics.`{metric}` {'ASC' if mode == 'min' else 'DESC'}",
+        "attributes.start_time ASC",
+    ]
+    rows: list[dict[str, Any]] = []
+    token = None
+    while len(rows) < top:
+        page = client.search_runs(
+            [experiment_id], where, ViewType.ACTIVE_ONLY, max_results=max(top, 100),
+            order_by=order, page_token=token,
+        )  # fmt: skip
+        for run in page:
+            value = run.data.metrics.get(metric)
+            if value is not None and math.isfinite(value) and len(rows) < top:
+                rows.append(_row(run))
+        token = page.token
+        if not token:
+            break
+    return rows
+
+
+def _row(run: Any) -> dict[str, Any]:
+    return {
+        "run_id": run.info.run_id,
+        "trial_id": run.data.tags[TRIAL_TAG],
+        "params": {k: decode_param(v) for k, v in sorted(run.data.params.items())},
+        "metrics": dict(sorted(run.data.metrics.items())),
+    }
+
+
+def export_config(best: dict[str, Any], path: Path) -> Path:
+    """Write the trainer config of a :func:`query_best` row (its params are the full flattened
+    config) to ``path`` atomically, validated; ``supcon-sweep trial --config path`` reruns it."""
+    tree: dict[str, Any] = {}
+    for key, value in best["params"].items():
+        set_dotted(tree, key, value)
+    cfg: TrainerConfig = validate_tree(tree)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    header = f"# trial {best['trial_id']} (MLflow run {best['run_id']}), by supcon-sweep best\n"
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(header + to_yaml(cfg))
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path

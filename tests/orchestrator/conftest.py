@@ -1,0 +1,21 @@
+"""One isolated local Ray instance for every orchestrator test (starting Ray costs 5-15 s)."""
+
+from __future__ import annotations
+
+import pytest
+
+
+@pytest.fixture(scope="session")
+def ray_session():
+    ray = pytest.importorskip("ray")
+    # address="local" ignores RAY_ADDRESS and stale cluster files: never joins another Ray.
+    ray.init(
+        address="local",
+        num_cpus=2,
+        resources={"TRAIN_DRIVER": 2},
+        include_dashboard=True,
+        dashboard_host="127.0.0.1",
+        log_to_driver=False,
+    )
+    yield ray
+    ray.shutdown()

@@ -1,0 +1,263 @@
+"""MLflow tracking on a real SQLite store: parent and nested trial runs, resume, best-run queries,
+the ``best`` command, and logging while another MLflow run is active in the process."""
+
+from __future__ import annotations
+
+import http.server
+import json
+import logging
+import math
+import threading
+import time
+from pathlib import Path
+
+import mlflow
+import pytest
+from mlflow.tracking import MlflowClient
+
+from orchestrator.cli import main
+from orchestrator.tracking import (
+    SweepRun,
+    TrackingError,
+    TrialTracker,
+    artifact_root,
+    check_reachable,
+    query_best,
+    resolve_tracking_uri,
+)
+from trainer.config import flatten, load_config
+
+METRIC = "eval/pooled_mean/eer"
+SPACE = "loss.temperature: {loguniform: [0.03, 1.0]}\n"
+
+
+def _config(temperature: float, weight_decay: float = 1e-4) -> dict:
+    overrides = [f"loss.temperature={temperature}", f"stage1.weight_decay={weight_decay}"]
+    return flatten(load_config(overrides=overrides))
+
+
+def _final(eer: float) -> dict[str, float]:
+    return {METRIC: eer, "eval/pooled_all/eer": eer + 0.01, "eval/asv19/eer": eer,
+            "eval/asv19/eer_A07": 0.5, "eval/itw/eer": eer + 0.02,
+            "classifier/dev/eer": 0.05}  # fmt: skip
+
+
+def _trial(parent: SweepRun, trial_id: str, temperature: float, eer: float, **kw) -> str:
+    status = kw.pop("status", "FINISHED")
+    tracker = TrialTracker.open(
+        parent.uri, parent.experiment_id, parent.run_id, trial_id, _config(temperature, **kw)
+    )
+    for epoch in range(2):
+        tracker.log_metrics({"encoder/dev/eer": eer + 0.1 * (2 - epoch)}, step=epoch)
+    tracker.log_metrics(_final(eer), step=2)
+    if status != "RUNNING":
+        tracker.finish(status)
+    return tracker.run_id
+
+
+def _sweep(uri: str, name: str, experiment: str = "supcon-sweep") -> SweepRun:
+    params = {"space": "default.yaml", "num_samples": 3, "searcher": "optuna-tpe",
+              "scheduler": "asha", "metric": "encoder/dev/eer", "mode": "min"}  # fmt: skip
+    return SweepRun.start(uri, experiment, name, params=params, tags={}, space_text=SPACE)
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """``OUT/mlflow.db``: sweep ``s1`` with three finished trials (ranked t_b < t_a < t_c by
+    EER), one failed, one running, one whose EER was NaN; sweep ``s2`` with one trial."""
+    out = tmp_path_factory.mktemp("out")
+    uri = resolve_tracking_uri(f"sqlite:///{out / 'mlflow.db'}", out)
+    s1 = _sweep(uri, "s1")
+    _trial(s1, "t_a", 0.1, 0.20)
+    _trial(s1, "t_b", 0.3, 0.10, weight_decay=1e-5)
+    _trial(s1, "t_c", 0.5, 0.30)
+    _trial(s1, "t_failed", 0.05, 0.01, status="FAILED")
+    _trial(s1, "t_running", 0.07, 0.02, status="RUNNING")
+    _trial(s1, "t_nan", 0.9, math.nan)
+    s1.finish()
+    s2 = _sweep(uri, "s2")
+    _trial(s2, "t_other", 0.2, 0.25)
+    s2.finish()
+    return out
+
+
+def _uri(out: Path) -> str:
+    return f"sqlite:///{out / 'mlflow.db'}"
+
+
+def test_query_best_orders_filters_and_parses(store: Path) -> None:
+    uri = _uri(store)
+    rows = query_best(uri, "supcon-sweep", METRIC, "min", top=10)
+    assert [r["trial_id"] for r in rows] == ["t_b", "t_a", "t_other", "t_c"]
+    assert [r["metrics"][METRIC] for r in rows] == pytest.approx([0.10, 0.20, 0.25, 0.30])
+    worst = query_best(uri, "supcon-sweep", METRIC, "max", top=2)
+    assert [r["trial_id"] for r in worst] == ["t_c", "t_other"]
+    one_sweep = query_best(
+        uri, "supcon-sweep", METRIC, top=2, parent_run_id=_sweep(uri, "s1").run_id
+    )
+    assert [r["trial_id"] for r in one_sweep] == ["t_b", "t_a"]
+    params = rows[0]["params"]
+    assert params["loss.temperature"] == 0.3 and params["queue.size"] == 64
+    assert params["stage1.weight_decay"] == 1e-5 and isinstance(
+        params["stage1.weight_decay"], float
+    )
+    assert params["model.pretrained"] is None and params["queue.positives"] is True
+    assert params["data.train.kind"] == "asvspoof2019"
+
+
+def test_parent_and_child_runs(store: Path) -> None:
+    client = MlflowClient(_uri(store))
+    parent = _sweep(_uri(store), "s1")
+    run = client.get_run(parent.run_id)
+    assert run.info.run_name == "s1" and run.data.params["num_samples"] == "3"
+    assert run.data.tags["supcon.code_version"]
+    assert [a.path for a in client.list_artifacts(parent.run_id)] == ["search_space.yaml"]
+    assert (store / "mlartifacts").is_dir()  # the embedded store's artifacts live beside it
+    children = client.search_runs(
+        [parent.experiment_id], f"tags.`mlflow.parentRunId` = '{parent.run_id}'"
+    )
+    assert len(children) == 6
+    b = next(r for r in children if r.info.run_name == "t_b")
+    assert b.data.tags["supcon.status"] == "FINISHED" and b.info.status == "FINISHED"
+    assert b.data.params["stage1.weight_decay"] == "1.0e-05"
+    history = client.get_metric_history(b.info.run_id, "encoder/dev/eer")
+    assert [m.step for m in history] == [0, 1]
+    nan = next(r for r in children if r.info.run_name == "t_nan")
+    assert METRIC not in nan.data.metrics and "classifier/dev/eer" in nan.data.metrics
+
+
+def test_resume_continues_the_same_runs(store: Path, tmp_path: Path, caplog) -> None:
+    uri = _uri(store)
+    first = _sweep(uri, "resumed", experiment="resume")
+    second = _sweep(uri, "resumed", experiment="resume")
+    assert second.run_id == first.run_id
+    assert _sweep(uri, "another", experiment="resume").run_id != first.run_id
+    params = _config(0.2)
+    tracker = TrialTracker.open(uri, first.experiment_id, first.run_id, "t1", params)
+    tracker.log_metrics({"encoder/dev/eer": 0.4}, step=0)
+    tracker.finish("FAILED")
+    again = TrialTracker.open(uri, first.experiment_id, first.run_id, "t1", params)
+    assert again.run_id == tracker.run_id
+    with caplog.at_level(logging.WARNING, logger="orchestrator.tracking"):
+        again.log_metrics({"encoder/dev/eer": 0.3, "encoder/dev/loss": math.inf}, step=1)
+    assert "encoder/dev/loss" in caplog.text
+    (tmp_path / "plots").mkdir()
+    (tmp_path / "plots" / "det.png").write_bytes(b"png")
+    (tmp_path / "config.yaml").write_text("seed: 0\n")
+    again.log_artifacts([tmp_path / "config.yaml", tmp_path / "plots", tmp_path / "missing"])
+    again.finish("FINISHED")
+    client = MlflowClient(uri)
+    run = client.get_run(again.run_id)
+    assert run.info.status == "FINISHED" and run.data.tags["supcon.status"] == "FINISHED"
+    history = client.get_metric_history(again.run_id, "encoder/dev/eer")
+    assert [(m.step, m.value) for m in history] == [(0, 0.4), (1, 0.3)]
+    assert "encoder/dev/loss" not in run.data.metrics
+    assert {a.path for a in client.list_artifacts(again.run_id)} == {"config.yaml", "plots"}
+    siblings = client.search_runs([first.experiment_id], "tags.`supcon.trial_id` = 't1'")
+    assert len(siblings) == 1
+
+
+@pytest.fixture
+def fluent_uri(monkeypatch: pytest.MonkeyPatch):
+    """Restore MLflow's global tracking URI (``set_tracking_uri`` also sets the env var)."""
+    from mlflow.tracking._tracking_service import utils
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    before = utils._tracking_uri
+    yield
+    mlflow.set_tracking_uri(before)
+
+
+def test_logging_with_an_active_run(store: Path, fluent_uri) -> None:
+    uri = _uri(store)
+    mlflow.set_tracking_uri(uri)
+    with mlflow.start_run(run_name="outer") as active:
+        parent = _sweep(uri, "inside", experiment="active")
+        tracker = TrialTracker.open(uri, parent.experiment_id, parent.run_id, "t9", _config(0.1))
+        tracker.log_metrics({"encoder/dev/eer": 0.25}, step=0)
+        tracker.finish("FINISHED")
+        parent.finish("FINISHED")
+        assert mlflow.active_run().info.run_id == active.info.run_id
+    client = MlflowClient(uri)
+    outer = client.get_run(active.info.run_id)
+    assert outer.data.metrics == {} and outer.data.params == {}
+    assert outer.info.status == "FINISHED"  # ended by its own `with`, not by the tracker
+    child = client.get_run(tracker.run_id)
+    assert child.data.tags["mlflow.parentRunId"] == parent.run_id
+    assert child.data.metrics == {"encoder/dev/eer": 0.25}
+
+
+def test_check_reachable_fails_fast_without_credentials() -> None:
+    start = time.monotonic()
+    with pytest.raises(TrackingError, match=r"http://127\.0\.0\.1:9"):
+        check_reachable("http://127.0.0.1:9")
+    with pytest.raises(TrackingError) as err:
+        check_reachable("http://alice:secret@127.0.0.1:9/mlflow")
+    assert time.monotonic() - start < 10
+    assert "secret" not in str(err.value) and "127.0.0.1:9" in str(err.value)
+
+
+def test_check_reachable_accepts_an_answering_server(tmp_path: Path) -> None:
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), http.server.BaseHTTPRequestHandler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        check_reachable(f"http://127.0.0.1:{server.server_address[1]}")  # a 501 is an answer
+    finally:
+        server.shutdown()
+    check_reachable(f"sqlite:///{tmp_path / 'new' / 'mlflow.db'}")
+    assert (tmp_path / "new").is_dir()
+    (tmp_path / "file").write_text("")
+    with pytest.raises(TrackingError, match="cannot create"):
+        check_reachable(f"sqlite:///{tmp_path / 'file' / 'sub' / 'mlflow.db'}")
+
+
+def test_best_table(store: Path, capsys) -> None:
+    assert main(["best", "--tracking-uri", _uri(store), "--metric", "encoder/dev/eer"]) == 0
+    out, err = capsys.readouterr()
+    lines = out.splitlines()
+    header = lines[0].split()
+    assert header[:2] == ["#", "trial"] and "loss.temperature" in header
+    assert "stage1.weight_decay" in header  # differs among the shown runs
+    assert {"asv19", "itw", "pooled_mean", "pooled_all"} <= set(header)
+    assert "eer_A07" not in out
+    assert lines[1].split()[:2] == ["1", "t_b"] and "10.00" in lines[1].split()
+    assert "test-set" not in err
+
+
+def test_best_json_and_export(store: Path, tmp_path: Path, capsys, monkeypatch) -> None:
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    target = tmp_path / "cfg" / "best.yaml"
+    argv = ["best", "--out", str(store), "--json", "--top", "3", "--export", str(target)]
+    assert main(argv) == 0
+    out, err = capsys.readouterr()
+    rows = json.loads(out)
+    assert [r["trial_id"] for r in rows] == ["t_b", "t_a", "t_other"]
+    assert "test-set" in err and str(target.resolve()) in err
+    cfg = load_config(target)
+    assert cfg.loss.temperature == rows[0]["params"]["loss.temperature"] == 0.3
+    assert cfg.stage1.weight_decay == 1e-5
+
+
+def test_best_errors(store: Path, tmp_path: Path, capsys) -> None:
+    uri = _uri(store)
+    assert main(["best", "--tracking-uri", uri, "--experiment", "nope"]) == 1
+    err = capsys.readouterr().err
+    assert "nope" in err and "supcon-sweep" in err and str(store / "mlflow.db") in err
+    assert main(["best", "--tracking-uri", uri, "--metric", "eval/absent/eer"]) == 1
+    assert "no finished trial" in capsys.readouterr().err
+    assert main(["best", "--out", str(tmp_path), "--tracking-uri", _uri(tmp_path)]) == 1
+    assert "no MLflow store" in capsys.readouterr().err
+    assert not (tmp_path / "mlflow.db").exists()
+
+
+def test_resolve_tracking_uri(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.chdir(tmp_path)
+    uri = resolve_tracking_uri(None, Path("runs"))
+    assert uri == f"sqlite:///{tmp_path / 'runs' / 'mlflow.db'}" and uri.startswith("sqlite:////")
+    assert resolve_tracking_uri("sqlite:///rel.db", Path("x")) == f"sqlite:///{tmp_path / 'rel.db'}"
+    assert artifact_root(Path("runs")) == (tmp_path / "runs" / "mlartifacts").as_uri()
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:5000")
+    assert resolve_tracking_uri(None, Path("runs")) == "http://127.0.0.1:5000"
+    assert resolve_tracking_uri("http://other:5000", Path("runs")) == "http://other:5000"
