@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import logging
 
+from orchestrator import best, sweep_cli
 from trainer import cli as trial_cli
 from trainer.data import cli as data_cli
 
@@ -22,6 +23,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     data_cli.add_parser(sub)
     trial_cli.add_parser(sub)
+    sweep_cli.add_parser(sub)
+    best.add_parser(sub)
     return parser
 
 

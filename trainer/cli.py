@@ -50,7 +50,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     trial.set_defaults(handler=run_from_args)
 
 
-def _absolute_roots(cfg: TrainerConfig) -> TrainerConfig:
+def absolute_roots(cfg: TrainerConfig) -> TrainerConfig:
     """Relative corpus roots are relative to the working directory; fix them now, because Ray
     and torchrun workers may run elsewhere."""
     tree = cfg.model_dump()
@@ -60,8 +60,10 @@ def _absolute_roots(cfg: TrainerConfig) -> TrainerConfig:
     return TrainerConfig.model_validate(tree)
 
 
-def _ensure_synthetic(cfg: TrainerConfig) -> None:
-    target = DEFAULT_DATA.resolve()
+def ensure_synthetic(cfg: TrainerConfig, data_dir: Path = DEFAULT_DATA) -> None:
+    """Generate the tiny synthetic corpus into ``data_dir`` if the config reads from it and it
+    is missing (rank 0 generates, the others wait)."""
+    target = data_dir.resolve()
     roots = [cfg.data.train.root, cfg.data.dev.root, *(d.root for d in cfg.data.eval.values())]
     if any(target in root.parents or root == target for root in roots) and not target.exists():
         if dist.is_main():
@@ -95,8 +97,8 @@ def run_from_args(args: argparse.Namespace) -> int:
         cfg = load_config(args.config, args.overrides)
         if args.config is None:
             dist.init_from_env()
-            _ensure_synthetic(_absolute_roots(cfg))
-        cfg = _absolute_roots(cfg)
+            ensure_synthetic(absolute_roots(cfg))
+        cfg = absolute_roots(cfg)
         metrics = run_trial(cfg, args.out.resolve())
         main_rank = dist.is_main()
     except ConfigError as err:

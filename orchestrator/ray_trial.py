@@ -1,0 +1,76 @@
+"""The per-worker function of a trial's Ray Train run: a thin adapter around the trainer.
+
+It rebuilds the typed trainer config from the trial's parameters, resumes from
+``ray.train.get_checkpoint()``, and runs :func:`trainer.run.run_trial` with a reporter that calls
+``ray.train.report`` on every rank at the same points (it is a barrier) and logs to MLflow from
+rank 0 only.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import ray.train
+
+from orchestrator.tracking import TrialTracker
+from search_spaces import apply_params
+from trainer.config import flatten, validate_tree
+from trainer.run import run_trial
+
+log = logging.getLogger(__name__)
+
+
+class RayReporter:
+    """Forwards the trainer's reports to Ray Train (every rank) and MLflow (rank 0)."""
+
+    def __init__(self, tracker: TrialTracker | None) -> None:
+        self.tracker = tracker
+        self.epoch = 0
+
+    def report(
+        self, metrics: Mapping[str, float], *, epoch: int, step: int, checkpoint: Path | None
+    ) -> None:
+        self.epoch = epoch
+        if self.tracker is not None:
+            self.tracker.log_metrics(metrics, step=epoch)
+        ckpt = ray.train.Checkpoint.from_directory(str(checkpoint)) if checkpoint else None
+        # A monotonic epoch: after a restore Tune's training_iteration restarts, the epoch does not.
+        ray.train.report({**metrics, "epoch": epoch, "step": step}, checkpoint=ckpt)
+
+    def final(self, metrics: Mapping[str, float], artifacts: Sequence[Path]) -> None:
+        if self.tracker is not None:
+            self.tracker.log_metrics(metrics, step=self.epoch + 1)
+            self.tracker.log_artifacts([p for p in artifacts if p.suffix != ".tsv"])
+            self.tracker.log_artifacts([p for p in artifacts if p.suffix == ".tsv"], "scores")
+        finite = {k: v for k, v in metrics.items() if math.isfinite(v)}
+        ray.train.report({**finite, "epoch": self.epoch, "done": 1.0})
+
+
+def train_worker(config: dict[str, Any]) -> None:
+    """Ray Train's ``train_loop_per_worker``; ``config`` comes from the trial driver."""
+    ctx = ray.train.get_context()
+    rank = ctx.get_world_rank()
+    cfg = apply_params(validate_tree(config["base"]), config["params"])
+    out_dir = Path(config["trials_dir"]) / config["trial_id"]
+    resume = None
+    restored = ray.train.get_checkpoint()
+    if restored is not None:
+        resume = Path(restored.to_directory(str(out_dir / "checkpoints" / f"restored-r{rank}")))
+    tracker = None
+    if rank == 0:
+        m = config["mlflow"]
+        tracker = TrialTracker.open(
+            m["uri"], m["experiment_id"], m["parent_run_id"], config["trial_id"], flatten(cfg)
+        )
+    try:
+        run_trial(cfg, out_dir, RayReporter(tracker), resume=resume)
+    except BaseException:
+        if tracker is not None:
+            tracker.finish("FAILED")
+        raise
+    if tracker is not None:
+        tracker.finish("FINISHED")

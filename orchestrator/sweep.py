@@ -1,0 +1,201 @@
+"""The sweep driver: Ray Tune + Optuna (or an exhaustive grid) over Ray Train trials, in MLflow.
+
+Each Tune trial is a small function trainable (the trial's driver, holding no CPU) that launches
+one ``TorchTrainer`` and forwards its per-epoch reports to Tune with ``TuneReportCallback``, so
+the searcher and the ASHA scheduler see every epoch.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import ray
+from ray import tune
+from ray.train import FailureConfig, ScalingConfig
+from ray.train.torch import TorchConfig, TorchTrainer
+from ray.tune.integration.ray_train import TuneReportCallback
+from ray.tune.schedulers import ASHAScheduler
+from ray.tune.search import ConcurrencyLimiter
+
+from orchestrator.ray_trial import train_worker
+from orchestrator.tracking import SweepRun
+from search_spaces import SearchSpace
+
+log = logging.getLogger(__name__)
+
+DRIVER_RESOURCE = "TRAIN_DRIVER"
+SETTINGS = "sweep_settings.json"
+GRID_KEY = "grid_point"
+
+
+@dataclass
+class SweepSettings:
+    """Everything a trial driver needs, saved beside the Tune experiment for ``resume``."""
+
+    name: str
+    base: dict[str, Any]
+    space_path: str
+    metric: str
+    mode: str
+    num_samples: int
+    max_concurrent: int
+    scheduler: str
+    workers_per_trial: int
+    cpus_per_worker: float
+    gpus_per_trial: int
+    max_failures: int
+    seed: int
+    out_dir: str
+    mlflow: dict[str, str]
+
+    @property
+    def tune_dir(self) -> Path:
+        return Path(self.out_dir) / "tune"
+
+    def save(self) -> None:
+        folder = self.tune_dir / self.name
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / SETTINGS).write_text(json.dumps(asdict(self), indent=2) + "\n")
+
+    @classmethod
+    def load(cls, folder: Path) -> SweepSettings:
+        return cls(**json.loads((folder / SETTINGS).read_text()))
+
+
+def _trial_driver(config: dict[str, Any], settings: dict[str, Any]) -> None:
+    """One Tune trial: a TorchTrainer named after the trial id, resumable from its storage."""
+    params = config.get(GRID_KEY, config)
+    trial_id = tune.get_context().get_trial_id()
+    gpus = settings["gpus_per_trial"]
+    workers = settings["workers_per_trial"]
+    per_worker = {"CPU": settings["cpus_per_worker"]}
+    if gpus:
+        per_worker["GPU"] = gpus / workers
+    trainer = TorchTrainer(
+        train_worker,
+        train_loop_config={
+            "base": settings["base"],
+            "params": params,
+            "trial_id": trial_id,
+            "trials_dir": str(Path(settings["out_dir"]) / "trials"),
+            "mlflow": settings["mlflow"],
+        },
+        scaling_config=ScalingConfig(
+            num_workers=workers, use_gpu=bool(gpus), resources_per_worker=per_worker
+        ),
+        torch_config=TorchConfig(backend="nccl" if gpus else "gloo"),
+        run_config=ray.train.RunConfig(
+            name=trial_id,
+            storage_path=str(Path(settings["out_dir"]) / "train"),
+            callbacks=[TuneReportCallback()],
+            failure_config=FailureConfig(max_failures=settings["max_failures"]),
+        ),
+    )
+    trainer.fit()
+
+
+def trainable(settings: SweepSettings):
+    """The Tune trainable: the trial driver with no CPU of its own and one driver slot."""
+    fn = tune.with_parameters(_trial_driver, settings=asdict(settings))
+    return tune.with_resources(fn, {"CPU": 0, DRIVER_RESOURCE: 1})
+
+
+def _tune_config(space: SearchSpace, s: SweepSettings) -> tuple[dict, tune.TuneConfig]:
+    scheduler = None
+    if s.scheduler == "asha":
+        epochs = s.base["stage1"]["epochs"]
+        scheduler = ASHAScheduler(
+            time_attr="epoch", max_t=epochs, grace_period=min(2, epochs), reduction_factor=2
+        )
+    if space.is_grid:
+        param_space = {GRID_KEY: tune.grid_search(space.grid_points())}
+        return param_space, tune.TuneConfig(
+            metric=s.metric,
+            mode=s.mode,
+            num_samples=1,
+            scheduler=scheduler,
+            max_concurrent_trials=s.max_concurrent,
+        )
+    searcher = ConcurrencyLimiter(
+        space.optuna_search(s.metric, s.mode, s.seed), max_concurrent=s.max_concurrent
+    )
+    return {}, tune.TuneConfig(
+        metric=s.metric,
+        mode=s.mode,
+        num_samples=s.num_samples,
+        search_alg=searcher,
+        scheduler=scheduler,
+        max_concurrent_trials=s.max_concurrent,
+    )
+
+
+def build_tuner(space: SearchSpace, settings: SweepSettings) -> tune.Tuner:
+    param_space, tune_config = _tune_config(space, settings)
+    return tune.Tuner(
+        trainable(settings),
+        param_space=param_space,
+        tune_config=tune_config,
+        run_config=tune.RunConfig(name=settings.name, storage_path=str(settings.tune_dir)),
+    )
+
+
+def start_ray(address: str | None, max_concurrent: int) -> None:
+    """Connect to ``address``, or start an isolated local instance bound to 127.0.0.1."""
+    if ray.is_initialized():
+        return
+    if address:
+        ray.init(address=address, log_to_driver=True)
+        return
+    ray.init(
+        address="local",
+        resources={DRIVER_RESOURCE: max_concurrent},
+        include_dashboard=True,
+        dashboard_host="127.0.0.1",
+    )
+
+
+def run_sweep(space: SearchSpace, settings: SweepSettings) -> tune.ResultGrid:
+    os.environ.setdefault("TUNE_DISABLE_STRICT_METRIC_CHECKING", "1")
+    settings.save()
+    parent = SweepRun.start(
+        settings.mlflow["uri"],
+        settings.mlflow["experiment"],
+        settings.name,
+        params={
+            "space": Path(settings.space_path).name,
+            "num_samples": settings.num_samples,
+            "searcher": "grid" if space.is_grid else "optuna-tpe",
+            "scheduler": settings.scheduler,
+            "metric": settings.metric,
+            "mode": settings.mode,
+            "workers_per_trial": settings.workers_per_trial,
+            "gpus_per_trial": settings.gpus_per_trial,
+            "seed": settings.seed,
+        },
+        tags={},
+        space_text=Path(settings.space_path).read_text(),
+    )
+    settings.mlflow.update(parent_run_id=parent.run_id, experiment_id=parent.experiment_id)
+    settings.save()
+    try:
+        results = build_tuner(space, settings).fit()
+    except BaseException:
+        parent.finish("FAILED")
+        raise
+    parent.finish("FINISHED" if not results.errors else "FAILED")
+    return results
+
+
+def resume_sweep(folder: Path, settings: SweepSettings) -> tune.ResultGrid:
+    """``Tuner.restore``: finished trials stay, unfinished and errored ones restart from their
+    checkpoints (their Train runs resume by name), the searcher continues from its state."""
+    os.environ.setdefault("TUNE_DISABLE_STRICT_METRIC_CHECKING", "1")
+    tuner = tune.Tuner.restore(
+        str(folder), trainable=trainable(settings), resume_unfinished=True, resume_errored=True
+    )
+    return tuner.fit()

@@ -1,0 +1,110 @@
+"""Real sweeps on a local Ray instance: Optuna/grid over Ray Train DDP trials, MLflow tracking."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import mlflow
+import pytest
+from mlflow.tracking import MlflowClient
+
+from orchestrator.cli import main
+from orchestrator.tracking import query_best
+
+pytestmark = pytest.mark.ray
+
+SMOKE = Path(__file__).resolve().parents[2] / "search_spaces" / "smoke.yaml"
+
+
+def data_overrides(synth_root: Path) -> list[str]:
+    la, itw = synth_root / "LA", synth_root / "itw"
+    return [
+        f"data.train.root={la}",
+        f"data.dev.root={la}",
+        f"data.eval={{asv19: {{kind: asvspoof2019, root: {la}, split: eval}}, "
+        f"itw: {{kind: itw, root: {itw}}}}}",
+        "data.train_crop.seconds=0.5",
+        "data.eval_crop.seconds=0.5",
+        "data.sampler.batch_size=8",
+        "data.sampler.batches_per_epoch=2",
+        "stage1.epochs=3",
+        "stage1.patience=null",
+        "stage2.epochs=5",
+        "runtime.threads=1",
+    ]
+
+
+def sweep_args(out: Path, synth_root: Path, *extra: str) -> list[str]:
+    return [
+        "sweep",
+        "--space",
+        str(SMOKE),
+        "--out",
+        str(out),
+        "--workers-per-trial",
+        "2",
+        "--cpus-per-worker",
+        "0.5",
+        "--max-concurrent",
+        "2",
+        "--scheduler",
+        "none",
+        "--name",
+        "smoke",
+        *extra,
+        *data_overrides(synth_root),
+    ]
+
+
+@pytest.fixture(scope="module")
+def smoke_sweep(ray_session, synth_root: Path, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("sweep")
+    assert main(sweep_args(out, synth_root)) == 0
+    return out
+
+
+def test_sweep_tracks_parent_and_nested_trials(smoke_sweep: Path) -> None:
+    uri = f"sqlite:///{smoke_sweep / 'mlflow.db'}"
+    client = MlflowClient(uri)
+    exp = client.get_experiment_by_name("supcon-sweep")
+    runs = client.search_runs([exp.experiment_id])
+    parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parents[0].info.run_id]
+    assert len(parents) == 1 and len(children) == 2
+    temps = sorted(float(c.data.params["loss.temperature"]) for c in children)
+    assert temps == [0.1, 0.3]
+    for child in children:
+        assert child.info.status == "FINISHED"
+        history = client.get_metric_history(child.info.run_id, "encoder/dev/eer")
+        assert [m.step for m in history][:3] == [0, 1, 2]
+        assert "eval/pooled_mean/eer" in child.data.metrics
+        artifacts = {a.path for a in client.list_artifacts(child.info.run_id)}
+        assert {"config.yaml", "det.png", "scores"} <= artifacts
+
+
+def test_best_returns_the_lowest(smoke_sweep: Path, capsys) -> None:
+    uri = f"sqlite:///{smoke_sweep / 'mlflow.db'}"
+    rows = query_best(uri, "supcon-sweep", metric="eval/pooled_mean/eer", mode="min", top=2)
+    values = [r["metrics"]["eval/pooled_mean/eer"] for r in rows]
+    assert len(rows) == 2 and values == sorted(values)
+    assert main(["best", "--out", str(smoke_sweep), "--json"]) == 0
+    listed = json.loads(capsys.readouterr().out)
+    assert listed[0]["run_id"] == rows[0]["run_id"]
+
+
+def test_sweep_with_an_active_mlflow_run(
+    ray_session, synth_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Inside a process that already has an active MLflow run (the normal state inside a Tune
+    trial), the sweep logs to its own parent and child runs and leaves the active run alone."""
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'other.db'}")
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'other.db'}")
+    ours = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    with mlflow.start_run() as active:
+        args = sweep_args(tmp_path, synth_root, "--tracking-uri", ours)
+        assert main([*args, "stage1.epochs=1"]) == 0
+        assert mlflow.active_run().info.run_id == active.info.run_id
+    assert MlflowClient(mlflow.get_tracking_uri()).get_run(active.info.run_id).data.metrics == {}
+    rows = query_best(ours, "supcon-sweep", metric="encoder/dev/eer", top=5)
+    assert len(rows) == 2
