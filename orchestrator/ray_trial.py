@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import math
+import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -27,8 +28,9 @@ log = logging.getLogger(__name__)
 class RayReporter:
     """Forwards the trainer's reports to Ray Train (every rank) and MLflow (rank 0)."""
 
-    def __init__(self, tracker: TrialTracker | None) -> None:
+    def __init__(self, tracker: TrialTracker | None, launch_s: float) -> None:
         self.tracker = tracker
+        self.launch_s = launch_s
         self.epoch = 0
 
     def report(
@@ -42,6 +44,8 @@ class RayReporter:
         ray.train.report({**metrics, "epoch": epoch, "step": step}, checkpoint=ckpt)
 
     def final(self, metrics: Mapping[str, float], artifacts: Sequence[Path]) -> None:
+        # From the trial driver's start to this worker's start: Ray's share of the latency.
+        metrics = {**metrics, "time/launch_s": self.launch_s}
         if self.tracker is not None:
             self.tracker.log_metrics(metrics, step=self.epoch + 1)
             self.tracker.log_artifacts([p for p in artifacts if p.suffix != ".tsv"])
@@ -52,6 +56,7 @@ class RayReporter:
 
 def train_worker(config: dict[str, Any]) -> None:
     """Ray Train's ``train_loop_per_worker``; ``config`` comes from the trial driver."""
+    launch_s = time.time() - config["driver_started"]
     ctx = ray.train.get_context()
     rank = ctx.get_world_rank()
     cfg = apply_params(validate_tree(config["base"]), config["params"])
@@ -67,7 +72,7 @@ def train_worker(config: dict[str, Any]) -> None:
             m["uri"], m["experiment_id"], m["parent_run_id"], config["trial_id"], flatten(cfg)
         )
     try:
-        run_trial(cfg, out_dir, RayReporter(tracker), resume=resume)
+        run_trial(cfg, out_dir, RayReporter(tracker, launch_s), resume=resume)
     except BaseException:
         if tracker is not None:
             tracker.finish("FAILED")

@@ -10,6 +10,8 @@ from __future__ import annotations
 import json
 import logging
 import os
+import socket
+import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -23,7 +25,7 @@ from ray.tune.schedulers import ASHAScheduler
 from ray.tune.search import ConcurrencyLimiter
 
 from orchestrator.ray_trial import train_worker
-from orchestrator.tracking import SweepRun
+from orchestrator.tracking import SweepRun, close_trial
 from search_spaces import SearchSpace
 
 log = logging.getLogger(__name__)
@@ -84,6 +86,7 @@ def _trial_driver(config: dict[str, Any], settings: dict[str, Any]) -> None:
             "trial_id": trial_id,
             "trials_dir": str(Path(settings["out_dir"]) / "trials"),
             "mlflow": settings["mlflow"],
+            "driver_started": time.time(),
         },
         scaling_config=ScalingConfig(
             num_workers=workers, use_gpu=bool(gpus), resources_per_worker=per_worker
@@ -97,6 +100,25 @@ def _trial_driver(config: dict[str, Any], settings: dict[str, Any]) -> None:
         ),
     )
     trainer.fit()
+
+
+class CloseTrialRuns(tune.Callback):
+    """Marks a trial's MLflow run when Tune ends the trial from outside its workers: KILLED for a
+    trial stopped early by ASHA (its workers are torn down before they can log), FAILED for an
+    errored one. Runs the workers finished themselves are not touched."""
+
+    def __init__(self, mlflow_settings: dict[str, str]) -> None:
+        self.m = mlflow_settings
+
+    def _close(self, trial, status: str, reason: str) -> None:
+        close_trial(self.m["uri"], self.m["experiment_id"], self.m["parent_run_id"],
+                    trial.trial_id, status, reason)  # fmt: skip
+
+    def on_trial_complete(self, iteration, trials, trial, **info) -> None:
+        self._close(trial, "KILLED", "stopped early by the scheduler")
+
+    def on_trial_error(self, iteration, trials, trial, **info) -> None:
+        self._close(trial, "FAILED", "trial errored")
 
 
 def trainable(settings: SweepSettings):
@@ -140,8 +162,25 @@ def build_tuner(space: SearchSpace, settings: SweepSettings) -> tune.Tuner:
         trainable(settings),
         param_space=param_space,
         tune_config=tune_config,
-        run_config=tune.RunConfig(name=settings.name, storage_path=str(settings.tune_dir)),
+        run_config=tune.RunConfig(
+            name=settings.name,
+            storage_path=str(settings.tune_dir),
+            callbacks=[CloseTrialRuns(settings.mlflow)],
+        ),
     )
+
+
+def _check_ray_address(address: str, timeout: float = 5.0) -> None:
+    """Fail in seconds, naming the address, where ray.init would retry for minutes."""
+    if address == "auto":
+        return
+    hostport = address.split("://", 1)[-1].rstrip("/")
+    host, _, port = hostport.rpartition(":")
+    try:
+        with socket.create_connection((host or "127.0.0.1", int(port)), timeout=timeout):
+            return
+    except (OSError, ValueError) as err:
+        raise ConnectionError(f"no Ray cluster reachable at {address}: {err}") from None
 
 
 def start_ray(address: str | None, max_concurrent: int) -> None:
@@ -149,53 +188,61 @@ def start_ray(address: str | None, max_concurrent: int) -> None:
     if ray.is_initialized():
         return
     if address:
+        _check_ray_address(address)
         ray.init(address=address, log_to_driver=True)
         return
     ray.init(
         address="local",
+        _node_ip_address="127.0.0.1",
         resources={DRIVER_RESOURCE: max_concurrent},
         include_dashboard=True,
         dashboard_host="127.0.0.1",
     )
 
 
-def run_sweep(space: SearchSpace, settings: SweepSettings) -> tune.ResultGrid:
-    os.environ.setdefault("TUNE_DISABLE_STRICT_METRIC_CHECKING", "1")
-    settings.save()
-    parent = SweepRun.start(
+def _parent_run(settings: SweepSettings, searcher: str) -> SweepRun:
+    """The sweep's MLflow parent run: created once, found again by name on ``resume``."""
+    params = {
+        "space": Path(settings.space_path).name, "num_samples": settings.num_samples,
+        "searcher": searcher, "scheduler": settings.scheduler, "metric": settings.metric,
+        "mode": settings.mode, "workers_per_trial": settings.workers_per_trial,
+        "gpus_per_trial": settings.gpus_per_trial, "seed": settings.seed,
+    }  # fmt: skip
+    return SweepRun.start(
         settings.mlflow["uri"],
         settings.mlflow["experiment"],
         settings.name,
-        params={
-            "space": Path(settings.space_path).name,
-            "num_samples": settings.num_samples,
-            "searcher": "grid" if space.is_grid else "optuna-tpe",
-            "scheduler": settings.scheduler,
-            "metric": settings.metric,
-            "mode": settings.mode,
-            "workers_per_trial": settings.workers_per_trial,
-            "gpus_per_trial": settings.gpus_per_trial,
-            "seed": settings.seed,
-        },
+        params=params,
         tags={},
         space_text=Path(settings.space_path).read_text(),
     )
-    settings.mlflow.update(parent_run_id=parent.run_id, experiment_id=parent.experiment_id)
-    settings.save()
+
+
+def _tracked_fit(parent: SweepRun, tuner: tune.Tuner) -> tune.ResultGrid:
+    os.environ.setdefault("TUNE_DISABLE_STRICT_METRIC_CHECKING", "1")
     try:
-        results = build_tuner(space, settings).fit()
+        results = tuner.fit()
     except BaseException:
-        parent.finish("FAILED")
+        parent.finish("KILLED")
         raise
     parent.finish("FINISHED" if not results.errors else "FAILED")
     return results
 
 
+def run_sweep(space: SearchSpace, settings: SweepSettings) -> tune.ResultGrid:
+    searcher = "grid" if space.is_grid else "optuna-tpe"
+    parent = _parent_run(settings, searcher)
+    settings.mlflow.update(parent_run_id=parent.run_id, experiment_id=parent.experiment_id,
+                           searcher=searcher)  # fmt: skip
+    settings.save()
+    return _tracked_fit(parent, build_tuner(space, settings))
+
+
 def resume_sweep(folder: Path, settings: SweepSettings) -> tune.ResultGrid:
     """``Tuner.restore``: finished trials stay, unfinished and errored ones restart from their
-    checkpoints (their Train runs resume by name), the searcher continues from its state."""
-    os.environ.setdefault("TUNE_DISABLE_STRICT_METRIC_CHECKING", "1")
-    tuner = tune.Tuner.restore(
-        str(folder), trainable=trainable(settings), resume_unfinished=True, resume_errored=True
-    )
-    return tuner.fit()
+    checkpoints (their Train runs resume by name), the searcher continues from its state, and
+    the same MLflow parent and trial runs continue."""
+    parent = _parent_run(settings, settings.mlflow["searcher"])
+    tuner = tune.Tuner.restore(str(folder), trainable=trainable(settings), resume_unfinished=True,
+                               resume_errored=True)  # fmt: skip
+    return _tracked_fit(parent, tuner)

@@ -223,6 +223,20 @@ def _finish(client: MlflowClient, run_id: str, status: str) -> None:
     client.set_terminated(run_id, status)
 
 
+def close_trial(
+    uri: str, experiment_id: str, parent_run_id: str, trial_id: str, status: str, reason: str
+) -> bool:
+    """Close a trial's run that its workers could not close (stopped early by the scheduler, or
+    killed); a run already ended is left alone. Returns whether a run was closed."""
+    client = MlflowClient(uri)
+    run = _find_run(client, experiment_id, {PARENT_TAG: parent_run_id, TRIAL_TAG: trial_id})
+    if run is None or run.info.status in END_STATUSES:
+        return False
+    client.set_tag(run.info.run_id, "supcon.end_reason", reason)
+    _finish(client, run.info.run_id, status)
+    return True
+
+
 class SweepRun:
     """The parent MLflow run of a sweep, found again by its ``supcon.sweep`` tag on resume."""
 

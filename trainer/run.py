@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -55,6 +56,7 @@ def _check_resumable(folder: Path, cfg: TrainerConfig) -> None:
 
 class Trial:
     def __init__(self, cfg: TrainerConfig, out_dir: Path, reporter: Reporter | None = None) -> None:
+        self.started = time.monotonic()
         dist.init_from_env()
         self.cfg, self.out = cfg, out_dir
         self.rt: Runtime = setup(cfg.runtime, cfg.seed)
@@ -87,6 +89,9 @@ class Trial:
         metrics |= {"classifier/dev/eer": stage2.dev_eer,
                     "classifier/best_epoch": float(stage2.best_epoch)}  # fmt: skip
         metrics |= self._evaluate(stage2.classifier)
+        first_step = stage1.first_step_at or time.monotonic()
+        metrics |= {"time/setup_s": first_step - self.started,
+                    "time/trial_s": time.monotonic() - self.started}  # fmt: skip
         artifacts = self._write(metrics, stage1, stage2)
         self.reporter.final(metrics, artifacts)
         return metrics

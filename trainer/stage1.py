@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import math
+import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -151,6 +152,7 @@ class Stage1:
         self.queue = CrossBatchQueue(cfg.queue.size, cfg.model.embedding_dim, device=rt.device)
         self.stepper = Stepper(cfg, rt, model, self.optimizer, self.scheduler, self.queue)
         self.progress = Progress()
+        self.first_step_at: float | None = None
         self.best_state = copy.deepcopy(model.state_dict())
 
     # --- checkpoints -------------------------------------------------------------------------
@@ -211,6 +213,8 @@ class Stage1:
             total += loss
             batches += 1
             self.progress.step += 1
+            if self.first_step_at is None:
+                self.first_step_at = time.monotonic()
             bar.set_postfix(loss=f"{loss:.4f}")
         self.centroid = dist.all_reduce_sum(centroid) / dist.all_reduce_sum(n_bona).clamp_min(1)
         return {

@@ -11,6 +11,7 @@ def ray_session():
     # address="local" ignores RAY_ADDRESS and stale cluster files: never joins another Ray.
     ray.init(
         address="local",
+        _node_ip_address="127.0.0.1",
         num_cpus=2,
         resources={"TRAIN_DRIVER": 2},
         include_dashboard=True,
