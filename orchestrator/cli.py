@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 import logging
 
-from orchestrator import best, sweep_cli
+from orchestrator import best, submit, sweep_cli
 from trainer import cli as trial_cli
 from trainer.data import cli as data_cli
 
@@ -24,6 +24,7 @@ def build_parser() -> argparse.ArgumentParser:
     data_cli.add_parser(sub)
     trial_cli.add_parser(sub)
     sweep_cli.add_parser(sub)
+    submit.add_parser(sub)
     best.add_parser(sub)
     return parser
 

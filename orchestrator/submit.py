@@ -1,0 +1,75 @@
+"""``supcon-sweep submit``: run a sweep on a Ray cluster as a Ray Job.
+
+The working tree travels as the job's ``working_dir``; the entrypoint is ``supcon-sweep sweep``
+with the same arguments, on the cluster's interpreter (the cluster image installs this project).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import shlex
+import sys
+from pathlib import Path
+
+from orchestrator.sweep_cli import add_sweep_arguments
+
+ROOT = Path(__file__).resolve().parents[1]
+EXCLUDES = [".venv", ".git", "runs", "**/__pycache__", "*.db", "mlartifacts", ".pytest_cache"]
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    submit = subparsers.add_parser(
+        "submit",
+        help="submit a sweep to a Ray cluster as a Ray Job",
+        description=(
+            "Submit `supcon-sweep sweep` to a Ray cluster's job server (the dashboard address, "
+            "e.g. http://127.0.0.1:8265 through `ray dashboard cluster.yaml`). Prints the job "
+            "id; --follow streams the job's logs until it ends."
+        ),
+    )
+    add_sweep_arguments(submit)
+    submit.add_argument("--follow", action="store_true", help="stream the job's logs")
+    submit.set_defaults(handler=_submit)
+
+
+def entrypoint(args: argparse.Namespace) -> str:
+    """The sweep command run on the cluster; it joins the cluster with ``--address auto``."""
+    words = ["supcon-sweep", "sweep", "--address", "auto"]
+    skip = {"handler", "command", "follow", "address", "overrides"}
+    for key, value in vars(args).items():
+        if key in skip or value is None:
+            continue
+        if isinstance(value, Path) and value.resolve().is_relative_to(ROOT):
+            value = value.resolve().relative_to(ROOT)  # the working_dir is unpacked elsewhere
+        words += ["--" + key.replace("_", "-"), str(value)]
+    return shlex.join(words + list(args.overrides))
+
+
+def _submit(args: argparse.Namespace) -> int:
+    from ray.job_submission import JobStatus, JobSubmissionClient
+
+    address = args.address or "http://127.0.0.1:8265"
+    try:
+        client = JobSubmissionClient(address)
+    except (ConnectionError, RuntimeError, ValueError) as err:
+        print(f"error: cannot reach the Ray job server at {address}: {err}\n"
+              "Is the cluster up (ray up cluster/cluster.yaml), and the dashboard forwarded "
+              "(ray dashboard cluster/cluster.yaml)?", file=sys.stderr)  # fmt: skip
+        return 2
+    job_id = client.submit_job(
+        entrypoint=entrypoint(args),
+        runtime_env={"working_dir": str(ROOT), "excludes": EXCLUDES},
+    )
+    print(job_id)
+    if not args.follow:
+        return 0
+
+    async def follow() -> None:
+        async for lines in client.tail_job_logs(job_id):
+            print(lines, end="", flush=True)
+
+    asyncio.run(follow())
+    status = client.get_job_status(job_id)
+    print(f"\njob {job_id}: {status}", file=sys.stderr)
+    return 0 if status == JobStatus.SUCCEEDED else 1

@@ -1,0 +1,95 @@
+"""Faults during a sweep: a killed Train worker and a killed sweep driver."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+from orchestrator.cli import main
+from tests.orchestrator.test_sweep import sweep_args
+
+pytestmark = pytest.mark.ray
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _wait_for(predicate, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.5)
+
+
+def _checkpoints(out: Path) -> list[Path]:
+    return list((out / "train").glob("*/checkpoint_*"))
+
+
+def _epochs_logged(out: Path) -> int:
+    children = [r for r in _runs(out) if "mlflow.parentRunId" in r.data.tags]
+    if not children:
+        return 0
+    client = MlflowClient(f"sqlite:///{out / 'mlflow.db'}")
+    return len(client.get_metric_history(children[0].info.run_id, "encoder/dev/eer"))
+
+
+def _runs(out: Path):
+    client = MlflowClient(f"sqlite:///{out / 'mlflow.db'}")
+    exp = client.get_experiment_by_name("supcon-sweep")
+    return client.search_runs([exp.experiment_id]) if exp else []
+
+
+def test_killed_worker_restarts_from_checkpoint(ray_session, synth_root: Path, tmp_path: Path):
+    from ray.util.state import list_actors
+
+    extra = ["--num-samples", "1", "--max-concurrent", "1"]
+    args = [*sweep_args(tmp_path, synth_root, *extra), "stage1.epochs=6"]
+    args[args.index("--space") + 1] = str(ROOT / "search_spaces" / "default.yaml")
+    codes: list[int] = []
+    sweep = threading.Thread(target=lambda: codes.append(main(args)))
+    sweep.start()
+    # Two epochs logged to MLflow: epoch 0's report (and its checkpoint) has completed.
+    _wait_for(lambda: _epochs_logged(tmp_path) >= 2, 240, "two logged epochs")
+    workers = list_actors(filters=[("class_name", "=", "RayTrainWorker"), ("state", "=", "ALIVE")])
+    assert workers, "no live Ray Train worker to kill"
+    os.kill(workers[-1].pid, signal.SIGKILL)
+    sweep.join(timeout=600)
+    assert codes == [0]
+    child = next(r for r in _runs(tmp_path) if "mlflow.parentRunId" in r.data.tags)
+    assert child.info.status == "FINISHED" and "eval/pooled_mean/eer" in child.data.metrics
+    steps = [m.step for m in MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+             .get_metric_history(child.info.run_id, "encoder/dev/eer")]  # fmt: skip
+    assert steps.count(0) == 1 and 5 in steps  # resumed, not restarted from scratch
+
+
+def test_killed_driver_resumes_without_duplicate_runs(ray_session, synth_root: Path, tmp_path):
+    address = ray_session.get_runtime_context().gcs_address
+    env = {**os.environ, "RAY_AUTH_MODE": os.environ.get("RAY_AUTH_MODE", "token")}
+    args = [*sweep_args(tmp_path, synth_root, "--address", address, "--max-concurrent", "1"),
+            "stage1.epochs=4"]  # fmt: skip
+    cmd = [sys.executable, "-m", "orchestrator.cli", *args]
+    log = (tmp_path / "driver.log").open("w")
+    driver = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+    _wait_for(lambda: _checkpoints(tmp_path) or driver.poll() is not None, 240, "a checkpoint")
+    tail = (tmp_path / "driver.log").read_text()[-3000:]
+    assert driver.poll() is None, f"the sweep ended before the driver could be killed:\n{tail}"
+    driver.send_signal(signal.SIGKILL)
+    driver.wait()
+    folder = tmp_path / "tune" / "smoke"
+    done = subprocess.run([sys.executable, "-m", "orchestrator.cli", "resume", str(folder),
+                           "--address", address], cwd=ROOT, env=env, capture_output=True,
+                          text=True, timeout=600, check=False)  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "2 trial(s), 0 failed" in done.stdout
+    runs = _runs(tmp_path)
+    parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+    children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
+    assert len(parents) == 1 and len(children) == 2
+    assert {c.info.status for c in children} == {"FINISHED"}
+    assert parents[0].info.status == "FINISHED"
