@@ -17,7 +17,8 @@ $(STAMP): pyproject.toml
 sweep: $(STAMP)
 	$(BIN)/supcon-sweep data synth --out $(OUT)/data --size tiny
 	$(BIN)/supcon-sweep data check --kind asvspoof2019 --root $(OUT)/data/LA
-	$(BIN)/supcon-sweep trial --out $(OUT)/trial
+	$(BIN)/supcon-sweep sweep --space search_spaces/default.yaml --num-samples 4 \
+		--max-concurrent 1 --workers-per-trial 2 --out $(OUT)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest
