@@ -23,6 +23,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     data_cli.add_parser(sub)
     trial_cli.add_parser(sub)
+    sweep_cli.add_trial_ray_arguments(sub.choices["trial"])
     sweep_cli.add_parser(sub)
     submit.add_parser(sub)
     best.add_parser(sub)

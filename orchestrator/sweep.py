@@ -25,7 +25,7 @@ from ray.tune.schedulers import ASHAScheduler
 from ray.tune.search import ConcurrencyLimiter
 
 from orchestrator.ray_trial import train_worker
-from orchestrator.tracking import SweepRun, close_trial
+from orchestrator.tracking import SweepRun, close_trial, query_best
 from search_spaces import SearchSpace
 
 log = logging.getLogger(__name__)
@@ -69,16 +69,15 @@ class SweepSettings:
         return cls(**json.loads((folder / SETTINGS).read_text()))
 
 
-def _trial_driver(config: dict[str, Any], settings: dict[str, Any]) -> None:
-    """One Tune trial: a TorchTrainer named after the trial id, resumable from its storage."""
-    params = config.get(GRID_KEY, config)
-    trial_id = tune.get_context().get_trial_id()
+def torch_trainer(settings: dict[str, Any], trial_id: str, params: dict[str, Any],
+                  callbacks: list) -> TorchTrainer:  # fmt: skip
+    """The Ray Train run of one trial, named after it so that a rerun resumes from its storage."""
     gpus = settings["gpus_per_trial"]
     workers = settings["workers_per_trial"]
     per_worker = {"CPU": settings["cpus_per_worker"]}
     if gpus:
         per_worker["GPU"] = gpus / workers
-    trainer = TorchTrainer(
+    return TorchTrainer(
         train_worker,
         train_loop_config={
             "base": settings["base"],
@@ -95,11 +94,37 @@ def _trial_driver(config: dict[str, Any], settings: dict[str, Any]) -> None:
         run_config=ray.train.RunConfig(
             name=trial_id,
             storage_path=str(Path(settings["out_dir"]) / "train"),
-            callbacks=[TuneReportCallback()],
+            callbacks=callbacks,
             failure_config=FailureConfig(max_failures=settings["max_failures"]),
         ),
     )
-    trainer.fit()
+
+
+def _trial_driver(config: dict[str, Any], settings: dict[str, Any]) -> None:
+    """One Tune trial: its TorchTrainer, with every report forwarded to Tune."""
+    params = config.get(GRID_KEY, config)
+    trial_id = tune.get_context().get_trial_id()
+    torch_trainer(settings, trial_id, params, [TuneReportCallback()]).fit()
+
+
+def run_single_trial(settings: SweepSettings) -> dict[str, Any]:
+    """``supcon-sweep trial --ray``: one trial through Ray Train, the code path of a sweep trial,
+    tracked as a one-trial sweep in MLflow. Returns the final metrics."""
+    parent = SweepRun.start(settings.mlflow["uri"], settings.mlflow["experiment"], settings.name,
+                            params={"searcher": "single trial",
+                                    "workers_per_trial": settings.workers_per_trial},
+                            tags={}, space_text=None)  # fmt: skip
+    settings.mlflow.update(parent_run_id=parent.run_id, experiment_id=parent.experiment_id)
+    try:
+        torch_trainer(asdict(settings), settings.name, {}, []).fit()
+    except BaseException:
+        parent.finish("FAILED")
+        raise
+    parent.finish("FINISHED")
+    # Train's Result keeps the last checkpointed report; the final metrics live in MLflow.
+    rows = query_best(settings.mlflow["uri"], settings.mlflow["experiment"],
+                      metric=settings.metric, parent_run_id=parent.run_id, top=1)  # fmt: skip
+    return rows[0]["metrics"] if rows else {}
 
 
 class CloseTrialRuns(tune.Callback):

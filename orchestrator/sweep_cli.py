@@ -187,3 +187,47 @@ def _resume(args: argparse.Namespace) -> int:
     results = resume_sweep(folder, replace(settings))
     _print_best(settings, results)
     return 0
+
+
+def add_trial_ray_arguments(trial: argparse.ArgumentParser) -> None:
+    """``supcon-sweep trial --ray``: the trainer's trial command, run through Ray Train."""
+    group = trial.add_argument_group("through Ray Train (the code path of a sweep trial)")
+    group.add_argument("--ray", action="store_true", help="run the trial as a Ray Train run")
+    group.add_argument("--workers", type=int, default=2, help="Ray Train workers (DDP ranks)")
+    group.add_argument("--gpus", type=int, default=0, help="GPUs for the trial (0: gloo on CPU)")
+    group.add_argument("--cpus-per-worker", type=float, default=1.0)
+    group.add_argument("--address", help="Ray cluster address (default: a local Ray instance)")
+    group.add_argument("--tracking-uri", help="MLflow URI (default sqlite:///runs/mlflow.db)")
+    group.add_argument("--experiment", default="supcon-sweep", help="MLflow experiment")
+    plain = trial.get_default("handler")
+    trial.set_defaults(handler=lambda args: _trial_on_ray(args) if args.ray else plain(args))
+
+
+def _trial_on_ray(args: argparse.Namespace) -> int:
+    from orchestrator.sweep import SweepSettings, run_single_trial, start_ray
+    from orchestrator.tracking import TrackingError, check_reachable, resolve_tracking_uri
+
+    try:
+        cfg = absolute_roots(load_config(args.config, [*args.overrides, "runtime.progress=false"]))
+        if args.config is None:
+            ensure_synthetic(cfg, DEFAULT_DATA)
+        out = args.out.resolve()
+        uri = resolve_tracking_uri(args.tracking_uri, Path("runs"))
+        check_reachable(uri)
+        settings = SweepSettings(
+            name=time.strftime("trial-%Y%m%d-%H%M%S"), base=cfg.model_dump(mode="json"),
+            space_path="", metric="encoder/dev/eer", mode="min", num_samples=1,
+            max_concurrent=1, scheduler="none", workers_per_trial=args.workers,
+            cpus_per_worker=args.cpus_per_worker, gpus_per_trial=args.gpus, max_failures=0,
+            seed=cfg.seed, out_dir=str(out), mlflow={"uri": uri, "experiment": args.experiment},
+        )  # fmt: skip
+        start_ray(args.address, 1)
+        metrics = run_single_trial(settings)
+    except (ConfigError, TrackingError, ConnectionError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    eers = {k: v for k, v in metrics.items() if k.endswith("/eer") and k.count("/") == 2}
+    for key, value in sorted(eers.items()):
+        print(f"{key:<28} {100 * value:6.2f} %")
+    print(f"outputs in {out / 'trials' / settings.name}")
+    return 0

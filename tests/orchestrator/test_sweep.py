@@ -108,3 +108,32 @@ def test_sweep_with_an_active_mlflow_run(
     assert MlflowClient(mlflow.get_tracking_uri()).get_run(active.info.run_id).data.metrics == {}
     rows = query_best(ours, "supcon-sweep", metric="encoder/dev/eer", top=5)
     assert len(rows) == 2
+
+
+def test_failing_trial_is_marked_failed_while_the_sweep_goes_on(
+    ray_session, synth_root: Path, tmp_path: Path
+) -> None:
+    """A NaN loss in one trial (temperature 1e-40) fails that trial in Tune and in MLflow; the
+    other trial of the grid still finishes."""
+    space = tmp_path / "space.yaml"
+    space.write_text("loss.temperature: {grid: [1.0e-40, 0.3]}\n")
+    args = sweep_args(tmp_path, synth_root, "--max-failures", "0")
+    args[args.index("--space") + 1] = str(space)
+    assert main([*args, "stage1.epochs=1"]) == 0
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    exp = client.get_experiment_by_name("supcon-sweep")
+    children = {float(r.data.params["loss.temperature"]): r.info.status
+                for r in client.search_runs([exp.experiment_id])
+                if "mlflow.parentRunId" in r.data.tags}  # fmt: skip
+    assert children == {1e-40: "FAILED", 0.3: "FINISHED"}
+
+
+def test_single_trial_through_ray_train(ray_session, synth_root: Path, tmp_path: Path,
+                                        capsys) -> None:  # fmt: skip
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    argv = ["trial", "--ray", "--workers", "2", "--cpus-per-worker", "0.5", "--tracking-uri", uri,
+            "--out", str(tmp_path), *data_overrides(synth_root), "stage1.epochs=1"]  # fmt: skip
+    assert main(argv) == 0
+    assert "eval/asv19/eer" in capsys.readouterr().out
+    rows = query_best(uri, "supcon-sweep", metric="eval/pooled_mean/eer")
+    assert len(rows) == 1 and rows[0]["trial_id"].startswith("trial-")
