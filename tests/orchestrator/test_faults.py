@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
+from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from orchestrator.cli import main
@@ -32,11 +33,18 @@ def _checkpoints(out: Path) -> list[Path]:
 
 
 def _epochs_logged(out: Path) -> int:
-    children = [r for r in _runs(out) if "mlflow.parentRunId" in r.data.tags]
-    if not children:
+    # Poll only once the sweep has created the store: a second process creating the same SQLite
+    # schema at the same moment races it.
+    if not (out / "mlflow.db").is_file():
         return 0
-    client = MlflowClient(f"sqlite:///{out / 'mlflow.db'}")
-    return len(client.get_metric_history(children[0].info.run_id, "encoder/dev/eer"))
+    try:
+        children = [r for r in _runs(out) if "mlflow.parentRunId" in r.data.tags]
+        if not children:
+            return 0
+        client = MlflowClient(f"sqlite:///{out / 'mlflow.db'}")
+        return len(client.get_metric_history(children[0].info.run_id, "encoder/dev/eer"))
+    except MlflowException:  # the store is still being set up by the sweep
+        return 0
 
 
 def _runs(out: Path):
@@ -56,7 +64,9 @@ def test_killed_worker_restarts_from_checkpoint(ray_session, synth_root: Path, t
     sweep.start()
     # Two epochs logged to MLflow: epoch 0's report (and its checkpoint) has completed.
     _wait_for(lambda: _epochs_logged(tmp_path) >= 2, 240, "two logged epochs")
-    workers = list_actors(filters=[("class_name", "=", "RayTrainWorker"), ("state", "=", "ALIVE")])
+    address = ray_session.get_runtime_context().gcs_address  # never another Ray on this host
+    alive = [("class_name", "=", "RayTrainWorker"), ("state", "=", "ALIVE")]
+    workers = list_actors(address=address, filters=alive)
     assert workers, "no live Ray Train worker to kill"
     os.kill(workers[-1].pid, signal.SIGKILL)
     sweep.join(timeout=600)
