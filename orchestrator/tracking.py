@@ -13,6 +13,7 @@ latest value, which then hides the run's real result from searches ordered by th
 from __future__ import annotations
 
 import functools
+import json
 import logging
 import math
 import os
@@ -289,13 +290,31 @@ class SweepRun:
         _finish(self.client, self.run_id, status)
 
 
-class TrialTracker:
-    """The nested MLflow run of one trial, written by rank 0 of the trial's workers only."""
+def _transient(err: MlflowException) -> bool:
+    """A connection failure or a server error (worth retrying), not a rejected request."""
+    return err.error_code in ("INTERNAL_ERROR", "TEMPORARILY_UNAVAILABLE")
 
-    def __init__(self, client: MlflowClient, run_id: str) -> None:
+
+class TrialTracker:
+    """The nested MLflow run of one trial, written by rank 0 of the trial's workers only.
+
+    An MLflow outage does not stop training: metrics that cannot be sent are kept in order and
+    sent (with their original step and timestamp) once the server answers again. ``finish``
+    retries for ``patience`` seconds; after that the unsent points are written to ``spool`` and
+    :class:`TrackingError` says how many and where, so the trial fails clearly instead of
+    finishing with holes in its history.
+    """
+
+    def __init__(
+        self, client: MlflowClient, run_id: str, spool: Path | None = None, patience: float = 300
+    ) -> None:
         self.client = client
         self.run_id = run_id
+        self.spool = spool
+        self.patience = patience
         self._skipped: set[str] = set()
+        self._pending: list[Metric] = []
+        self._down_since: float | None = None
 
     @classmethod
     def open(
@@ -305,6 +324,8 @@ class TrialTracker:
         parent_run_id: str,
         trial_id: str,
         params: dict[str, Any],
+        spool: Path | None = None,
+        patience: float = 300,
     ) -> TrialTracker:
         """Continue the child run of (``parent_run_id``, ``trial_id``) or create it; log the
         flattened trainer config (dotted paths) as params."""
@@ -318,37 +339,94 @@ class TrialTracker:
             tags |= {STATUS_TAG: "RUNNING", CODE_TAG: code_version()}
             run_id = client.create_run(experiment_id, tags=tags, run_name=trial_id).info.run_id
         _log_params(client, run_id, params)
-        return cls(client, run_id)
+        return cls(client, run_id, spool, patience)
 
     def log_metrics(self, metrics: Mapping[str, float], step: int) -> None:
-        """Log ``stage/split/name`` metrics at ``step`` in batches; non-finite values are skipped
-        with a warning (once per key)."""
+        """Log ``stage/split/name`` metrics at ``step``; non-finite values are skipped with a
+        warning (once per key). While MLflow is unreachable they are buffered."""
         now = int(time.time() * 1000)
-        batch = []
         for key, value in metrics.items():
             if math.isfinite(value):
-                batch.append(Metric(key, float(value), now, step))
+                self._pending.append(Metric(key, float(value), now, step))
             elif key not in self._skipped:
                 self._skipped.add(key)
                 log.warning("metric %s is %s at step %d; not logged to MLflow", key, value, step)
-        for i in range(0, len(batch), _METRICS_PER_BATCH):
-            self.client.log_batch(
-                self.run_id, metrics=batch[i : i + _METRICS_PER_BATCH], synchronous=True
-            )
+        self._flush()
+
+    def _flush(self) -> bool:
+        """Send the buffered metrics in order; False (keeping the rest) on a transient error."""
+        while self._pending:
+            chunk = self._pending[:_METRICS_PER_BATCH]
+            try:
+                self.client.log_batch(self.run_id, metrics=chunk, synchronous=True)
+            except MlflowException as err:
+                if not _transient(err):
+                    raise
+                if self._down_since is None:
+                    self._down_since = time.monotonic()
+                    log.warning("MLflow unreachable (%s); buffering metrics", str(err)[:200])
+                return False
+            del self._pending[: len(chunk)]
+        if self._down_since is not None:
+            log.warning("MLflow reachable again after %.0f s; buffered metrics sent",
+                        time.monotonic() - self._down_since)  # fmt: skip
+            self._down_since = None
+        return True
+
+    def _retry(self, what: str, call) -> None:
+        """``call()`` until it succeeds or ``patience`` runs out (then spool and raise)."""
+        deadline = time.monotonic() + self.patience
+        delay = 1.0
+        while True:
+            try:
+                if self._flush():
+                    call()
+                    return
+            except MlflowException as err:
+                if not _transient(err):
+                    raise
+            if time.monotonic() > deadline:
+                break
+            time.sleep(delay)
+            delay = min(2 * delay, 30.0)
+        kept = self._spool()
+        raise TrackingError(
+            f"MLflow unreachable for {self.patience:.0f} s while {what} (run {self.run_id}); "
+            f"{len(self._pending)} metric points not logged" + (f", kept in {kept}" if kept else "")
+        )
+
+    def _spool(self) -> Path | None:
+        if self.spool is None or not self._pending:
+            return None
+        self.spool.parent.mkdir(parents=True, exist_ok=True)
+        with self.spool.open("a", encoding="utf-8") as out:
+            for m in self._pending:
+                row = {"run_id": self.run_id, "key": m.key, "value": m.value,
+                       "timestamp": m.timestamp, "step": m.step}  # fmt: skip
+                out.write(json.dumps(row) + "\n")
+        return self.spool
 
     def log_artifacts(self, paths: Sequence[Path], artifact_path: str | None = None) -> None:
         """Upload files (and folders, under their own name) to ``artifact_path`` of the run."""
         for path in map(Path, paths):
             if path.is_dir():
                 dest = f"{artifact_path}/{path.name}" if artifact_path else path.name
-                self.client.log_artifacts(self.run_id, str(path), dest)
+                upload = functools.partial(self.client.log_artifacts, self.run_id, str(path), dest)
             elif path.is_file():
-                self.client.log_artifact(self.run_id, str(path), artifact_path)
+                upload = functools.partial(
+                    self.client.log_artifact, self.run_id, str(path), artifact_path
+                )
             else:
                 log.warning("artifact %s does not exist; not logged", path)
+                continue
+            self._retry(f"uploading {path.name}", upload)
+
+    def set_tag(self, key: str, value: str) -> None:
+        self._retry(f"tagging {key}", lambda: self.client.set_tag(self.run_id, key, value))
 
     def finish(self, status: str = "FINISHED") -> None:
-        _finish(self.client, self.run_id, status)
+        """Send what is buffered, then end the run with ``status``."""
+        self._retry("ending the run", lambda: _finish(self.client, self.run_id, status))
 
 
 def _experiment_id(client: MlflowClient, uri: str, experiment: str) -> str:

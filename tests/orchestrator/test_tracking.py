@@ -7,6 +7,7 @@ import http.server
 import json
 import logging
 import math
+import socket
 import threading
 import time
 from pathlib import Path
@@ -261,3 +262,34 @@ def test_resolve_tracking_uri(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:5000")
     assert resolve_tracking_uri(None, Path("runs")) == "http://127.0.0.1:5000"
     assert resolve_tracking_uri("http://other:5000", Path("runs")) == "http://other:5000"
+
+
+def test_trial_metrics_survive_an_mlflow_outage(store: Path, tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    with socket.socket() as s:  # a port nobody listens on: the server is down
+        s.bind(("127.0.0.1", 0))
+        down = MlflowClient(f"http://127.0.0.1:{s.getsockname()[1]}")
+    parent = _sweep(_uri(store), "s_outage")
+    tracker = TrialTracker.open(
+        parent.uri, parent.experiment_id, parent.run_id, "t_outage", {},
+        spool=tmp_path / "unsent.jsonl", patience=1.0,
+    )  # fmt: skip
+    up = tracker.client
+    tracker.log_metrics({"encoder/dev/eer": 0.3}, step=0)
+    tracker.client = down
+    start = time.monotonic()
+    tracker.log_metrics({"encoder/dev/eer": 0.2}, step=1)  # buffered, training goes on
+    tracker.log_metrics({"encoder/dev/eer": 0.1}, step=2)
+    assert time.monotonic() - start < 5
+    tracker.client = up  # the server is back: the next log sends the backlog in order
+    tracker.log_metrics({"encoder/dev/eer": 0.05}, step=3)
+    history = up.get_metric_history(tracker.run_id, "encoder/dev/eer")
+    assert [(m.step, m.value) for m in history] == [(0, 0.3), (1, 0.2), (2, 0.1), (3, 0.05)]
+    # An outage outlasting the patience fails the trial clearly and keeps what was not sent.
+    tracker.client = down
+    tracker.log_metrics({"eval/asv19/eer": 0.07}, step=4)
+    with pytest.raises(TrackingError, match=r"1 metric points not logged, kept in .*unsent"):
+        tracker.finish()
+    row = json.loads((tmp_path / "unsent.jsonl").read_text())
+    assert (row["key"], row["value"], row["step"]) == ("eval/asv19/eer", 0.07, 4)
+    assert up.get_run(tracker.run_id).info.status == "RUNNING"  # not marked as finished
