@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -54,6 +55,16 @@ class RayReporter:
         ray.train.report({**finite, "epoch": self.epoch, "done": 1.0})
 
 
+def _open_tracker(config: dict[str, Any], cfg, out_dir: Path) -> TrialTracker:
+    m = config["mlflow"]
+    # Fail fast on an MLflow outage (MLflow's client retries for minutes by default, holding
+    # every rank at the next report barrier); the tracker buffers and retries instead.
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "20")
+    return TrialTracker.open(m["uri"], m["experiment_id"], m["parent_run_id"], config["trial_id"],
+                             flatten(cfg), spool=out_dir / "mlflow_unsent.jsonl")  # fmt: skip
+
+
 def train_worker(config: dict[str, Any]) -> None:
     """Ray Train's ``train_loop_per_worker``; ``config`` comes from the trial driver."""
     launch_s = time.time() - config["driver_started"]
@@ -62,17 +73,17 @@ def train_worker(config: dict[str, Any]) -> None:
     cfg = apply_params(validate_tree(config["base"]), config["params"])
     out_dir = Path(config["trials_dir"]) / config["trial_id"]
     resume = None
+    # Only Ray's checkpoint (in the run's storage, reachable from any node) is resumed from:
+    # a restarted worker group may land on another node than the one that wrote the last one.
     restored = ray.train.get_checkpoint()
     if restored is not None:
         resume = Path(restored.to_directory(str(out_dir / "checkpoints" / f"restored-r{rank}")))
-    tracker = None
-    if rank == 0:
-        m = config["mlflow"]
-        tracker = TrialTracker.open(
-            m["uri"], m["experiment_id"], m["parent_run_id"], config["trial_id"], flatten(cfg)
-        )
+        log.info("rank %d resumes from %s", rank, restored.path)
+    tracker = _open_tracker(config, cfg, out_dir) if rank == 0 else None
+    if tracker is not None and restored is not None:
+        tracker.set_tag("supcon.resumed_from", Path(restored.path).name)
     try:
-        run_trial(cfg, out_dir, RayReporter(tracker, launch_s), resume=resume)
+        run_trial(cfg, out_dir, RayReporter(tracker, launch_s), resume=resume, resume_local=False)
     except BaseException:
         if tracker is not None:
             tracker.finish("FAILED")

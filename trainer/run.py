@@ -75,9 +75,13 @@ class Trial:
                      num_workers=c.data.num_workers, seed=c.seed, desc=desc,
                      progress=self.rt.show_progress)  # fmt: skip
 
-    def run(self, resume: Path | None = None) -> dict[str, float]:
+    def run(self, resume: Path | None = None, resume_local: bool = True) -> dict[str, float]:
+        """``resume`` names a checkpoint to continue from; without one, ``resume_local`` picks up
+        the output folder's own last checkpoint (an orchestrator that keeps checkpoints in its
+        own storage turns that off)."""
         stage1 = Stage1(self.cfg, self.model, self.data, self.rt, self.out, self.reporter)
-        resume = resume or self.out / "checkpoints" / "last"
+        if resume is None and resume_local:
+            resume = self.out / "checkpoints" / "last"
         if checkpoint.exists(resume):
             _check_resumable(resume, self.cfg)
             stage1.resume(resume)
@@ -157,7 +161,12 @@ class Trial:
         return [out / "config.yaml", out / "metrics.json", *files, *plots]
 
 
-def run_trial(cfg: TrainerConfig, out_dir: Path, reporter: Reporter | None = None,
-              resume: Path | None = None) -> dict[str, float]:  # fmt: skip
+def run_trial(
+    cfg: TrainerConfig,
+    out_dir: Path,
+    reporter: Reporter | None = None,
+    resume: Path | None = None,
+    resume_local: bool = True,
+) -> dict[str, float]:
     """Run stage 1, stage 2 and evaluation; returns the final metrics (same on every rank)."""
-    return Trial(cfg, out_dir, reporter).run(resume)
+    return Trial(cfg, out_dir, reporter).run(resume, resume_local)

@@ -11,7 +11,6 @@ import time
 from pathlib import Path
 
 import pytest
-from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from orchestrator.cli import main
@@ -32,19 +31,8 @@ def _checkpoints(out: Path) -> list[Path]:
     return list((out / "train").glob("*/checkpoint_*"))
 
 
-def _epochs_logged(out: Path) -> int:
-    # Poll only once the sweep has created the store: a second process creating the same SQLite
-    # schema at the same moment races it.
-    if not (out / "mlflow.db").is_file():
-        return 0
-    try:
-        children = [r for r in _runs(out) if "mlflow.parentRunId" in r.data.tags]
-        if not children:
-            return 0
-        client = MlflowClient(f"sqlite:///{out / 'mlflow.db'}")
-        return len(client.get_metric_history(children[0].info.run_id, "encoder/dev/eer"))
-    except MlflowException:  # the store is still being set up by the sweep
-        return 0
+def _registered(out: Path) -> bool:
+    return any((out / "train").glob("*/checkpoint_manager_snapshot.json"))
 
 
 def _runs(out: Path):
@@ -62,8 +50,9 @@ def test_killed_worker_restarts_from_checkpoint(ray_session, synth_root: Path, t
     codes: list[int] = []
     sweep = threading.Thread(target=lambda: codes.append(main(args)))
     sweep.start()
-    # Two epochs logged to MLflow: epoch 0's report (and its checkpoint) has completed.
-    _wait_for(lambda: _epochs_logged(tmp_path) >= 2, 240, "two logged epochs")
+    # Kill only once Ray Train has registered a checkpoint (its snapshot file): rank 0 logging
+    # an epoch to MLflow does not mean the controller has consolidated that epoch's reports.
+    _wait_for(lambda: _registered(tmp_path), 240, "a registered checkpoint")
     address = ray_session.get_runtime_context().gcs_address  # never another Ray on this host
     alive = [("class_name", "=", "RayTrainWorker"), ("state", "=", "ALIVE")]
     workers = list_actors(address=address, filters=alive)
@@ -76,6 +65,8 @@ def test_killed_worker_restarts_from_checkpoint(ray_session, synth_root: Path, t
     steps = [m.step for m in MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
              .get_metric_history(child.info.run_id, "encoder/dev/eer")]  # fmt: skip
     assert steps.count(0) == 1 and 5 in steps  # resumed, not restarted from scratch
+    # ... from Ray's checkpoint in the run's storage (any node reaches it), not a local folder
+    assert child.data.tags["supcon.resumed_from"].startswith("checkpoint_")
 
 
 def test_killed_driver_resumes_without_duplicate_runs(ray_session, synth_root: Path, tmp_path):
