@@ -16,6 +16,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+import pyarrow.fs
 import ray
 from ray import tune
 from ray.train import FailureConfig, ScalingConfig
@@ -54,19 +55,50 @@ class SweepSettings:
     seed: int
     out_dir: str
     mlflow: dict[str, str]
+    storage: str = ""  # Tune results and Train checkpoints: a shared path or URI; "" = out_dir
+    placement: str = "PACK"
 
     @property
-    def tune_dir(self) -> Path:
-        return Path(self.out_dir) / "tune"
+    def storage_root(self) -> str:
+        return (self.storage or self.out_dir).rstrip("/")
+
+    @property
+    def tune_dir(self) -> str:
+        return f"{self.storage_root}/tune"
+
+    @property
+    def train_dir(self) -> str:
+        return f"{self.storage_root}/train"
 
     def save(self) -> None:
-        folder = self.tune_dir / self.name
-        folder.mkdir(parents=True, exist_ok=True)
-        (folder / SETTINGS).write_text(json.dumps(asdict(self), indent=2) + "\n")
+        write_text(f"{self.tune_dir}/{self.name}/{SETTINGS}", json.dumps(asdict(self), indent=2))
 
     @classmethod
-    def load(cls, folder: Path) -> SweepSettings:
-        return cls(**json.loads((folder / SETTINGS).read_text()))
+    def load(cls, folder: str) -> SweepSettings:
+        return cls(**json.loads(read_text(f"{folder.rstrip('/')}/{SETTINGS}")))
+
+
+def _fs(uri: str) -> tuple[pyarrow.fs.FileSystem, str]:
+    """The filesystem of a local path or a URI (s3://, gs://, ...), as Ray Tune reads it."""
+    if "://" not in uri:
+        return pyarrow.fs.LocalFileSystem(), str(Path(uri).resolve())
+    return pyarrow.fs.FileSystem.from_uri(uri)
+
+
+def write_text(uri: str, text: str) -> None:
+    fs, path = _fs(uri)
+    fs.create_dir(path.rpartition("/")[0], recursive=True)
+    with fs.open_output_stream(path) as out:
+        out.write(text.encode())
+
+
+def read_text(uri: str) -> str:
+    """The text at ``uri``; FileNotFoundError names it when it does not exist."""
+    fs, path = _fs(uri)
+    if fs.get_file_info(path).type != pyarrow.fs.FileType.File:
+        raise FileNotFoundError(uri)
+    with fs.open_input_stream(path) as src:
+        return src.read().decode()
 
 
 def torch_trainer(settings: dict[str, Any], trial_id: str, params: dict[str, Any],
@@ -88,12 +120,15 @@ def torch_trainer(settings: dict[str, Any], trial_id: str, params: dict[str, Any
             "driver_started": time.time(),
         },
         scaling_config=ScalingConfig(
-            num_workers=workers, use_gpu=bool(gpus), resources_per_worker=per_worker
+            num_workers=workers,
+            use_gpu=bool(gpus),
+            resources_per_worker=per_worker,
+            placement_strategy=settings["placement"],
         ),
         torch_config=TorchConfig(backend="nccl" if gpus else "gloo"),
         run_config=ray.train.RunConfig(
             name=trial_id,
-            storage_path=str(Path(settings["out_dir"]) / "train"),
+            storage_path=SweepSettings(**settings).train_dir,
             callbacks=callbacks,
             failure_config=FailureConfig(max_failures=settings["max_failures"]),
         ),
@@ -189,7 +224,7 @@ def build_tuner(space: SearchSpace, settings: SweepSettings) -> tune.Tuner:
         tune_config=tune_config,
         run_config=tune.RunConfig(
             name=settings.name,
-            storage_path=str(settings.tune_dir),
+            storage_path=settings.tune_dir,
             callbacks=[CloseTrialRuns(settings.mlflow)],
         ),
     )
@@ -263,11 +298,11 @@ def run_sweep(space: SearchSpace, settings: SweepSettings) -> tune.ResultGrid:
     return _tracked_fit(parent, build_tuner(space, settings))
 
 
-def resume_sweep(folder: Path, settings: SweepSettings) -> tune.ResultGrid:
+def resume_sweep(folder: str, settings: SweepSettings) -> tune.ResultGrid:
     """``Tuner.restore``: finished trials stay, unfinished and errored ones restart from their
     checkpoints (their Train runs resume by name), the searcher continues from its state, and
     the same MLflow parent and trial runs continue."""
     parent = _parent_run(settings, settings.mlflow["searcher"])
-    tuner = tune.Tuner.restore(str(folder), trainable=trainable(settings), resume_unfinished=True,
+    tuner = tune.Tuner.restore(folder, trainable=trainable(settings), resume_unfinished=True,
                                resume_errored=True)  # fmt: skip
     return _tracked_fit(parent, tuner)

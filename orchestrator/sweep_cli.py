@@ -61,6 +61,18 @@ def add_sweep_arguments(p: argparse.ArgumentParser) -> None:
         default=Path("runs"),
         help="local outputs: mlflow.db, mlartifacts/, tune/, train/, trials/",
     )
+    p.add_argument(
+        "--storage",
+        help="where Tune results and Train checkpoints go: storage every node reaches, a shared "
+        "path or a URI such as s3://BUCKET/ray (default OUT)",
+    )
+    p.add_argument(
+        "--placement",
+        choices=("pack", "spread"),
+        default="pack",
+        help="a trial's workers on as few nodes as possible (pack, the default: fast NVLink "
+        "collectives) or one per node where possible (spread)",
+    )
     p.add_argument("overrides", nargs="*", metavar="key=value", help="base config overrides")
 
 
@@ -83,7 +95,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         description="Restore a sweep (Tuner.restore): finished trials are kept, unfinished ones "
         "restart from their checkpoints, the searcher continues from its saved state.",
     )
-    resume.add_argument("folder", type=Path, help="the sweep's folder, OUT/tune/NAME")
+    resume.add_argument(
+        "folder", help="the sweep's folder: OUT/tune/NAME, or STORAGE/tune/NAME (path or URI)"
+    )
     resume.add_argument("--address", help="Ray cluster address (default: a local Ray instance)")
     resume.set_defaults(handler=_resume)
 
@@ -130,8 +144,17 @@ def _settings(args: argparse.Namespace):
         seed=args.seed,
         out_dir=str(out),
         mlflow={"uri": uri, "experiment": args.experiment},
+        storage=_storage(args.storage),
+        placement=args.placement.upper(),
     )
     return space, settings
+
+
+def _storage(storage: str | None) -> str:
+    """A shared path made absolute (Ray changes trials' working directories); URIs as given."""
+    if not storage or "://" in storage:
+        return storage or ""
+    return str(Path(storage).resolve())
 
 
 def _print_best(settings, results) -> None:
@@ -153,7 +176,7 @@ def _print_best(settings, results) -> None:
     )
     print_table(rows, settings.metric)
     print(
-        f"\nTune results: {settings.tune_dir / settings.name}"
+        f"\nTune results: {settings.tune_dir}/{settings.name}"
         f"\nMLflow: {safe_uri(settings.mlflow['uri'])}"
         f"  (supcon-sweep best --experiment {settings.mlflow['experiment']})"
     )
@@ -178,11 +201,12 @@ def _sweep(args: argparse.Namespace) -> int:
 def _resume(args: argparse.Namespace) -> int:
     from orchestrator.sweep import SETTINGS, SweepSettings, resume_sweep, start_ray
 
-    folder = args.folder.resolve()
-    if not (folder / SETTINGS).is_file():
+    folder = args.folder if "://" in args.folder else str(Path(args.folder).resolve())
+    try:
+        settings = SweepSettings.load(folder)
+    except FileNotFoundError:
         print(f"error: {folder} is not a sweep folder (no {SETTINGS})", file=sys.stderr)
         return 2
-    settings = SweepSettings.load(folder)
     start_ray(args.address, settings.max_concurrent)
     results = resume_sweep(folder, replace(settings))
     _print_best(settings, results)

@@ -101,13 +101,17 @@ def test_sweep_with_an_active_mlflow_run(
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'other.db'}")
     mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'other.db'}")
     ours = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    shared = tmp_path / "shared"  # --storage: Tune results and Train checkpoints go there
     with mlflow.start_run() as active:
-        args = sweep_args(tmp_path, synth_root, "--tracking-uri", ours)
+        args = sweep_args(tmp_path, synth_root, "--tracking-uri", ours, "--storage", str(shared))
         assert main([*args, "stage1.epochs=1"]) == 0
         assert mlflow.active_run().info.run_id == active.info.run_id
     assert MlflowClient(mlflow.get_tracking_uri()).get_run(active.info.run_id).data.metrics == {}
     rows = query_best(ours, "supcon-sweep", metric="encoder/dev/eer", top=5)
     assert len(rows) == 2
+    assert (shared / "tune" / "smoke" / "sweep_settings.json").is_file()
+    assert len(list((shared / "train").glob("*/checkpoint_*"))) >= 2
+    assert not (tmp_path / "tune").exists() and not (tmp_path / "train").exists()
 
 
 def test_failing_trial_is_marked_failed_while_the_sweep_goes_on(
