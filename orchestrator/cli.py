@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 import logging
 
-from orchestrator import best, submit, sweep_cli
+from orchestrator import best, cluster_cli, submit, sweep_cli
 from trainer import cli as trial_cli
 from trainer.data import cli as data_cli
 
@@ -27,6 +27,7 @@ def build_parser() -> argparse.ArgumentParser:
     sweep_cli.add_parser(sub)
     submit.add_parser(sub)
     best.add_parser(sub)
+    cluster_cli.add_parser(sub)
     return parser
 
 

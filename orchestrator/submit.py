@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import shlex
 import sys
 from pathlib import Path
@@ -47,11 +48,20 @@ def entrypoint(args: argparse.Namespace) -> str:
 
 
 def _submit(args: argparse.Namespace) -> int:
+    # Clusters keep Ray's token authentication on: send the token (RAY_AUTH_TOKEN,
+    # RAY_AUTH_TOKEN_PATH or ~/.ray/auth_token) unless the user chose otherwise.
+    os.environ.setdefault("RAY_AUTH_MODE", "token")
+    from ray.exceptions import AuthenticationError
     from ray.job_submission import JobStatus, JobSubmissionClient
 
     address = args.address or "http://127.0.0.1:8265"
     try:
         client = JobSubmissionClient(address)
+    except AuthenticationError as err:
+        print(f"error: the Ray job server at {address} refused the token: {err}\nSet "
+              "RAY_AUTH_TOKEN_PATH to the cluster's token file (cluster/README.md).",
+              file=sys.stderr)  # fmt: skip
+        return 2
     except (ConnectionError, RuntimeError, ValueError) as err:
         print(f"error: cannot reach the Ray job server at {address}: {err}\n"
               "Is the cluster up (ray up cluster/cluster.yaml), and the dashboard forwarded "

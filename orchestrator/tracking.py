@@ -295,6 +295,24 @@ def _transient(err: MlflowException) -> bool:
     return err.error_code in ("INTERNAL_ERROR", "TEMPORARILY_UNAVAILABLE")
 
 
+def _retrying(what: str, call, patience: float):
+    """``call()``, retried with backoff through transient MLflow errors for ``patience`` s."""
+    deadline = time.monotonic() + patience
+    delay = 1.0
+    while True:
+        try:
+            return call()
+        except MlflowException as err:
+            if not _transient(err):
+                raise
+            if time.monotonic() > deadline:
+                raise TrackingError(
+                    f"MLflow unreachable for {patience:.0f} s while {what}: {str(err)[:200]}"
+                ) from None
+        time.sleep(delay)
+        delay = min(2 * delay, 30.0)
+
+
 class TrialTracker:
     """The nested MLflow run of one trial, written by rank 0 of the trial's workers only.
 
@@ -330,15 +348,20 @@ class TrialTracker:
         """Continue the child run of (``parent_run_id``, ``trial_id``) or create it; log the
         flattened trainer config (dotted paths) as params."""
         client = MlflowClient(uri)
-        tags = {PARENT_TAG: parent_run_id, TRIAL_TAG: trial_id}
-        found = _find_run(client, experiment_id, tags)
-        if found is not None:
-            run_id = found.info.run_id
-            _reopen(client, run_id)
-        else:
-            tags |= {STATUS_TAG: "RUNNING", CODE_TAG: code_version()}
-            run_id = client.create_run(experiment_id, tags=tags, run_name=trial_id).info.run_id
-        _log_params(client, run_id, params)
+
+        def attempt() -> str:
+            tags = {PARENT_TAG: parent_run_id, TRIAL_TAG: trial_id}
+            found = _find_run(client, experiment_id, tags)
+            if found is not None:
+                run_id = found.info.run_id
+                _reopen(client, run_id)
+            else:
+                tags |= {STATUS_TAG: "RUNNING", CODE_TAG: code_version()}
+                run_id = client.create_run(experiment_id, tags=tags, run_name=trial_id).info.run_id
+            _log_params(client, run_id, params)
+            return run_id
+
+        run_id = _retrying(f"opening the run of trial {trial_id}", attempt, patience)
         return cls(client, run_id, spool, patience)
 
     def log_metrics(self, metrics: Mapping[str, float], step: int) -> None:
@@ -374,26 +397,22 @@ class TrialTracker:
         return True
 
     def _retry(self, what: str, call) -> None:
-        """``call()`` until it succeeds or ``patience`` runs out (then spool and raise)."""
-        deadline = time.monotonic() + self.patience
-        delay = 1.0
-        while True:
-            try:
-                if self._flush():
-                    call()
-                    return
-            except MlflowException as err:
-                if not _transient(err):
-                    raise
-            if time.monotonic() > deadline:
-                break
-            time.sleep(delay)
-            delay = min(2 * delay, 30.0)
-        kept = self._spool()
-        raise TrackingError(
-            f"MLflow unreachable for {self.patience:.0f} s while {what} (run {self.run_id}); "
-            f"{len(self._pending)} metric points not logged" + (f", kept in {kept}" if kept else "")
-        )
+        """Send the backlog, then ``call()``; on an outage outlasting ``patience`` spool the
+        backlog and raise :class:`TrackingError`."""
+
+        def attempt() -> None:
+            if not self._flush():
+                raise MlflowException("MLflow unreachable", error_code="TEMPORARILY_UNAVAILABLE")
+            call()
+
+        try:
+            _retrying(what, attempt, self.patience)
+        except TrackingError as err:
+            kept = self._spool()
+            raise TrackingError(
+                f"{err}; {len(self._pending)} metric points not logged"
+                + (f", kept in {kept}" if kept else "")
+            ) from None
 
     def _spool(self) -> Path | None:
         if self.spool is None or not self._pending:
