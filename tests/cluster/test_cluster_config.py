@@ -1,0 +1,427 @@
+"""The cloud deliverables under ``cluster/``, checked offline against what is installed: Ray's own
+validation of the launcher config; every ``ray``, ``mlflow server`` and ``supcon-sweep`` command
+in the configs, the manifests and cluster/README.md, parsed by the real CLIs; the pinned versions;
+the one bucket variable; token authentication; and no secret in any file. Nothing here reaches a
+network or starts Ray."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import secrets
+import shlex
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import click
+import jsonschema
+import pytest
+import ray
+from mlflow.cli import cli as mlflow_cli
+from mlflow.server.security_utils import is_allowed_host_header
+from ray.autoscaler._private.util import prepare_config, validate_config
+from ray.scripts.scripts import cli as ray_cli
+
+from orchestrator.cli import build_parser
+from orchestrator.sweep import DRIVER_RESOURCE
+from tests.cluster.configs import (
+    CLUSTER,
+    IMAGE_ROOT,
+    KUBERAY,
+    LAUNCHER,
+    ROOT,
+    launcher,
+    launcher_commands,
+    manifests,
+    one,
+    pod_containers,
+    ray_specs,
+    rayjob_entrypoint,
+    repo_path,
+)
+from tests.cluster.shell import (
+    SHELL_VARS,
+    guide_lines,
+    hardcoded_buckets,
+    invocations,
+    parse_click,
+    secret_findings,
+    simple_commands,
+)
+from trainer.config import load_config
+
+pytestmark = pytest.mark.cluster
+
+PYTHON_TAG = f"py{sys.version_info.major}{sys.version_info.minor}"
+
+
+def exported_tracking_uri(line: str) -> str:
+    """The MLFLOW_TRACKING_URI that ``line`` exports before it runs ``ray start``."""
+    words = simple_commands(line)
+    start = next(i for i, w in enumerate(words) if w[:2] == ["ray", "start"])
+    exports = [w.split("=", 1)[1] for cmd in words[:start] if cmd[0] == "export"
+               for w in cmd[1:] if w.startswith("MLFLOW_TRACKING_URI=")]  # fmt: skip
+    assert exports, f"MLFLOW_TRACKING_URI is not exported before ray start: {line}"
+    return exports[-1]
+
+
+def parse_ours(args: list[str]) -> argparse.Namespace:
+    try:
+        return build_parser().parse_args(args)
+    except SystemExit as exit_:
+        pytest.fail(f"`supcon-sweep {shlex.join(args)}` is rejected by our CLI ({exit_.code})")
+
+
+@pytest.fixture
+def no_network(monkeypatch: pytest.MonkeyPatch) -> None:
+    def refuse(*args, **kwargs):
+        raise AssertionError("offline validation tried to reach the network")
+
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+    monkeypatch.setattr(socket, "getaddrinfo", refuse)
+
+
+# -- The launcher config --------------------------------------------------------------------
+
+
+@pytest.mark.usefixtures("no_network")
+def test_launcher_config_passes_rays_own_validation() -> None:
+    prepared = prepare_config(launcher())
+    validate_config(prepared)
+    assert prepared["head_node_type"] in prepared["available_node_types"]
+
+
+MUTATIONS = {
+    "float resource": lambda c: c["available_node_types"]["head"]["resources"].update(
+        {DRIVER_RESOURCE: 8.5}
+    ),
+    "unknown top-level key": lambda c: c.update(bucket="b"),
+    "unknown node-type key": lambda c: c["available_node_types"]["gpu_8x"].update(gpus=8),
+    "unknown docker key": lambda c: c["docker"].update(env={"A": "b"}),
+}
+
+
+@pytest.mark.parametrize("mutation", sorted(MUTATIONS))
+@pytest.mark.usefixtures("no_network")
+def test_validation_rejects_a_broken_copy(mutation: str) -> None:
+    cfg = launcher()
+    MUTATIONS[mutation](cfg)
+    with pytest.raises(jsonschema.ValidationError):
+        validate_config(prepare_config(cfg))
+
+
+def test_head_holds_the_trial_drivers_and_no_train_worker() -> None:
+    cfg = launcher()
+    types = cfg["available_node_types"]
+    head = types[cfg["head_node_type"]]["resources"]
+    assert head["CPU"] == 0 and head.get("GPU", 0) == 0
+    assert isinstance(head[DRIVER_RESOURCE], int) and head[DRIVER_RESOURCE] >= 1
+    workers = {name: t for name, t in types.items() if name != cfg["head_node_type"]}
+    assert workers
+    for name, node in workers.items():
+        assert node["resources"]["GPU"] >= 1 and node["resources"]["CPU"] >= 1, name
+        assert DRIVER_RESOURCE not in node["resources"], name
+        assert node["max_workers"] >= node.get("min_workers", 0) >= 0, name
+    assert cfg["idle_timeout_minutes"] > 0
+
+
+def test_ray_start_commands() -> None:
+    cfg = launcher()
+    for key, role in (("head_start_ray_commands", "head"), ("worker_start_ray_commands", "worker")):
+        commands = cfg[key]
+        assert invocations(commands[0], "ray") == [["stop"]], f"{key} must begin with ray stop"
+        starts = [(line, args) for line in commands for args in invocations(line, "ray")
+                  if args[:1] == ["start"]]  # fmt: skip
+        assert len(starts) == 1, key
+        line, args = starts[0]
+        params = parse_click(ray_cli, args, "ray").params
+        # Job drivers and Train workers inherit MLflow's address from `ray start`.
+        assert exported_tracking_uri(line).startswith("http://"), key
+        if role == "head":
+            assert params["head"] and params["autoscaling_config"]
+            assert params["dashboard_host"] == "127.0.0.1"  # reached through SSH only
+        else:
+            assert not params["head"] and params["address"] == "10.0.0.1:6379"
+
+
+def test_launcher_opens_no_port_beyond_ssh() -> None:
+    rules = launcher()["provider"].get("security_group", {}).get("IpPermissions", [])
+    assert rules == []
+
+
+def test_mlflow_server_on_the_head() -> None:
+    cfg = launcher()
+    (line,) = [c for c in cfg["head_start_ray_commands"] if invocations(c, "mlflow")]
+    (args,) = invocations(line, "mlflow")
+    params = parse_click(mlflow_cli, args, "mlflow").params
+    assert params["serve_artifacts"] and params["port"] == 5000 and params["host"] == "0.0.0.0"
+    assert params["artifacts_destination"].startswith("s3://test-bucket/")
+    assert params["backend_store_uri"].startswith("sqlite:////")  # an absolute path
+    allowed = params["allowed_hosts"].split(",")
+    assert "*" not in allowed
+    assert is_allowed_host_header(allowed, "127.0.0.1:5000")  # through ssh -L / ray attach
+    (start,) = [c for c in cfg["head_start_ray_commands"] if "ray start" in c]
+    uri = exported_tracking_uri(start)
+    assert is_allowed_host_header(allowed, uri.removeprefix("http://")), uri
+
+
+def test_mlflow_server_on_kubernetes() -> None:
+    deployment = one("common.yaml", "Deployment")
+    (container,) = deployment["spec"]["template"]["spec"]["containers"]
+    (args,) = invocations(" ".join(container["args"]), "mlflow")
+    params = parse_click(mlflow_cli, args, "mlflow").params
+    assert params["serve_artifacts"] and params["backend_store_uri"].startswith("sqlite:////")
+    assert params["artifacts_destination"].startswith("s3://test-bucket/")
+    uri = one("common.yaml", "ConfigMap")["data"]["MLFLOW_TRACKING_URI"]
+    allowed = params["allowed_hosts"].split(",")
+    assert is_allowed_host_header(allowed, uri.removeprefix("http://"))
+    assert is_allowed_host_header(allowed, "127.0.0.1:5000")  # kubectl port-forward
+
+
+# -- Commands of this project, and the guide's commands -------------------------------------
+
+
+def check_sweep(args: argparse.Namespace, gpus: int, cpus: int, drivers: int) -> None:
+    """A sweep/submit command: its files exist, its overrides validate, and its trials fit."""
+    assert repo_path(args.space).is_file(), args.space
+    load_config(repo_path(args.config) if args.config else None, args.overrides)
+    assert args.storage.startswith("s3://test-bucket/"), "storage every node reaches"
+    assert args.max_concurrent <= drivers, "more trials at once than TRAIN_DRIVER slots"
+    if args.placement == "pack":
+        assert args.gpus_per_trial <= gpus, "a packed trial does not fit on one node"
+        assert args.workers_per_trial * args.cpus_per_worker <= cpus
+
+
+def test_supcon_sweep_commands_exist() -> None:
+    cfg = launcher()
+    sources = {
+        "cluster.yaml": launcher_commands(cfg),
+        "cluster/README.md": guide_lines(),
+        "rayjob.yaml": [rayjob_entrypoint()],
+    }
+    gpu_8x = cfg["available_node_types"]["gpu_8x"]["resources"]
+    drivers = cfg["available_node_types"]["head"]["resources"][DRIVER_RESOURCE]
+    for source, lines in sources.items():
+        found = [args for line in lines for args in invocations(line, "supcon-sweep")]
+        assert found, f"no supcon-sweep command in {source}"
+        for args in found:
+            parsed = parse_ours(args)
+            if parsed.command == "submit":
+                check_sweep(parsed, gpu_8x["GPU"], gpu_8x["CPU"], drivers)
+
+
+def test_rayjob_runs_a_sweep_that_fits_its_cluster() -> None:
+    (args,) = invocations(rayjob_entrypoint(), "supcon-sweep")
+    parsed = parse_ours(args)
+    assert parsed.command == "sweep" and parsed.address == "auto"
+    spec = ray_specs()[0]
+    (group,) = spec["workerGroupSpecs"]
+    limits = group["template"]["spec"]["containers"][0]["resources"]["limits"]
+    start = spec["headGroupSpec"]["rayStartParams"]
+    drivers = json.loads(shlex.split(start["resources"])[0])[DRIVER_RESOURCE]
+    check_sweep(parsed, int(limits["nvidia.com/gpu"]), int(limits["cpu"]), drivers)
+    gpus_at_once = parsed.max_concurrent * parsed.gpus_per_trial
+    assert gpus_at_once <= group["maxReplicas"] * int(limits["nvidia.com/gpu"])
+    dockerfile = (CLUSTER / "Dockerfile").read_text().splitlines()
+    copied = {line.split()[-1].removeprefix("./") for line in dockerfile if line.startswith("COPY")}
+    for path in (parsed.config, parsed.space):
+        assert str(path).startswith(IMAGE_ROOT + "/") and path.parts[4] in copied, path
+
+
+def test_ray_commands_in_the_guide() -> None:
+    used = {}
+    for line in guide_lines():
+        for args in invocations(line, "ray"):
+            ctx = parse_click(ray_cli, args, "ray")
+            used.setdefault(ctx.info_name, ctx.params)
+    for flow in ("ray up", "ray dashboard", "ray attach", "ray down"):
+        assert used[flow]["cluster_config_file"] == "cluster/cluster.yaml", flow
+    assert 5000 in used["ray attach"]["port_forward"]
+
+
+def test_command_checks_reject_what_does_not_exist() -> None:
+    with pytest.raises(click.NoSuchOption):
+        parse_click(ray_cli, ["start", "--hed"], "ray")
+    with pytest.raises(click.NoSuchOption):
+        parse_click(mlflow_cli, ["server", "--allowed-host", "x"], "mlflow")
+    with pytest.raises(click.UsageError):
+        parse_click(ray_cli, ["launch", "cluster/cluster.yaml"], "ray")
+    with pytest.raises(pytest.fail.Exception):
+        parse_ours(["sweep", "--bucket", "s3://x"])
+
+
+# -- Versions, token, bucket, secrets -------------------------------------------------------
+
+
+def test_images_match_the_installed_ray_and_python() -> None:
+    expected = f"rayproject/ray:{ray.__version__}-{PYTHON_TAG}-gpu"
+    docker = launcher()["docker"]
+    launcher_images = {docker.get(key, expected) for key in ("image", "head_image", "worker_image")}
+    assert launcher_images == {expected}
+    assert f"FROM {expected}" in (CLUSTER / "Dockerfile").read_text()
+    assert f'"ray[default,tune,train]=={ray.__version__}"' in (ROOT / "pyproject.toml").read_text()
+    templates = [
+        one("rayjob.yaml", "RayJob")["spec"]["submitterPodTemplate"],
+        one("common.yaml", "Deployment")["spec"]["template"],
+    ]
+    for spec in ray_specs():
+        assert spec["rayVersion"] == ray.__version__
+        templates += [spec["headGroupSpec"]["template"]]
+        templates += [g["template"] for g in spec["workerGroupSpecs"]]
+    (image,) = {c["image"] for t in templates for c in pod_containers(t)}  # built from Dockerfile
+    assert image.endswith(f":ray{ray.__version__}-{PYTHON_TAG}-gpu")
+
+
+def test_the_cluster_installs_this_working_tree() -> None:
+    cfg = launcher()
+    assert cfg["file_mounts"]["~/supcon-sweep"] == "."
+    assert "pip install --quiet -e ~/supcon-sweep" in cfg["setup_commands"]
+
+
+def test_token_auth_on_every_node_without_a_token_in_any_file() -> None:
+    cfg = launcher()
+    assert "--env RAY_AUTH_MODE=token" in cfg["docker"]["run_options"]
+    token_dirs = [remote for remote, local in cfg["file_mounts"].items()
+                  if not Path(local).expanduser().resolve().is_relative_to(ROOT)]  # fmt: skip
+    assert len(token_dirs) == 1, "the token folder, from outside the working tree"
+    installs = [c for c in cfg["setup_commands"] if "~/.ray/auth_token" in c]
+    assert installs and f"{token_dirs[0]}/auth_token" in installs[0]
+    for spec in ray_specs():
+        assert spec["authOptions"]["mode"] == "token" and spec["authOptions"]["secretName"]
+    kinds = {doc["kind"] for name in ("common.yaml", "raycluster.yaml", "rayjob.yaml")
+             for doc in manifests(name)}  # fmt: skip
+    assert "Secret" not in kinds
+    for path in sorted(CLUSTER.rglob("*")):
+        if path.is_file():
+            text = path.read_text()
+            assert "RAY_AUTH_MODE=disabled" not in text, path
+            assert secret_findings(text) == [], path
+
+
+NODE_CHECK = """
+from ray._private.authentication.authentication_token_setup import ensure_token_if_auth_enabled
+ensure_token_if_auth_enabled(None, create_token_if_missing=False)  # what `ray start` checks
+"""
+LAPTOP_HEADER = """
+from ray._private.authentication.http_token_authentication import get_auth_headers_if_auth_enabled
+print(get_auth_headers_if_auth_enabled({}).get("authorization"))  # what JobSubmissionClient sends
+"""
+
+
+def ray_with_env(env: dict[str, str], code: str) -> subprocess.CompletedProcess:
+    """Run ``code`` in a fresh interpreter (Ray reads its auth mode once per process)."""
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("RAY_AUTH")}
+    return subprocess.run([sys.executable, "-c", code], env={**clean, **env}, capture_output=True,
+                          text=True, timeout=120, check=False)  # fmt: skip
+
+
+def test_the_token_reaches_ray_where_the_docs_put_it(tmp_path: Path) -> None:
+    token, cfg = secrets.token_hex(32), launcher()
+    env = dict(o.removeprefix("--env ").split("=", 1) for o in cfg["docker"]["run_options"]
+               if o.startswith("--env "))  # fmt: skip
+    node = tmp_path / "node"  # the token where setup_commands install it, the container's env
+    (node / ".ray").mkdir(parents=True)
+    (node / ".ray" / "auth_token").write_text(token)
+    started = ray_with_env({"HOME": str(node), "RAY_AUTH_MODE": env["RAY_AUTH_MODE"]}, NODE_CHECK)
+    assert started.returncode == 0, started.stderr[-2000:]
+    refused = ray_with_env({"HOME": str(tmp_path), "RAY_AUTH_MODE": "token"}, NODE_CHECK)
+    assert refused.returncode != 0, "a node without the token must not start"
+    # The laptop: the export line of cluster/README.md, with the file cluster.yaml mounts.
+    (line,) = [line for line in guide_lines() if "RAY_AUTH_TOKEN_PATH=" in line]
+    laptop = dict(word.split("=", 1) for word in simple_commands(line)[0][1:])
+    path = Path(laptop["RAY_AUTH_TOKEN_PATH"])
+    (mounted,) = [Path(local) for local in cfg["file_mounts"].values() if local.startswith("~/")]
+    assert path.relative_to(SHELL_VARS["HOME"]) == (mounted / "auth_token").relative_to("~")
+    home = tmp_path / "laptop"
+    (home / path.parent.relative_to(SHELL_VARS["HOME"])).mkdir(parents=True)
+    (home / path.relative_to(SHELL_VARS["HOME"])).write_text(token)
+    laptop["RAY_AUTH_TOKEN_PATH"] = str(home / path.relative_to(SHELL_VARS["HOME"]))
+    sent = ray_with_env({**laptop, "HOME": str(home)}, LAPTOP_HEADER)
+    assert sent.stdout.strip() == f"Bearer {token}", sent.stderr[-2000:]
+
+
+def test_secret_scan_finds_literals() -> None:
+    token = secrets.token_hex(32)
+    assert secret_findings(f"export RAY_AUTH_TOKEN={token}")
+    assert secret_findings("stringData:\n  auth_token: some-literal-secret-value")
+    assert secret_findings("aws_access_key_id = AKIAIOSFODNN7EXAMPLE")
+    assert secret_findings("--from-file=auth_token=$HOME/.config/x/auth_token") == []
+
+
+def test_the_bucket_is_named_once_per_deployment() -> None:
+    cfg = launcher()
+    (definition,) = [o for o in cfg["docker"]["run_options"] if "SUPCON_BUCKET=" in o]
+    definitions = {
+        LAUNCHER: definition.split("=", 1)[1],
+        KUBERAY / "common.yaml": one("common.yaml", "ConfigMap")["data"]["SUPCON_BUCKET"],
+    }
+    texts = {p: p.read_text() for p in CLUSTER.rglob("*") if p.is_file()}
+    for bucket in set(definitions.values()):
+        where = {p.relative_to(ROOT): t.count(bucket) for p, t in texts.items() if bucket in t}
+        expected = {p.relative_to(ROOT): 1 for p, b in definitions.items() if b == bucket}
+        assert where == expected, f"{bucket!r} is written outside its one definition"
+    for path, text in texts.items():
+        assert hardcoded_buckets(text) == [], path
+    # The container environment holds the bucket: commands on the host never see it.
+    assert not [c for c in cfg["initialization_commands"] if "SUPCON_BUCKET" in c]
+
+
+def test_containers_that_name_the_bucket_read_it_from_the_configmap() -> None:
+    (configmap,) = [d["metadata"]["name"] for d in manifests("common.yaml")
+                    if d["kind"] == "ConfigMap"]  # fmt: skip
+    templates = [one("common.yaml", "Deployment")["spec"]["template"],
+                 one("rayjob.yaml", "RayJob")["spec"]["submitterPodTemplate"]]  # fmt: skip
+    for spec in ray_specs():
+        templates += [spec["headGroupSpec"]["template"]]
+        templates += [g["template"] for g in spec["workerGroupSpecs"]]
+    users = 0
+    for container in (c for t in templates for c in pod_containers(t)):
+        sources = {e["configMapRef"]["name"] for e in container.get("envFrom", [])}
+        assert configmap in sources, container["name"]
+        users += "SUPCON_BUCKET" in json.dumps(container)
+    assert users >= 2  # the MLflow server and the data copy
+    # The RayJob's entrypoint is expanded by the submitter's shell, which reads the ConfigMap.
+    assert "$SUPCON_BUCKET" in rayjob_entrypoint()
+
+
+def test_bucket_scan_finds_literal_names() -> None:
+    assert hardcoded_buckets('--storage "s3://my-bucket/ray"') == ["s3://my-bucket"]
+    assert hardcoded_buckets('"Resource": "arn:aws:s3:::my-bucket/*"') == ["arn:aws:s3:::my-bucket"]
+    assert hardcoded_buckets("s3://$SUPCON_BUCKET/ray and arn:aws:s3:::$SUPCON_BUCKET") == []
+
+
+def test_nothing_is_exposed_outside_kubernetes() -> None:
+    docs = [
+        d for name in ("common.yaml", "raycluster.yaml", "rayjob.yaml") for d in manifests(name)
+    ]
+    assert "Ingress" not in {d["kind"] for d in docs}
+    for service in (d for d in docs if d["kind"] == "Service"):
+        assert service["spec"].get("type", "ClusterIP") == "ClusterIP"
+    for spec in ray_specs():
+        head = spec["headGroupSpec"]
+        assert head.get("serviceType", "ClusterIP") == "ClusterIP"
+        assert not head.get("enableIngress", False)
+
+
+def test_kuberay_manifests() -> None:
+    assert [d["kind"] for d in manifests("raycluster.yaml")] == ["RayCluster"]
+    assert [d["kind"] for d in manifests("rayjob.yaml")] == ["RayJob"]
+    shared = {"ConfigMap", "ServiceAccount", "PersistentVolumeClaim", "Deployment", "Service"}
+    assert {d["kind"] for d in manifests("common.yaml")} == shared
+    cluster, job = one("raycluster.yaml", "RayCluster"), one("rayjob.yaml", "RayJob")
+    assert cluster["apiVersion"] == job["apiVersion"] == "ray.io/v1"
+    assert job["spec"]["rayClusterSpec"] == cluster["spec"], "the RayJob runs the RayCluster spec"
+    assert job["spec"]["shutdownAfterJobFinishes"] is True
+    spec = cluster["spec"]
+    start = spec["headGroupSpec"]["rayStartParams"]
+    assert start["num-cpus"] == "0"
+    drivers = json.loads(shlex.split(start["resources"])[0])
+    assert isinstance(drivers[DRIVER_RESOURCE], int) and drivers[DRIVER_RESOURCE] >= 1
+    for group in spec["workerGroupSpecs"]:
+        resources = group["template"]["spec"]["containers"][0]["resources"]
+        assert int(resources["limits"]["nvidia.com/gpu"]) >= 1, group["groupName"]
+        assert resources["requests"]["nvidia.com/gpu"] == resources["limits"]["nvidia.com/gpu"]
+        assert group["maxReplicas"] >= group["minReplicas"] >= 0
