@@ -1,14 +1,4 @@
-"""All MLflow access: the sweep's parent run, each trial's nested run, best-run queries.
-
-Only :class:`mlflow.tracking.MlflowClient` with explicit run ids is used, never the fluent
-``mlflow.start_run`` state, so logging works (and leaves it alone) when an MLflow run is already
-active in the process, as it is inside a Tune trial. Trials log from rank 0 only.
-
-Params are written as YAML scalars (``null``, ``true``, ``1.0e-05``, quoted ambiguous strings), so
-:func:`query_best` reads them back with ``yaml.safe_load`` as the values the config held.
-Non-finite metric values are not logged (a warning names them): MLflow would keep a NaN as the
-latest value, which then hides the run's real result from searches ordered by that metric.
-"""
+"""The sweep's parent run and each trial's nested run (written by rank 0 only)."""
 
 from __future__ import annotations
 
@@ -16,171 +6,35 @@ import functools
 import json
 import logging
 import math
-import os
-import ssl
-import subprocess
-import tempfile
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Mapping, Sequence
-from importlib import metadata
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
-import yaml
 from mlflow.entities import Metric, Param, RunTag, ViewType
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 from mlflow.utils.validation import MAX_PARAM_VAL_LENGTH, MAX_PARAMS_TAGS_PER_BATCH
 
-from trainer.config import TrainerConfig, set_dotted, to_yaml, validate_tree
+from orchestrator.tracking.store import (
+    CODE_TAG,
+    END_STATUSES,
+    PARENT_TAG,
+    STATUS_TAG,
+    SWEEP_TAG,
+    TRIAL_TAG,
+    TrackingError,
+    _quoted,
+    _sqlite_path,
+    artifact_root,
+    code_version,
+    encode_param,
+    ensure_experiment,
+)
 
 log = logging.getLogger(__name__)
 
-DEFAULT_EXPERIMENT = "supcon-sweep"
-SWEEP_TAG = "supcon.sweep"
-TRIAL_TAG = "supcon.trial_id"
-STATUS_TAG = "supcon.status"
-CODE_TAG = "supcon.code_version"
-PARENT_TAG = "mlflow.parentRunId"
-END_STATUSES = ("FINISHED", "FAILED", "KILLED")
-_ROOT = Path(__file__).resolve().parents[1]
 _METRICS_PER_BATCH = 1000
-
-
-class TrackingError(RuntimeError):
-    """The tracking store is unreachable or does not hold what was asked for."""
-
-
-def safe_uri(uri: str) -> str:
-    """``uri`` without ``user:password@`` and query string, fit for messages and logs."""
-    head, sep, rest = uri.partition("://")
-    if not sep:
-        return uri
-    rest, query, _ = rest.partition("?")
-    authority, slash, path = rest.partition("/")
-    if "@" in authority:
-        authority = "***@" + authority.rpartition("@")[2]
-    return f"{head}://{authority}{slash}{path}" + ("?..." if query else "")
-
-
-def _sqlite_path(uri: str) -> Path | None:
-    if not uri.startswith("sqlite:///") or uri == "sqlite:///:memory:":
-        return None
-    return Path(uri.removeprefix("sqlite:///"))
-
-
-def resolve_tracking_uri(uri: str | None, out_dir: Path) -> str:
-    """Explicit ``uri`` > ``MLFLOW_TRACKING_URI`` > ``sqlite:///<out_dir>/mlflow.db``.
-
-    SQLite paths are made absolute here, because Ray runs trials in other working directories.
-    """
-    chosen = uri or os.environ.get("MLFLOW_TRACKING_URI") or ""
-    if not chosen:
-        return f"sqlite:///{Path(out_dir).resolve() / 'mlflow.db'}"
-    db = _sqlite_path(chosen)
-    if db is not None and not db.is_absolute():
-        return f"sqlite:///{db.resolve()}"
-    return chosen
-
-
-def artifact_root(out_dir: Path) -> str:
-    """Where new experiments of the embedded store keep artifacts: ``<out_dir>/mlartifacts``."""
-    return (Path(out_dir).resolve() / "mlartifacts").as_uri()
-
-
-def check_reachable(uri: str, timeout: float = 5) -> None:
-    """Fail fast, naming the URI, when an http(s) server does not answer or the SQLite folder
-    cannot be created. One plain GET without retries (MLflow's client retries for minutes); any
-    HTTP answer, even an error status or a TLS handshake, counts as reachable. Other schemes
-    (databricks, postgresql, ...) are not checked."""
-    parts = urlsplit(uri)
-    if parts.scheme in ("http", "https"):
-        netloc = parts.netloc.rpartition("@")[2]  # credentials are not needed for /health
-        url = urlunsplit((parts.scheme, netloc, parts.path.rstrip("/") + "/health", "", ""))
-        try:
-            with urllib.request.urlopen(url, timeout=timeout):
-                return
-        except urllib.error.HTTPError:
-            return
-        except (urllib.error.URLError, OSError) as err:
-            reason = getattr(err, "reason", err)
-            if isinstance(reason, ssl.SSLError):  # it answered; TLS trust is MLflow's setting
-                return
-            raise TrackingError(
-                f"MLflow tracking server {safe_uri(uri)} is not reachable ({reason}; waited at "
-                f"most {timeout:g} s); start it or pass another --tracking-uri"
-            ) from None
-    db = _sqlite_path(uri)
-    if db is not None:
-        try:
-            db.parent.mkdir(parents=True, exist_ok=True)
-        except OSError as err:
-            raise TrackingError(
-                f"cannot create the folder of the MLflow store {safe_uri(uri)}: {err}"
-            ) from None
-
-
-def ensure_experiment(client: MlflowClient, name: str, artifact_location: str | None) -> str:
-    """The id of experiment ``name``, created (with ``artifact_location``) if missing."""
-    exp = client.get_experiment_by_name(name)
-    if exp is None:
-        try:
-            return client.create_experiment(name, artifact_location=artifact_location)
-        except MlflowException:  # another process created it meanwhile
-            exp = client.get_experiment_by_name(name)
-            if exp is None:
-                raise
-    if exp.lifecycle_stage == "deleted":
-        raise TrackingError(
-            f"MLflow experiment {name!r} is deleted; restore it (mlflow experiments restore "
-            f"--experiment-id {exp.experiment_id}) or choose another name"
-        )
-    return exp.experiment_id
-
-
-@functools.cache
-def code_version() -> str:
-    """``git rev-parse HEAD`` of this checkout (``-dirty`` with local changes), else the
-    installed package version."""
-    if (_ROOT / ".git").exists():
-        try:
-            head = subprocess.run(
-                ["git", "rev-parse", "HEAD"], cwd=_ROOT, capture_output=True, text=True,
-                timeout=10, check=True,
-            ).stdout.strip()  # fmt: skip
-            dirty = subprocess.run(
-                ["git", "diff", "--quiet", "HEAD"], cwd=_ROOT, capture_output=True, timeout=10
-            ).returncode
-            return head + ("-dirty" if dirty else "")
-        except (OSError, subprocess.SubprocessError):
-            pass
-    try:
-        return f"supcon-sweep=={metadata.version('supcon-sweep')}"
-    except metadata.PackageNotFoundError:
-        return "unknown"
-
-
-def encode_param(value: Any) -> str:
-    """A config value as a one-line YAML scalar that ``yaml.safe_load`` turns back into it."""
-    text = yaml.safe_dump(value, default_flow_style=True, width=math.inf, sort_keys=False)
-    return text.strip().removesuffix("\n...").strip()
-
-
-def decode_param(text: str) -> Any:
-    try:
-        return yaml.safe_load(text)
-    except yaml.YAMLError:
-        return text
-
-
-def _quoted(value: str) -> str:
-    for quote in ("'", '"'):
-        if quote not in value:
-            return f"{quote}{value}{quote}"
-    raise TrackingError(f"{value!r} holds both kinds of quotes; MLflow cannot search for it")
 
 
 def _log_params(client: MlflowClient, run_id: str, params: Mapping[str, Any]) -> None:
@@ -446,89 +300,3 @@ class TrialTracker:
     def finish(self, status: str = "FINISHED") -> None:
         """Send what is buffered, then end the run with ``status``."""
         self._retry("ending the run", lambda: _finish(self.client, self.run_id, status))
-
-
-def _experiment_id(client: MlflowClient, uri: str, experiment: str) -> str:
-    exp = client.get_experiment_by_name(experiment)
-    if exp is None or exp.lifecycle_stage == "deleted":
-        names = sorted(e.name for e in client.search_experiments())
-        raise TrackingError(
-            f"no MLflow experiment {experiment!r} in {safe_uri(uri)}; "
-            f"existing: {', '.join(names) or '(none)'}"
-        )
-    return exp.experiment_id
-
-
-def query_best(
-    uri: str,
-    experiment: str,
-    metric: str = "eval/pooled_mean/eer",
-    mode: str = "min",
-    top: int = 5,
-    parent_run_id: str | None = None,
-) -> list[dict[str, Any]]:
-    """The ``top`` finished trial runs (optionally of one sweep) with a finite ``metric``, best
-    first: ``{"run_id", "trial_id", "params": {path: value}, "metrics": {key: value}}``.
-
-    Runs are ordered by the metric's last logged value (MLflow's ``latest`` metric).
-    """
-    if mode not in ("min", "max"):
-        raise ValueError(f"mode must be min or max, got {mode!r}")
-    db = _sqlite_path(uri)
-    if db is not None and not db.is_file():
-        raise TrackingError(f"no MLflow store at {db} (run a sweep, or pass --tracking-uri/--out)")
-    client = MlflowClient(uri)
-    experiment_id = _experiment_id(client, uri, experiment)
-    where = f"attributes.status = 'FINISHED' and tags.`{TRIAL_TAG}` IS NOT NULL"
-    if parent_run_id:
-        where += f" and tags.`{PARENT_TAG}` = {_quoted(parent_run_id)}"
-    order = [
-        f"metrics.`{metric}` {'ASC' if mode == 'min' else 'DESC'}",
-        "attributes.start_time ASC",
-    ]
-    rows: list[dict[str, Any]] = []
-    token = None
-    while len(rows) < top:
-        page = client.search_runs(
-            [experiment_id], where, ViewType.ACTIVE_ONLY, max_results=max(top, 100),
-            order_by=order, page_token=token,
-        )  # fmt: skip
-        for run in page:
-            value = run.data.metrics.get(metric)
-            if value is not None and math.isfinite(value) and len(rows) < top:
-                rows.append(_row(run))
-        token = page.token
-        if not token:
-            break
-    return rows
-
-
-def _row(run: Any) -> dict[str, Any]:
-    return {
-        "run_id": run.info.run_id,
-        "trial_id": run.data.tags[TRIAL_TAG],
-        "params": {k: decode_param(v) for k, v in sorted(run.data.params.items())},
-        "metrics": dict(sorted(run.data.metrics.items())),
-    }
-
-
-def export_config(best: dict[str, Any], path: Path) -> Path:
-    """Write the trainer config of a :func:`query_best` row (its params are the full flattened
-    config) to ``path`` atomically, validated; ``supcon-sweep trial --config path`` reruns it."""
-    tree: dict[str, Any] = {}
-    for key, value in best["params"].items():
-        set_dotted(tree, key, value)
-    cfg: TrainerConfig = validate_tree(tree)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    header = f"# trial {best['trial_id']} (MLflow run {best['run_id']}), by supcon-sweep best\n"
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(header + to_yaml(cfg))
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path

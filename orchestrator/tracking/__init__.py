@@ -1,0 +1,40 @@
+"""All MLflow access: the sweep's parent run, each trial's nested run, best-run queries.
+
+Only :class:`mlflow.tracking.MlflowClient` with explicit run ids is used, never the fluent
+``mlflow.start_run`` state, so logging works (and leaves it alone) when an MLflow run is already
+active in the process, as it is inside a Tune trial. Trials log from rank 0 only.
+
+Params are written as YAML scalars (``null``, ``true``, ``1.0e-05``, quoted ambiguous strings), so
+:func:`query_best` reads them back with ``yaml.safe_load`` as the values the config held.
+Non-finite metric values are not logged (a warning names them): MLflow would keep a NaN as the
+latest value, which then hides the run's real result from searches ordered by that metric.
+"""
+
+from orchestrator.tracking.query import export_config, query_best
+from orchestrator.tracking.runs import SweepRun, TrialTracker, close_trial
+from orchestrator.tracking.store import (
+    DEFAULT_EXPERIMENT,
+    TrackingError,
+    artifact_root,
+    check_reachable,
+    decode_param,
+    encode_param,
+    resolve_tracking_uri,
+    safe_uri,
+)
+
+__all__ = [
+    "DEFAULT_EXPERIMENT",
+    "SweepRun",
+    "TrackingError",
+    "TrialTracker",
+    "artifact_root",
+    "check_reachable",
+    "close_trial",
+    "decode_param",
+    "encode_param",
+    "export_config",
+    "query_best",
+    "resolve_tracking_uri",
+    "safe_uri",
+]

@@ -1,0 +1,164 @@
+"""The tracking store: URIs, reachability, experiments, tags and param encoding."""
+
+from __future__ import annotations
+
+import functools
+import logging
+import math
+import os
+import ssl
+import subprocess
+import urllib.error
+import urllib.request
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import yaml
+from mlflow.exceptions import MlflowException
+from mlflow.tracking import MlflowClient
+
+log = logging.getLogger(__name__)
+
+DEFAULT_EXPERIMENT = "supcon-sweep"
+SWEEP_TAG = "supcon.sweep"
+TRIAL_TAG = "supcon.trial_id"
+STATUS_TAG = "supcon.status"
+CODE_TAG = "supcon.code_version"
+PARENT_TAG = "mlflow.parentRunId"
+END_STATUSES = ("FINISHED", "FAILED", "KILLED")
+_ROOT = Path(__file__).resolve().parents[2]
+
+
+class TrackingError(RuntimeError):
+    """The tracking store is unreachable or does not hold what was asked for."""
+
+
+def safe_uri(uri: str) -> str:
+    """``uri`` without ``user:password@`` and query string, fit for messages and logs."""
+    head, sep, rest = uri.partition("://")
+    if not sep:
+        return uri
+    rest, query, _ = rest.partition("?")
+    authority, slash, path = rest.partition("/")
+    if "@" in authority:
+        authority = "***@" + authority.rpartition("@")[2]
+    return f"{head}://{authority}{slash}{path}" + ("?..." if query else "")
+
+
+def _sqlite_path(uri: str) -> Path | None:
+    if not uri.startswith("sqlite:///") or uri == "sqlite:///:memory:":
+        return None
+    return Path(uri.removeprefix("sqlite:///"))
+
+
+def resolve_tracking_uri(uri: str | None, out_dir: Path) -> str:
+    """Explicit ``uri`` > ``MLFLOW_TRACKING_URI`` > ``sqlite:///<out_dir>/mlflow.db``.
+
+    SQLite paths are made absolute here, because Ray runs trials in other working directories.
+    """
+    chosen = uri or os.environ.get("MLFLOW_TRACKING_URI") or ""
+    if not chosen:
+        return f"sqlite:///{Path(out_dir).resolve() / 'mlflow.db'}"
+    db = _sqlite_path(chosen)
+    if db is not None and not db.is_absolute():
+        return f"sqlite:///{db.resolve()}"
+    return chosen
+
+
+def artifact_root(out_dir: Path) -> str:
+    """Where new experiments of the embedded store keep artifacts: ``<out_dir>/mlartifacts``."""
+    return (Path(out_dir).resolve() / "mlartifacts").as_uri()
+
+
+def check_reachable(uri: str, timeout: float = 5) -> None:
+    """Fail fast, naming the URI, when an http(s) server does not answer or the SQLite folder
+    cannot be created. One plain GET without retries (MLflow's client retries for minutes); any
+    HTTP answer, even an error status or a TLS handshake, counts as reachable. Other schemes
+    (databricks, postgresql, ...) are not checked."""
+    parts = urlsplit(uri)
+    if parts.scheme in ("http", "https"):
+        netloc = parts.netloc.rpartition("@")[2]  # credentials are not needed for /health
+        url = urlunsplit((parts.scheme, netloc, parts.path.rstrip("/") + "/health", "", ""))
+        try:
+            with urllib.request.urlopen(url, timeout=timeout):
+                return
+        except urllib.error.HTTPError:
+            return
+        except (urllib.error.URLError, OSError) as err:
+            reason = getattr(err, "reason", err)
+            if isinstance(reason, ssl.SSLError):  # it answered; TLS trust is MLflow's setting
+                return
+            raise TrackingError(
+                f"MLflow tracking server {safe_uri(uri)} is not reachable ({reason}; waited at "
+                f"most {timeout:g} s); start it or pass another --tracking-uri"
+            ) from None
+    db = _sqlite_path(uri)
+    if db is not None:
+        try:
+            db.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            raise TrackingError(
+                f"cannot create the folder of the MLflow store {safe_uri(uri)}: {err}"
+            ) from None
+
+
+def ensure_experiment(client: MlflowClient, name: str, artifact_location: str | None) -> str:
+    """The id of experiment ``name``, created (with ``artifact_location``) if missing."""
+    exp = client.get_experiment_by_name(name)
+    if exp is None:
+        try:
+            return client.create_experiment(name, artifact_location=artifact_location)
+        except MlflowException:  # another process created it meanwhile
+            exp = client.get_experiment_by_name(name)
+            if exp is None:
+                raise
+    if exp.lifecycle_stage == "deleted":
+        raise TrackingError(
+            f"MLflow experiment {name!r} is deleted; restore it (mlflow experiments restore "
+            f"--experiment-id {exp.experiment_id}) or choose another name"
+        )
+    return exp.experiment_id
+
+
+@functools.cache
+def code_version() -> str:
+    """``git rev-parse HEAD`` of this checkout (``-dirty`` with local changes), else the
+    installed package version."""
+    if (_ROOT / ".git").exists():
+        try:
+            head = subprocess.run(
+                ["git", "rev-parse", "HEAD"], cwd=_ROOT, capture_output=True, text=True,
+                timeout=10, check=True,
+            ).stdout.strip()  # fmt: skip
+            dirty = subprocess.run(
+                ["git", "diff", "--quiet", "HEAD"], cwd=_ROOT, capture_output=True, timeout=10
+            ).returncode
+            return head + ("-dirty" if dirty else "")
+        except (OSError, subprocess.SubprocessError):
+            pass
+    try:
+        return f"supcon-sweep=={metadata.version('supcon-sweep')}"
+    except metadata.PackageNotFoundError:
+        return "unknown"
+
+
+def encode_param(value: Any) -> str:
+    """A config value as a one-line YAML scalar that ``yaml.safe_load`` turns back into it."""
+    text = yaml.safe_dump(value, default_flow_style=True, width=math.inf, sort_keys=False)
+    return text.strip().removesuffix("\n...").strip()
+
+
+def decode_param(text: str) -> Any:
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
+
+
+def _quoted(value: str) -> str:
+    for quote in ("'", '"'):
+        if quote not in value:
+            return f"{quote}{value}{quote}"
+    raise TrackingError(f"{value!r} holds both kinds of quotes; MLflow cannot search for it")
