@@ -36,11 +36,6 @@ def cluster(tmp_path_factory: pytest.TempPathFactory):
         lc.down(folder)
 
 
-@pytest.fixture(autouse=True)
-def token_auth(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("RAY_AUTH_MODE", "token")
-
-
 def _submit(cluster: lc.Cluster, out: Path, space: Path, *extra: str) -> str:
     argv = ["submit", "--address", cluster.dashboard, "--space", str(space),
             "--tracking-uri", cluster.tracking_uri, "--out", str(out), "--scheduler", "none",
