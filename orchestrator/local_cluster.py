@@ -147,7 +147,7 @@ def _spawn(c: Cluster, name: str, cmd: list[str]) -> Proc:
     return proc
 
 
-def _wait(c: Cluster, proc: Proc, ready, what: str, timeout: float) -> None:
+def _wait(proc: Proc, ready, what: str, timeout: float) -> None:
     deadline = time.monotonic() + timeout
     while not ready():
         if _handle(proc) is None:
@@ -156,14 +156,6 @@ def _wait(c: Cluster, proc: Proc, ready, what: str, timeout: float) -> None:
         if time.monotonic() > deadline:
             raise ClusterError(f"{what} not ready after {timeout:.0f} s (log {proc.log})")
         time.sleep(0.5)
-
-
-def _port_open(port: int) -> bool:
-    try:
-        with socket.create_connection(("127.0.0.1", port), timeout=1):
-            return True
-    except OSError:
-        return False
 
 
 def _http_ok(url: str) -> bool:
@@ -191,7 +183,7 @@ def _start_head(c: Cluster, spec: Spec) -> None:
            "--resources", json.dumps({DRIVER_RESOURCE: spec.drivers}),
            "--disable-usage-stats"]  # fmt: skip
     proc = _spawn(c, "head", cmd)
-    _wait(c, proc, lambda: _http_ok(f"{c.dashboard}/api/version"), "the Ray head", 120)
+    _wait(proc, lambda: _http_ok(f"{c.dashboard}/api/version"), "the Ray head", 120)
 
 
 def _start_node(c: Cluster, name: str, spec: Spec) -> None:
@@ -202,10 +194,10 @@ def _start_node(c: Cluster, name: str, spec: Spec) -> None:
            "--num-cpus", str(spec.worker_cpus), "--num-gpus", "0",
            "--disable-usage-stats"]  # fmt: skip
     proc = _spawn(c, name, cmd)
-    _wait(c, proc, lambda: _node_count(c, proc) >= 1, f"Ray node {name}", 120)
+    _wait(proc, lambda: _raylets(proc) >= 1, f"Ray node {name}", 120)
 
 
-def _node_count(c: Cluster, proc: Proc) -> int:
+def _raylets(proc: Proc) -> int:
     """Live raylets among ``proc``'s descendants (a joined node has one)."""
     p = _handle(proc)
     if p is None:
@@ -220,7 +212,7 @@ def _start_mlflow(c: Cluster) -> None:
            "--backend-store-uri", f"sqlite:///{folder / 'mlflow.db'}",
            "--artifacts-destination", str(folder / "mlartifacts")]  # fmt: skip
     proc = _spawn(c, "mlflow", cmd)
-    _wait(c, proc, lambda: _http_ok(f"{c.tracking_uri}/health"), "the MLflow server", 120)
+    _wait(proc, lambda: _http_ok(f"{c.tracking_uri}/health"), "the MLflow server", 120)
 
 
 def up(folder: Path, spec: Spec | None = None) -> Cluster:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 import math
 import os
 import tempfile
@@ -22,8 +21,6 @@ from orchestrator.tracking.store import (
     safe_uri,
 )
 from trainer.config import TrainerConfig, set_dotted, to_yaml, validate_tree
-
-log = logging.getLogger(__name__)
 
 
 def _experiment_id(client: MlflowClient, uri: str, experiment: str) -> str:

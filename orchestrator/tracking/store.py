@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import functools
-import logging
 import math
 import os
 import ssl
@@ -18,8 +17,6 @@ from urllib.parse import urlsplit, urlunsplit
 import yaml
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
-
-log = logging.getLogger(__name__)
 
 DEFAULT_EXPERIMENT = "supcon-sweep"
 SWEEP_TAG = "supcon.sweep"

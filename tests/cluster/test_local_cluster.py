@@ -20,6 +20,7 @@ from mlflow.tracking import MlflowClient
 
 from orchestrator import local_cluster as lc
 from orchestrator.cli import main
+from tests.orchestrator.test_faults import _wait_for
 from tests.orchestrator.test_sweep import data_overrides
 
 pytestmark = [pytest.mark.cluster, pytest.mark.ray]
@@ -75,13 +76,6 @@ def _children(uri: str) -> list:
     return [
         r for r in client.search_runs([exp.experiment_id]) if "mlflow.parentRunId" in r.data.tags
     ]
-
-
-def _wait_for(predicate, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(1)
 
 
 def _logged_epochs(uri: str) -> int:
