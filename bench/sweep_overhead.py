@@ -37,9 +37,13 @@ def main(argv: list[str] | None = None) -> int:
         out = Path(tmp)
         data = generate(out / "data", seed=0, size="tiny", progress=False)
         la = data / "LA"
-        overrides = [f"data.train.root={la}", f"data.dev.root={la}",
-                     f"data.eval={{asv19: {{kind: asvspoof2019, root: {la}, split: eval}}}}",
-                     f"stage1.epochs={args.epochs}", "stage1.patience=null"]  # fmt: skip
+        overrides = [
+            f"data.train.root={la}",
+            f"data.dev.root={la}",
+            f"data.eval={{asv19: {{kind: asvspoof2019, root: {la}, split: eval}}}}",
+            f"stage1.epochs={args.epochs}",
+            "stage1.patience=null",
+        ]
         start = time.monotonic()
         code = cli(
             [
@@ -59,15 +63,18 @@ def main(argv: list[str] | None = None) -> int:
                 *overrides,
             ]
         )
-        wall = time.monotonic() - start  # fmt: skip
+        wall = time.monotonic() - start
         if code:
             return code
-        rows = query_best(f"sqlite:///{out / 'mlflow.db'}", "supcon-sweep",
-                          metric="time/trial_s", top=args.trials)  # fmt: skip
+        rows = query_best(
+            f"sqlite:///{out / 'mlflow.db'}", "supcon-sweep", metric="time/trial_s", top=args.trials
+        )
     trial_s = [r["metrics"]["time/trial_s"] for r in rows]
     first = [r["metrics"]["time/launch_s"] + r["metrics"]["time/setup_s"] for r in rows]
-    print(f"\n{len(rows)} trials, trainer time per trial {statistics.mean(trial_s):.1f} s "
-          f"(sum {sum(trial_s):.1f} s), sweep wall {wall:.1f} s")  # fmt: skip
+    print(
+        f"\n{len(rows)} trials, trainer time per trial {statistics.mean(trial_s):.1f} s "
+        f"(sum {sum(trial_s):.1f} s), sweep wall {wall:.1f} s"
+    )
     print(
         f"overhead ratio (sweep wall / sum of trainer time) = {wall / sum(trial_s):.2f}  "
         "(aim < 1.25 for 2-minute trials)"

@@ -91,8 +91,12 @@ def _flops(step: Callable[[], None]) -> int:
 def run_case(preset: str, device: torch.device, bf16: bool, args: argparse.Namespace) -> None:
     overrides = [f"model.preset={preset}", f"data.sampler.batch_size={args.batch}"]
     if preset == "xlsr-300m":
-        overrides += ["model.embedding_dim=256", "model.gradient_checkpointing=true",
-                      "stage1.lr_encoder=1e-5", "stage1.lr_head=5e-4"]  # fmt: skip
+        overrides += [
+            "model.embedding_dim=256",
+            "model.gradient_checkpointing=true",
+            "stage1.lr_encoder=1e-5",
+            "stage1.lr_head=5e-4",
+        ]
     cfg = load_config(None, overrides)
     rt = Runtime(device=device, bf16=bf16, show_progress=False)
     torch.manual_seed(0)
@@ -123,8 +127,10 @@ def run_case(preset: str, device: torch.device, bf16: bool, args: argparse.Names
     med = {name: statistics.median(v) for name, v in seconds.items()}
     flops = _flops(steps["ours"])
     precision = "bf16" if bf16 else "fp32"
-    print(f"\n{preset} on {device.type} ({precision}), batch {args.batch} x {args.seconds:g} s, "
-          f"{flops / 1e9:.1f} GFLOP per step")  # fmt: skip
+    print(
+        f"\n{preset} on {device.type} ({precision}), batch {args.batch} x {args.seconds:g} s, "
+        f"{flops / 1e9:.1f} GFLOP per step"
+    )
     print(f"{'path':<12} {'steps/s':>8} {'samples/s':>10} {'vs plain':>9}")
     for name, sec in med.items():
         print(f"{name:<12} {1 / sec:>8.2f} {args.batch / sec:>10.1f} {med['plain'] / sec:>8.3f}x")
@@ -145,11 +151,18 @@ def run_case(preset: str, device: torch.device, bf16: bool, args: argparse.Names
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--preset", choices=("tiny", "xlsr-300m"), help="default: tiny on CPU, "
-                        "and xlsr-300m too when CUDA is available")  # fmt: skip
+    parser.add_argument(
+        "--preset",
+        choices=("tiny", "xlsr-300m"),
+        help="default: tiny on CPU, and xlsr-300m too when CUDA is available",
+    )
     parser.add_argument("--batch", type=int, default=16)
-    parser.add_argument("--seconds", type=float, default=None,
-                        help="clip length (default 1 s for tiny, 4 s for xlsr-300m)")  # fmt: skip
+    parser.add_argument(
+        "--seconds",
+        type=float,
+        default=None,
+        help="clip length (default 1 s for tiny, 4 s for xlsr-300m)",
+    )
     parser.add_argument("--steps", type=int, default=5, help="steps per timed round")
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--warmup", type=int, default=2)

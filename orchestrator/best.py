@@ -75,8 +75,11 @@ def _eer_columns(rows: Sequence[dict[str, Any]], metric: str) -> list[tuple[str,
     )
     names = [s for s in sets if s not in ("pooled_mean", "pooled_all")]
     columns = [(f"eval/{s}/eer", s) for s in names]
-    columns += [("eval/pooled_mean/eer", "pooled_mean"), ("eval/pooled_all/eer", "pooled_all"),
-                ("classifier/dev/eer", "dev(stage2)")]  # fmt: skip
+    columns += [
+        ("eval/pooled_mean/eer", "pooled_mean"),
+        ("eval/pooled_all/eer", "pooled_all"),
+        ("classifier/dev/eer", "dev(stage2)"),
+    ]
     columns = [(k, h) for k, h in columns if k in keys]
     if metric not in {k for k, _ in columns} and metric in keys:
         columns.append((metric, metric))
@@ -102,10 +105,14 @@ def print_table(rows: Sequence[dict[str, Any]], metric: str) -> None:
     eers = _eer_columns(rows, metric)
     header = ["#", "trial", *params, *(f"{h} %" if _is_eer(k) else h for k, h in eers)]
     table = [
-        [str(i), r["trial_id"], *(_fmt(r["params"].get(k)) for k in params),
-         *(_metric(k, r["metrics"].get(k)) for k, _ in eers)]
+        [
+            str(i),
+            r["trial_id"],
+            *(_fmt(r["params"].get(k)) for k in params),
+            *(_metric(k, r["metrics"].get(k)) for k, _ in eers),
+        ]
         for i, r in enumerate(rows, 1)
-    ]  # fmt: skip
+    ]
     widths = [max(len(row[c]) for row in [header, *table]) for c in range(len(header))]
     for row in [header, *table]:
         pairs = enumerate(zip(row, widths, strict=True))

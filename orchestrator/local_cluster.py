@@ -174,14 +174,31 @@ def _ray() -> str:
 
 
 def _start_head(c: Cluster, spec: Spec) -> None:
-    cmd = [_ray(), "start", "--head", "--block", "--port", str(c.gcs_port),
-           "--temp-dir", f"{c.temp_dir}/head",
-           "--dashboard-host", "127.0.0.1", "--dashboard-port", str(c.dashboard_port),
-           "--ray-client-server-port", str(_free_port()),
-           "--dashboard-agent-listen-port", str(_free_port()),
-           "--num-cpus", str(spec.head_cpus), "--num-gpus", "0",
-           "--resources", json.dumps({DRIVER_RESOURCE: spec.drivers}),
-           "--disable-usage-stats"]  # fmt: skip
+    cmd = [
+        _ray(),
+        "start",
+        "--head",
+        "--block",
+        "--port",
+        str(c.gcs_port),
+        "--temp-dir",
+        f"{c.temp_dir}/head",
+        "--dashboard-host",
+        "127.0.0.1",
+        "--dashboard-port",
+        str(c.dashboard_port),
+        "--ray-client-server-port",
+        str(_free_port()),
+        "--dashboard-agent-listen-port",
+        str(_free_port()),
+        "--num-cpus",
+        str(spec.head_cpus),
+        "--num-gpus",
+        "0",
+        "--resources",
+        json.dumps({DRIVER_RESOURCE: spec.drivers}),
+        "--disable-usage-stats",
+    ]
     proc = _spawn(c, "head", cmd)
     _wait(proc, lambda: _http_ok(f"{c.dashboard}/api/version"), "the Ray head", 120)
 
@@ -189,10 +206,22 @@ def _start_head(c: Cluster, spec: Spec) -> None:
 def _start_node(c: Cluster, name: str, spec: Spec) -> None:
     # Each node its own temp folder, as on separate machines: nodes sharing one would delete
     # each other's unpacked job working directories.
-    cmd = [_ray(), "start", "--block", "--address", c.address, "--temp-dir", f"{c.temp_dir}/{name}",
-           "--dashboard-agent-listen-port", str(_free_port()),
-           "--num-cpus", str(spec.worker_cpus), "--num-gpus", "0",
-           "--disable-usage-stats"]  # fmt: skip
+    cmd = [
+        _ray(),
+        "start",
+        "--block",
+        "--address",
+        c.address,
+        "--temp-dir",
+        f"{c.temp_dir}/{name}",
+        "--dashboard-agent-listen-port",
+        str(_free_port()),
+        "--num-cpus",
+        str(spec.worker_cpus),
+        "--num-gpus",
+        "0",
+        "--disable-usage-stats",
+    ]
     proc = _spawn(c, name, cmd)
     _wait(proc, lambda: _raylets(proc) >= 1, f"Ray node {name}", 120)
 
@@ -207,10 +236,20 @@ def _raylets(proc: Proc) -> int:
 
 def _start_mlflow(c: Cluster) -> None:
     folder = Path(c.folder)
-    cmd = [str(Path(sys.executable).parent / "mlflow"), "server", "--host", "127.0.0.1",
-           "--port", str(c.mlflow_port), "--workers", "1",
-           "--backend-store-uri", f"sqlite:///{folder / 'mlflow.db'}",
-           "--artifacts-destination", str(folder / "mlartifacts")]  # fmt: skip
+    cmd = [
+        str(Path(sys.executable).parent / "mlflow"),
+        "server",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(c.mlflow_port),
+        "--workers",
+        "1",
+        "--backend-store-uri",
+        f"sqlite:///{folder / 'mlflow.db'}",
+        "--artifacts-destination",
+        str(folder / "mlartifacts"),
+    ]
     proc = _spawn(c, "mlflow", cmd)
     _wait(proc, lambda: _http_ok(f"{c.tracking_uri}/health"), "the MLflow server", 120)
 

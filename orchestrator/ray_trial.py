@@ -61,8 +61,14 @@ def _open_tracker(config: dict[str, Any], cfg, out_dir: Path) -> TrialTracker:
     # every rank at the next report barrier); the tracker buffers and retries instead.
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "20")
-    return TrialTracker.open(m["uri"], m["experiment_id"], m["parent_run_id"], config["trial_id"],
-                             flatten(cfg), spool=out_dir / "mlflow_unsent.jsonl")  # fmt: skip
+    return TrialTracker.open(
+        m["uri"],
+        m["experiment_id"],
+        m["parent_run_id"],
+        config["trial_id"],
+        flatten(cfg),
+        spool=out_dir / "mlflow_unsent.jsonl",
+    )
 
 
 def train_worker(config: dict[str, Any]) -> None:

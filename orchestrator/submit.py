@@ -58,14 +58,19 @@ def _submit(args: argparse.Namespace) -> int:
     try:
         client = JobSubmissionClient(address)
     except AuthenticationError as err:
-        print(f"error: the Ray job server at {address} refused the token: {err}\nSet "
-              "RAY_AUTH_TOKEN_PATH to the cluster's token file (cluster/README.md).",
-              file=sys.stderr)  # fmt: skip
+        print(
+            f"error: the Ray job server at {address} refused the token: {err}\nSet "
+            "RAY_AUTH_TOKEN_PATH to the cluster's token file (cluster/README.md).",
+            file=sys.stderr,
+        )
         return 2
     except (ConnectionError, RuntimeError, ValueError) as err:
-        print(f"error: cannot reach the Ray job server at {address}: {err}\n"
-              "Is the cluster up (ray up cluster/cluster.yaml), and the dashboard forwarded "
-              "(ray dashboard cluster/cluster.yaml)?", file=sys.stderr)  # fmt: skip
+        print(
+            f"error: cannot reach the Ray job server at {address}: {err}\n"
+            "Is the cluster up (ray up cluster/cluster.yaml), and the dashboard forwarded "
+            "(ray dashboard cluster/cluster.yaml)?",
+            file=sys.stderr,
+        )
         return 2
     job_id = client.submit_job(
         entrypoint=entrypoint(args),

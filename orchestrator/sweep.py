@@ -101,8 +101,9 @@ def read_text(uri: str) -> str:
         return src.read().decode()
 
 
-def torch_trainer(settings: dict[str, Any], trial_id: str, params: dict[str, Any],
-                  callbacks: list) -> TorchTrainer:  # fmt: skip
+def torch_trainer(
+    settings: dict[str, Any], trial_id: str, params: dict[str, Any], callbacks: list
+) -> TorchTrainer:
     """The Ray Train run of one trial, named after it so that a rerun resumes from its storage."""
     gpus = settings["gpus_per_trial"]
     workers = settings["workers_per_trial"]
@@ -145,10 +146,14 @@ def _trial_driver(config: dict[str, Any], settings: dict[str, Any]) -> None:
 def run_single_trial(settings: SweepSettings) -> dict[str, Any]:
     """``supcon-sweep trial --ray``: one trial through Ray Train, the code path of a sweep trial,
     tracked as a one-trial sweep in MLflow. Returns the final metrics."""
-    parent = SweepRun.start(settings.mlflow["uri"], settings.mlflow["experiment"], settings.name,
-                            params={"searcher": "single trial",
-                                    "workers_per_trial": settings.workers_per_trial},
-                            tags={}, space_text=None)  # fmt: skip
+    parent = SweepRun.start(
+        settings.mlflow["uri"],
+        settings.mlflow["experiment"],
+        settings.name,
+        params={"searcher": "single trial", "workers_per_trial": settings.workers_per_trial},
+        tags={},
+        space_text=None,
+    )
     settings.mlflow.update(parent_run_id=parent.run_id, experiment_id=parent.experiment_id)
     try:
         torch_trainer(asdict(settings), settings.name, {}, []).fit()
@@ -157,8 +162,13 @@ def run_single_trial(settings: SweepSettings) -> dict[str, Any]:
         raise
     parent.finish("FINISHED")
     # Train's Result keeps the last checkpointed report; the final metrics live in MLflow.
-    rows = query_best(settings.mlflow["uri"], settings.mlflow["experiment"],
-                      metric=settings.metric, parent_run_id=parent.run_id, top=1)  # fmt: skip
+    rows = query_best(
+        settings.mlflow["uri"],
+        settings.mlflow["experiment"],
+        metric=settings.metric,
+        parent_run_id=parent.run_id,
+        top=1,
+    )
     return rows[0]["metrics"] if rows else {}
 
 
@@ -171,8 +181,14 @@ class CloseTrialRuns(tune.Callback):
         self.m = mlflow_settings
 
     def _close(self, trial, status: str, reason: str) -> None:
-        close_trial(self.m["uri"], self.m["experiment_id"], self.m["parent_run_id"],
-                    trial.trial_id, status, reason)  # fmt: skip
+        close_trial(
+            self.m["uri"],
+            self.m["experiment_id"],
+            self.m["parent_run_id"],
+            trial.trial_id,
+            status,
+            reason,
+        )
 
     def on_trial_complete(self, iteration, trials, trial, **info) -> None:
         self._close(trial, "KILLED", "stopped early by the scheduler")
@@ -263,11 +279,16 @@ def start_ray(address: str | None, max_concurrent: int) -> None:
 def _parent_run(settings: SweepSettings, searcher: str) -> SweepRun:
     """The sweep's MLflow parent run: created once, found again by name on ``resume``."""
     params = {
-        "space": Path(settings.space_path).name, "num_samples": settings.num_samples,
-        "searcher": searcher, "scheduler": settings.scheduler, "metric": settings.metric,
-        "mode": settings.mode, "workers_per_trial": settings.workers_per_trial,
-        "gpus_per_trial": settings.gpus_per_trial, "seed": settings.seed,
-    }  # fmt: skip
+        "space": Path(settings.space_path).name,
+        "num_samples": settings.num_samples,
+        "searcher": searcher,
+        "scheduler": settings.scheduler,
+        "metric": settings.metric,
+        "mode": settings.mode,
+        "workers_per_trial": settings.workers_per_trial,
+        "gpus_per_trial": settings.gpus_per_trial,
+        "seed": settings.seed,
+    }
     return SweepRun.start(
         settings.mlflow["uri"],
         settings.mlflow["experiment"],
@@ -292,8 +313,9 @@ def _tracked_fit(parent: SweepRun, tuner: tune.Tuner) -> tune.ResultGrid:
 def run_sweep(space: SearchSpace, settings: SweepSettings) -> tune.ResultGrid:
     searcher = "grid" if space.is_grid else "optuna-tpe"
     parent = _parent_run(settings, searcher)
-    settings.mlflow.update(parent_run_id=parent.run_id, experiment_id=parent.experiment_id,
-                           searcher=searcher)  # fmt: skip
+    settings.mlflow.update(
+        parent_run_id=parent.run_id, experiment_id=parent.experiment_id, searcher=searcher
+    )
     settings.save()
     return _tracked_fit(parent, build_tuner(space, settings))
 
@@ -303,6 +325,7 @@ def resume_sweep(folder: str, settings: SweepSettings) -> tune.ResultGrid:
     checkpoints (their Train runs resume by name), the searcher continues from its state, and
     the same MLflow parent and trial runs continue."""
     parent = _parent_run(settings, settings.mlflow["searcher"])
-    tuner = tune.Tuner.restore(folder, trainable=trainable(settings), resume_unfinished=True,
-                               resume_errored=True)  # fmt: skip
+    tuner = tune.Tuner.restore(
+        folder, trainable=trainable(settings), resume_unfinished=True, resume_errored=True
+    )
     return _tracked_fit(parent, tuner)

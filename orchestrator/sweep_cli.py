@@ -239,12 +239,22 @@ def _trial_on_ray(args: argparse.Namespace) -> int:
         uri = resolve_tracking_uri(args.tracking_uri, Path("runs"))
         check_reachable(uri)
         settings = SweepSettings(
-            name=time.strftime("trial-%Y%m%d-%H%M%S"), base=cfg.model_dump(mode="json"),
-            space_path="", metric="encoder/dev/eer", mode="min", num_samples=1,
-            max_concurrent=1, scheduler="none", workers_per_trial=args.workers,
-            cpus_per_worker=args.cpus_per_worker, gpus_per_trial=args.gpus, max_failures=0,
-            seed=cfg.seed, out_dir=str(out), mlflow={"uri": uri, "experiment": args.experiment},
-        )  # fmt: skip
+            name=time.strftime("trial-%Y%m%d-%H%M%S"),
+            base=cfg.model_dump(mode="json"),
+            space_path="",
+            metric="encoder/dev/eer",
+            mode="min",
+            num_samples=1,
+            max_concurrent=1,
+            scheduler="none",
+            workers_per_trial=args.workers,
+            cpus_per_worker=args.cpus_per_worker,
+            gpus_per_trial=args.gpus,
+            max_failures=0,
+            seed=cfg.seed,
+            out_dir=str(out),
+            mlflow={"uri": uri, "experiment": args.experiment},
+        )
         start_ray(args.address, 1)
         metrics = run_single_trial(settings)
     except (ConfigError, TrackingError, ConnectionError) as err:

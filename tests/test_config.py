@@ -13,8 +13,11 @@ from trainer.config import CONFIG_DIR, ConfigError, flatten, load_config
 def test_shipped_configs_validate(name: str) -> None:
     cfg = load_config(CONFIG_DIR / name)
     assert cfg.data.train.split == "train" and set(cfg.data.eval) == {
-        "asv19", "itw", "asv21la", "asv21df"
-    }  # fmt: skip
+        "asv19",
+        "itw",
+        "asv21la",
+        "asv21df",
+    }
 
 
 def test_paper_config_has_the_paper_hyperparameters() -> None:
@@ -31,8 +34,16 @@ def test_paper_config_has_the_paper_hyperparameters() -> None:
 
 
 def test_overrides_apply_with_yaml_types() -> None:
-    cfg = load_config(None, ["loss.temperature=0.07", "loss.similarity=angular", "queue.size=0",
-                             "stage1.patience=null", "data.eval.itw.root=/elsewhere"])  # fmt: skip
+    cfg = load_config(
+        None,
+        [
+            "loss.temperature=0.07",
+            "loss.similarity=angular",
+            "queue.size=0",
+            "stage1.patience=null",
+            "data.eval.itw.root=/elsewhere",
+        ],
+    )
     assert cfg.loss.temperature == 0.07 and cfg.loss.similarity == "angular"
     assert cfg.queue.size == 0 and cfg.stage1.patience is None
     assert cfg.data.eval["itw"].root == Path("/elsewhere")

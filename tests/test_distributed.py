@@ -50,9 +50,14 @@ def _train(variant: str, world_rank: int, world_size: int) -> dict[str, Any]:
         x, labels = _global_batch(step)
         z = F.normalize(net(x[rows]), dim=1)  # (B, 8)
         loss, gathered_z, gathered_labels = contrastive_step(
-            z, labels[rows], queue, similarity=similarity, temperature=temperature,
-            use_queue=step >= 1, queue_positives=queue_positives,
-        )  # fmt: skip
+            z,
+            labels[rows],
+            queue,
+            similarity=similarity,
+            temperature=temperature,
+            use_queue=step >= 1,
+            queue_positives=queue_positives,
+        )
         optimizer.zero_grad()
         loss.backward()
         grads.append(torch.cat([p.grad.flatten() for p in model.parameters()]))
@@ -82,8 +87,13 @@ def _collectives(world_rank: int) -> dict[str, Any]:
 
 
 def _worker(world_rank: int, port: int, out_dir: str) -> None:
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(world_rank),
-                      WORLD_SIZE=str(WORLD_SIZE), LOCAL_RANK=str(world_rank))  # fmt: skip
+    os.environ.update(
+        MASTER_ADDR="127.0.0.1",
+        MASTER_PORT=str(port),
+        RANK=str(world_rank),
+        WORLD_SIZE=str(WORLD_SIZE),
+        LOCAL_RANK=str(world_rank),
+    )
     torch.set_num_threads(1)
     assert distributed.init_from_env("gloo")
     try:
@@ -119,8 +129,9 @@ def test_ddp_gradients_match_one_process_on_the_full_batch(two_ranks, variant: s
     single = _train(variant, world_rank=0, world_size=1)
     for rank in two_ranks:
         torch.testing.assert_close(rank[variant]["grads"], single["grads"], atol=1e-5, rtol=0)
-    torch.testing.assert_close(two_ranks[0][variant]["queue_z"], single["queue_z"], atol=1e-5,
-                               rtol=0)  # fmt: skip
+    torch.testing.assert_close(
+        two_ranks[0][variant]["queue_z"], single["queue_z"], atol=1e-5, rtol=0
+    )
     assert torch.equal(two_ranks[0][variant]["queue_labels"], single["queue_labels"])
 
 

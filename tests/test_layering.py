@@ -33,8 +33,11 @@ def test_trainer_imports_without_ray_optuna_mlflow() -> None:
     assert "trainer.data.corpora" in modules and "trainer.metrics" in modules
     proc = subprocess.run(
         [sys.executable, "-c", _BLOCK_AND_IMPORT, *modules],
-        capture_output=True, text=True, cwd=ROOT, check=False,
-    )  # fmt: skip
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        check=False,
+    )
     assert proc.returncode == 0, proc.stderr
     assert f"imported {len(modules)}" in proc.stdout
 
@@ -42,7 +45,10 @@ def test_trainer_imports_without_ray_optuna_mlflow() -> None:
 def test_cli_help_lists_the_data_commands() -> None:
     proc = subprocess.run(
         [sys.executable, "-m", "orchestrator.cli", "data", "--help"],
-        capture_output=True, text=True, cwd=ROOT, check=False,
-    )  # fmt: skip
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        check=False,
+    )
     assert proc.returncode == 0
     assert "synth" in proc.stdout and "check" in proc.stdout

@@ -56,8 +56,9 @@ def _case(seed: int, batch: int, extra: int, dim: int = 16, absent: int = 0):
 @pytest.mark.parametrize("tau", [0.07, 0.3, 1.0])
 @pytest.mark.parametrize("absent", [0, 3])
 def test_matches_per_anchor_loop_value_and_gradient(similarity: str, tau: float, absent: int):
-    anchors, a_lab, contrast, c_lab, self_index = _case(seed=int(tau * 100) + absent, batch=8,
-                                                        extra=12, absent=absent)  # fmt: skip
+    anchors, a_lab, contrast, c_lab, self_index = _case(
+        seed=int(tau * 100) + absent, batch=8, extra=12, absent=absent
+    )
     a32, c32 = anchors.clone().requires_grad_(), contrast.clone().requires_grad_()
     a64, c64 = anchors.double().requires_grad_(), contrast.double().requires_grad_()
     loss = supcon_loss(a32, a_lab, c32, c_lab, self_index, similarity=similarity, temperature=tau)
@@ -94,9 +95,15 @@ def test_anchor_without_positive_is_skipped():
 def test_no_positive_anywhere_returns_a_differentiable_zero():
     anchors = F.normalize(torch.randn(3, 4), dim=1).requires_grad_()
     contrast = F.normalize(torch.randn(5, 4), dim=1).requires_grad_()
-    loss = supcon_loss(anchors, torch.zeros(3, dtype=torch.long), contrast,
-                       torch.ones(5, dtype=torch.long), torch.full((3,), -1),
-                       similarity="angular", temperature=0.1)  # fmt: skip
+    loss = supcon_loss(
+        anchors,
+        torch.zeros(3, dtype=torch.long),
+        contrast,
+        torch.ones(5, dtype=torch.long),
+        torch.full((3,), -1),
+        similarity="angular",
+        temperature=0.1,
+    )
     assert loss.item() == 0.0 and loss.requires_grad
     loss.backward()
     assert torch.equal(anchors.grad, torch.zeros_like(anchors))
@@ -109,14 +116,14 @@ def test_own_entry_is_neither_positive_nor_in_the_denominator():
     z = F.normalize(torch.tensor([[1.0, 0.0], [0.0, 1.0], [0.6, 0.8]]), dim=1)
     labels = torch.tensor([0, 1, 1])
     tau = 0.3
-    loss = supcon_loss(z, labels, z, labels, torch.arange(3), similarity="cosine",
-                       temperature=tau)  # fmt: skip
+    loss = supcon_loss(z, labels, z, labels, torch.arange(3), similarity="cosine", temperature=tau)
     s = z @ z.T / tau
     only_anchor_1 = -(s[1, 2] - torch.logsumexp(s[1, [0, 2]], 0))
     only_anchor_2 = -(s[2, 1] - torch.logsumexp(s[2, [0, 1]], 0))
     torch.testing.assert_close(loss, (only_anchor_1 + only_anchor_2) / 2, atol=1e-6, rtol=0)
-    with_self = supcon_loss(z, labels, z, labels, torch.full((3,), -1), similarity="cosine",
-                            temperature=tau)  # fmt: skip
+    with_self = supcon_loss(
+        z, labels, z, labels, torch.full((3,), -1), similarity="cosine", temperature=tau
+    )
     assert abs(with_self.item() - loss.item()) > 0.1
 
 
@@ -130,8 +137,9 @@ def test_angular_gradient_is_finite_on_the_diagonal_and_for_antipodal_pairs():
     z = _exact_unit_vectors()
     labels = torch.tensor([0, 1, 0, 1])
     anchors, contrast = z.clone().requires_grad_(), z.clone().requires_grad_()
-    loss = supcon_loss(anchors, labels, contrast, labels, torch.arange(4), similarity="angular",
-                       temperature=0.07)  # fmt: skip
+    loss = supcon_loss(
+        anchors, labels, contrast, labels, torch.arange(4), similarity="angular", temperature=0.07
+    )
     loss.backward()
     assert torch.isfinite(loss)
     assert torch.isfinite(anchors.grad).all() and torch.isfinite(contrast.grad).all()
@@ -209,9 +217,14 @@ def test_cuda_tf32_does_not_degrade_the_angular_loss():
     torch.backends.cuda.matmul.allow_tf32 = True
     try:
         on_gpu = supcon_loss(
-            anchors.cuda(), a_lab.cuda(), contrast.cuda(), c_lab.cuda(), self_index.cuda(),
-            similarity="angular", temperature=0.07,
-        )  # fmt: skip
+            anchors.cuda(),
+            a_lab.cuda(),
+            contrast.cuda(),
+            c_lab.cuda(),
+            self_index.cuda(),
+            similarity="angular",
+            temperature=0.07,
+        )
     finally:
         torch.backends.cuda.matmul.allow_tf32 = previous
     torch.testing.assert_close(on_gpu.double().cpu(), reference, atol=1e-5, rtol=0)

@@ -51,8 +51,11 @@ def test_default_space_is_tpe_over_loss_and_queue(base) -> None:
     space = load_space(SPACES_DIR / "default.yaml", base)
     assert not space.is_grid and space.n_trials_hint is None
     assert set(space.params) == {
-        "loss.temperature", "queue.size", "queue.start_epoch", "loss.similarity"
-    }  # fmt: skip
+        "loss.temperature",
+        "queue.size",
+        "queue.start_epoch",
+        "loss.similarity",
+    }
     with pytest.raises(SpaceError, match="not a grid space"):
         space.grid_points()
 
@@ -86,11 +89,14 @@ def test_sampling_is_seeded(base) -> None:
 
 
 def test_samples_respect_bounds_and_choices(tmp_path: Path, base) -> None:
-    path = _write(tmp_path, "loss.temperature: {loguniform: [0.05, 0.5]}\n"
-                            "queue.start_epoch: {int: [2, 4]}\n"
-                            "queue.size: {int: [0, 1024, 256]}\n"
-                            "loss.similarity: {categorical: [angular]}\n"
-                            "stage1.lr_head: {uniform: [1.0e-4, 2.0e-4]}\n")  # fmt: skip
+    path = _write(
+        tmp_path,
+        "loss.temperature: {loguniform: [0.05, 0.5]}\n"
+        "queue.start_epoch: {int: [2, 4]}\n"
+        "queue.size: {int: [0, 1024, 256]}\n"
+        "loss.similarity: {categorical: [angular]}\n"
+        "stage1.lr_head: {uniform: [1.0e-4, 2.0e-4]}\n",
+    )
     samples = load_space(path, base).sample(300, seed=0)
     temps = [s["loss.temperature"] for s in samples]
     assert min(temps) >= 0.05 and max(temps) <= 0.5
@@ -105,8 +111,12 @@ def test_samples_respect_bounds_and_choices(tmp_path: Path, base) -> None:
 
 def test_optuna_search_suggests_dotted_keys(base) -> None:
     space = load_space(SPACES_DIR / "default.yaml", base)
-    start = {"loss.temperature": 0.1, "queue.size": 1024, "queue.start_epoch": 5,
-             "loss.similarity": "angular"}  # fmt: skip
+    start = {
+        "loss.temperature": 0.1,
+        "queue.size": 1024,
+        "queue.start_epoch": 5,
+        "loss.similarity": "angular",
+    }
     searcher = space.optuna_search("encoder/dev/eer", "min", seed=0, points_to_evaluate=[start])
     assert isinstance(searcher, OptunaSearch)
     assert searcher.suggest("t0") == start
@@ -121,8 +131,11 @@ def test_optuna_search_suggests_dotted_keys(base) -> None:
 
 
 def test_tune_param_space_keeps_inclusive_int_bounds(tmp_path: Path, base) -> None:
-    path = _write(tmp_path, "queue.start_epoch: {int: [0, 8]}\nqueue.size: {int: [0, 512, 256]}\n"
-                            "queue.positives: false\n")  # fmt: skip
+    path = _write(
+        tmp_path,
+        "queue.start_epoch: {int: [0, 8]}\nqueue.size: {int: [0, 512, 256]}\n"
+        "queue.positives: false\n",
+    )
     space = load_space(path, base)
     domains = space.tune_param_space()
     assert domains["queue.positives"] is False
@@ -146,8 +159,11 @@ def test_apply_params_overrides_and_validates(base) -> None:
 @pytest.mark.parametrize(
     ("text", "message"),
     [
-        ("loss.temprature: {uniform: [0.1, 0.5]}", r"loss\.temprature: not a trainer config path; "
-                                                   r"did you mean loss\.temperature"),
+        (
+            "loss.temprature: {uniform: [0.1, 0.5]}",
+            r"loss\.temprature: not a trainer config path; "
+            r"did you mean loss\.temperature",
+        ),
         ("loss: {uniform: [0.1, 0.5]}", "loss: is a config section"),
         ("loss.temperature: {loguniform: [0, 1]}", r"loss\.temperature: loguniform needs lo > 0"),
         ("loss.temperature: {uniform: [1, 0]}", r"loss\.temperature: uniform needs lo < hi"),
@@ -164,16 +180,20 @@ def test_apply_params_overrides_and_validates(base) -> None:
         ("queue.size: {loguniform: [1, 4096]}", r"queue\.size: the trainer wants an int"),
         ("loss.similarity: {grid: [cosine, euclid]}", r"loss\.similarity: 'euclid' is invalid"),
         ("model.dropout: {uniform: [0.0, 1.0]}", r"model\.dropout: 1\.0 is invalid here"),
-        ("loss.similarity: {grid: [cosine, angular]}\nqueue.size: {categorical: [0, 8]}",
-         r"grid keys \['loss\.similarity'\] cannot be mixed with sampled keys \['queue\.size'\]"),
-        ("model.pretrained: {categorical: [null, facebook/wav2vec2-xls-r-300m]}",
-         r"model\.pretrained: 'facebook/wav2vec2-xls-r-300m' is invalid.*exactly one"),
+        (
+            "loss.similarity: {grid: [cosine, angular]}\nqueue.size: {categorical: [0, 8]}",
+            r"grid keys \['loss\.similarity'\] cannot be mixed with sampled keys \['queue\.size'\]",
+        ),
+        (
+            "model.pretrained: {categorical: [null, facebook/wav2vec2-xls-r-300m]}",
+            r"model\.pretrained: 'facebook/wav2vec2-xls-r-300m' is invalid.*exactly one",
+        ),
         ("- loss.temperature", "expected a mapping"),
         ("", "expected a mapping"),
         ("{}", "defines no parameters"),
         ("loss.temperature: {uniform: [0.1", "not valid YAML"),
     ],
-)  # fmt: skip
+)
 def test_bad_spaces_fail_naming_file_and_key(tmp_path: Path, base, text: str, message: str) -> None:
     path = _write(tmp_path, text + "\n")
     with pytest.raises(SpaceError, match=message) as info:
@@ -183,8 +203,11 @@ def test_bad_spaces_fail_naming_file_and_key(tmp_path: Path, base, text: str, me
 
 def test_combinations_are_checked(tmp_path: Path, base) -> None:
     # Each value is fine with the base's other bounds; min_f 5000 with max_f 1000 is not.
-    path = _write(tmp_path, "data.rawboost.min_f: {grid: [20.0, 5000.0]}\n"
-                            "data.rawboost.max_f: {grid: [1000.0, 8000.0]}\n")  # fmt: skip
+    path = _write(
+        tmp_path,
+        "data.rawboost.min_f: {grid: [20.0, 5000.0]}\n"
+        "data.rawboost.max_f: {grid: [1000.0, 8000.0]}\n",
+    )
     with pytest.raises(SpaceError, match=r"the combination .* is invalid.*must not exceed"):
         load_space(path, base)
 

@@ -27,14 +27,22 @@ def micro(synth_root: Path, epochs: int = 3) -> list[str]:
     """A trial that takes seconds: tiny model, half-second crops, two evaluation sets."""
     la, itw = synth_root / "LA", synth_root / "itw"
     return [
-        f"data.train.root={la}", f"data.dev.root={la}",
+        f"data.train.root={la}",
+        f"data.dev.root={la}",
         f"data.eval={{asv19: {{kind: asvspoof2019, root: {la}, split: eval}}, "
         f"itw: {{kind: itw, root: {itw}}}}}",
-        "data.train_crop.seconds=0.5", "data.eval_crop.seconds=0.5",
-        "data.sampler.batch_size=8", "data.sampler.batches_per_epoch=2",
-        f"stage1.epochs={epochs}", "stage1.patience=null", "queue.size=24", "queue.start_epoch=1",
-        "stage2.epochs=5", "runtime.threads=1", "runtime.progress=false",
-    ]  # fmt: skip
+        "data.train_crop.seconds=0.5",
+        "data.eval_crop.seconds=0.5",
+        "data.sampler.batch_size=8",
+        "data.sampler.batches_per_epoch=2",
+        f"stage1.epochs={epochs}",
+        "stage1.patience=null",
+        "queue.size=24",
+        "queue.start_epoch=1",
+        "stage2.epochs=5",
+        "runtime.threads=1",
+        "runtime.progress=false",
+    ]
 
 
 def test_cli_trial_writes_everything(synth_root: Path, tmp_path: Path, capsys) -> None:
@@ -43,8 +51,15 @@ def test_cli_trial_writes_everything(synth_root: Path, tmp_path: Path, capsys) -
     table = capsys.readouterr().out
     assert "eval asv19" in table and "pooled (mean of sets)" in table
     metrics = json.loads((out / "metrics.json").read_text())
-    for key in ("encoder/dev/eer", "classifier/dev/eer", "eval/asv19/eer", "eval/itw/eer",
-                "eval/asv19/eer_A07", "eval/pooled_mean/eer", "eval/pooled_all/eer"):  # fmt: skip
+    for key in (
+        "encoder/dev/eer",
+        "classifier/dev/eer",
+        "eval/asv19/eer",
+        "eval/itw/eer",
+        "eval/asv19/eer_A07",
+        "eval/pooled_mean/eer",
+        "eval/pooled_all/eer",
+    ):
         assert 0.0 <= metrics[key] <= 1.0, key
     assert metrics["eval/pooled_mean/eer"] == pytest.approx(
         (metrics["eval/asv19/eer"] + metrics["eval/itw/eer"]) / 2
@@ -79,11 +94,17 @@ def test_resume_after_kill_matches_uninterrupted_run(synth_root: Path, tmp_path:
     overrides = micro(synth_root, epochs=5)
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     straight = tmp_path / "straight"
-    subprocess.run(_trial_cmd(straight, overrides), check=True, cwd=ROOT, env=env,
-                   capture_output=True)  # fmt: skip
+    subprocess.run(
+        _trial_cmd(straight, overrides), check=True, cwd=ROOT, env=env, capture_output=True
+    )
     killed = tmp_path / "killed"
-    proc = subprocess.Popen(_trial_cmd(killed, overrides), cwd=ROOT, env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    proc = subprocess.Popen(
+        _trial_cmd(killed, overrides),
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     log = killed / "metrics.jsonl"
     deadline = time.monotonic() + 300
     while not (log.is_file() and len(log.read_text().splitlines()) >= 2):
@@ -92,8 +113,14 @@ def test_resume_after_kill_matches_uninterrupted_run(synth_root: Path, tmp_path:
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert not (killed / "metrics.json").exists()
-    done = subprocess.run(_trial_cmd(killed, overrides), cwd=ROOT, env=env, capture_output=True,
-                          text=True, check=False)  # fmt: skip
+    done = subprocess.run(
+        _trial_cmd(killed, overrides),
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     assert done.returncode == 0, done.stderr
     assert "resumed from" in done.stderr
 
@@ -106,8 +133,15 @@ def test_resume_after_kill_matches_uninterrupted_run(synth_root: Path, tmp_path:
 
 
 def test_non_finite_loss_fails_the_trial(synth_root: Path, tmp_path: Path, capsys) -> None:
-    code = main(["trial", "--out", str(tmp_path / "nan"), *micro(synth_root, epochs=1),
-                 "loss.temperature=1e-40"])  # fmt: skip
+    code = main(
+        [
+            "trial",
+            "--out",
+            str(tmp_path / "nan"),
+            *micro(synth_root, epochs=1),
+            "loss.temperature=1e-40",
+        ]
+    )
     assert code == 1
     assert "stage 1 loss is nan at epoch 0, step 0" in capsys.readouterr().err
     assert not (tmp_path / "nan" / "metrics.json").exists()
@@ -123,13 +157,26 @@ def _free_port() -> int:
 def test_torchrun_two_processes(synth_root: Path, tmp_path: Path) -> None:
     """The same trial as DDP over 2 gloo processes; rank 0 alone writes the outputs."""
     out = tmp_path / "ddp"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-           "--master_addr", "127.0.0.1", "--master_port", str(_free_port()), "-m", "trainer",
-           "--out", str(out),
-           *micro(synth_root)]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node",
+        "2",
+        "--master_addr",
+        "127.0.0.1",
+        "--master_port",
+        str(_free_port()),
+        "-m",
+        "trainer",
+        "--out",
+        str(out),
+        *micro(synth_root),
+    ]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    done = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, check=False,
-                          timeout=240)  # fmt: skip
+    done = subprocess.run(
+        cmd, cwd=ROOT, env=env, capture_output=True, text=True, check=False, timeout=240
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     assert done.stdout.count("pooled (mean of sets)") == 1
     epochs = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]

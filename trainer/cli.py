@@ -21,19 +21,24 @@ DEFAULT_DATA = Path("runs/data")
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
-        "--config", type=Path,
+        "--config",
+        type=Path,
         help=f"trainer YAML (default {CONFIG_DIR / 'local.yaml'}: tiny model, synthetic corpus; "
         f"see also {CONFIG_DIR / 'paper.yaml'})",
-    )  # fmt: skip
+    )
     parser.add_argument(
-        "--out", type=Path, default=Path("runs/trial"),
+        "--out",
+        type=Path,
+        default=Path("runs/trial"),
         help="output folder: config.yaml, checkpoints/, scores/, metrics.json, plots "
         "(default runs/trial); a folder holding a checkpoint of the same config is resumed",
-    )  # fmt: skip
+    )
     parser.add_argument(
-        "overrides", nargs="*", metavar="key=value",
+        "overrides",
+        nargs="*",
+        metavar="key=value",
         help="dotted config overrides, e.g. loss.temperature=0.1 queue.size=1024",
-    )  # fmt: skip
+    )
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -75,14 +80,18 @@ def ensure_synthetic(cfg: TrainerConfig, data_dir: Path = DEFAULT_DATA) -> None:
 
 
 def _print_table(metrics: dict[str, float]) -> None:
-    rows = [("dev (stage 1, centroid)", metrics.get("encoder/dev/eer")),
-            ("dev (stage 2)", metrics.get("classifier/dev/eer"))]  # fmt: skip
+    rows = [
+        ("dev (stage 1, centroid)", metrics.get("encoder/dev/eer")),
+        ("dev (stage 2)", metrics.get("classifier/dev/eer")),
+    ]
     names = sorted(
         {k.split("/")[1] for k in metrics if k.startswith("eval/")} - {"pooled_mean", "pooled_all"}
     )
     rows += [(f"eval {n}", metrics[f"eval/{n}/eer"]) for n in names]
-    rows += [("pooled (mean of sets)", metrics.get("eval/pooled_mean/eer")),
-             ("pooled (all scores)", metrics.get("eval/pooled_all/eer"))]  # fmt: skip
+    rows += [
+        ("pooled (mean of sets)", metrics.get("eval/pooled_mean/eer")),
+        ("pooled (all scores)", metrics.get("eval/pooled_all/eer")),
+    ]
     print(f"\n{'set':<26} {'EER %':>7}")
     for name, value in rows:
         if value is not None:

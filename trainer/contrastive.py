@@ -46,7 +46,12 @@ def contrastive_step(
         contrast_labels = torch.cat([gathered_labels, queue_labels.to(gathered_labels.device)])
     self_index = dist.world_rank() * batch + torch.arange(batch, device=z_local.device)  # (B,)
     loss = supcon_loss(
-        z_local, labels_local, contrast, contrast_labels, self_index,
-        similarity=similarity, temperature=temperature,
-    )  # fmt: skip
+        z_local,
+        labels_local,
+        contrast,
+        contrast_labels,
+        self_index,
+        similarity=similarity,
+        temperature=temperature,
+    )
     return loss, gathered_z.detach(), gathered_labels

@@ -39,9 +39,12 @@ def embed(
     rank, world = dist.world_rank(), dist.world_size()
     mine = list(range(rank, len(dataset), world))
     loader = make_loader(
-        Subset(dataset, mine), batch_size=batch_size, num_workers=num_workers, seed=seed,
+        Subset(dataset, mine),
+        batch_size=batch_size,
+        num_workers=num_workers,
+        seed=seed,
         world_rank=rank,
-    )  # fmt: skip
+    )
     chunks = []
     for batch in tqdm(loader, desc=desc, unit="batch", leave=False, disable=not progress):
         wave = batch["waveform"].to(device, non_blocking=True)

@@ -23,8 +23,9 @@ def det_plot(sets: Mapping[str, tuple[np.ndarray, np.ndarray]], path: Path) -> P
     clip = (1e-4, 1 - 1e-4)
     for name, (bona, spoof) in sets.items():
         curve = det_curve(bona, spoof)
-        ax.plot(norm.ppf(np.clip(curve.far, *clip)), norm.ppf(np.clip(curve.frr, *clip)),
-                label=name)  # fmt: skip
+        ax.plot(
+            norm.ppf(np.clip(curve.far, *clip)), norm.ppf(np.clip(curve.frr, *clip)), label=name
+        )
     ticks = norm.ppf(_TICKS)
     labels = [f"{100 * t:g}" for t in _TICKS]
     ax.set_xticks(ticks, labels)

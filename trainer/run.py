@@ -70,10 +70,18 @@ class Trial:
 
     def _embed(self, split: CorpusSplit, desc: str) -> torch.Tensor:
         c = self.cfg
-        return embed(self.model, split.utterances, c.data.eval_crop, device=self.rt.device,
-                     precision=self.rt.autocast(), batch_size=c.data.eval_batch_size,
-                     num_workers=c.data.num_workers, seed=c.seed, desc=desc,
-                     progress=self.rt.show_progress)  # fmt: skip
+        return embed(
+            self.model,
+            split.utterances,
+            c.data.eval_crop,
+            device=self.rt.device,
+            precision=self.rt.autocast(),
+            batch_size=c.data.eval_batch_size,
+            num_workers=c.data.num_workers,
+            seed=c.seed,
+            desc=desc,
+            progress=self.rt.show_progress,
+        )
 
     def run(self, resume: Path | None = None, resume_local: bool = True) -> dict[str, float]:
         """``resume`` names a checkpoint to continue from; without one, ``resume_local`` picks up
@@ -90,12 +98,16 @@ class Trial:
         freeze(self.model)
         metrics = self._stage1_summary(stage1)
         stage2 = self._stage2()
-        metrics |= {"classifier/dev/eer": stage2.dev_eer,
-                    "classifier/best_epoch": float(stage2.best_epoch)}  # fmt: skip
+        metrics |= {
+            "classifier/dev/eer": stage2.dev_eer,
+            "classifier/best_epoch": float(stage2.best_epoch),
+        }
         metrics |= self._evaluate(stage2.classifier)
         first_step = stage1.first_step_at or time.monotonic()
-        metrics |= {"time/setup_s": first_step - self.started,
-                    "time/trial_s": time.monotonic() - self.started}  # fmt: skip
+        metrics |= {
+            "time/setup_s": first_step - self.started,
+            "time/trial_s": time.monotonic() - self.started,
+        }
         artifacts = self._write(metrics, stage1, stage2)
         self.reporter.final(metrics, artifacts)
         return metrics
@@ -116,8 +128,9 @@ class Trial:
         dev_z = self._embed(d.dev, "embed dev")
         self.dev_z = dev_z
         target = lambda split: torch.tensor([u.target for u in split.utterances])  # noqa: E731
-        return train_classifier(train_z, target(d.train), dev_z, target(d.dev), self.cfg.stage2,
-                                seed=self.cfg.seed)  # fmt: skip
+        return train_classifier(
+            train_z, target(d.train), dev_z, target(d.dev), self.cfg.stage2, seed=self.cfg.seed
+        )
 
     def _evaluate(self, classifier: torch.nn.Linear) -> dict[str, float]:
         self.scores: dict[str, np.ndarray] = {}
@@ -147,14 +160,20 @@ class Trial:
         scores_dir = out / "scores"
         scores_dir.mkdir(exist_ok=True)
         splits = {"dev": self.data.dev, **self.data.eval}
-        files = [write_scores(scores_dir / f"{name}.tsv", split.utterances, self.scores[name])
-                 for name, split in splits.items()]  # fmt: skip
+        files = [
+            write_scores(scores_dir / f"{name}.tsv", split.utterances, self.scores[name])
+            for name, split in splits.items()
+        ]
         torch.save(stage2.classifier.state_dict(), out / "classifier.pt")
         (out / "metrics.json").write_text(json.dumps(metrics, indent=2, sort_keys=True) + "\n")
         (out / "stage2_history.json").write_text(json.dumps(stage2.history) + "\n")
-        plots = [curves_plot(stage1.progress.history,
-                             ["encoder/train/loss", "encoder/dev/loss", "encoder/dev/eer"],
-                             out / "stage1_curves.png")]  # fmt: skip
+        plots = [
+            curves_plot(
+                stage1.progress.history,
+                ["encoder/train/loss", "encoder/dev/loss", "encoder/dev/eer"],
+                out / "stage1_curves.png",
+            )
+        ]
         if self.results:
             sets = {n: class_scores(s.utterances, self.scores[n]) for n, s in splits.items()}
             plots.append(det_plot(sets, out / "det.png"))

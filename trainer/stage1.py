@@ -81,9 +81,17 @@ def dev_supcon_loss(z: torch.Tensor, labels: torch.Tensor, cfg: TrainerConfig) -
     for part in order.split(chunk):
         if len(part) > 1:
             idx = torch.arange(len(part))
-            losses.append(supcon_loss(z[part], labels[part], z[part], labels[part], idx,
-                                      similarity=cfg.loss.similarity,
-                                      temperature=cfg.loss.temperature).item())  # fmt: skip
+            losses.append(
+                supcon_loss(
+                    z[part],
+                    labels[part],
+                    z[part],
+                    labels[part],
+                    idx,
+                    similarity=cfg.loss.similarity,
+                    temperature=cfg.loss.temperature,
+                ).item()
+            )
     return float(sum(losses) / max(1, len(losses)))
 
 
@@ -91,8 +99,9 @@ class Stepper:
     """One stage-1 optimisation step: forward, gathered SupCon (+ queue), backward, clip, AdamW,
     then enqueue the gathered batch. The benchmark times exactly this."""
 
-    def __init__(self, cfg: TrainerConfig, rt: Runtime, model, optimizer, scheduler,
-                 queue: CrossBatchQueue) -> None:  # fmt: skip
+    def __init__(
+        self, cfg: TrainerConfig, rt: Runtime, model, optimizer, scheduler, queue: CrossBatchQueue
+    ) -> None:
         self.cfg, self.rt, self.model = cfg, rt, model
         self.optimizer, self.scheduler, self.queue = optimizer, scheduler, queue
         self.ddp = model
@@ -103,8 +112,9 @@ class Stepper:
         if cfg.stage1.grad_clip_scope == "all":
             self.clip_params += list(model.encoder_parameters())
 
-    def __call__(self, batch: dict[str, torch.Tensor], *, use_queue: bool
-                 ) -> tuple[float, torch.Tensor]:  # fmt: skip
+    def __call__(
+        self, batch: dict[str, torch.Tensor], *, use_queue: bool
+    ) -> tuple[float, torch.Tensor]:
         """Returns (this rank's loss, its detached embeddings (B, D))."""
         cfg, device = self.cfg, self.rt.device
         wave = batch["waveform"].to(device, non_blocking=True)
@@ -113,10 +123,14 @@ class Stepper:
         with self.rt.autocast():
             z = self.ddp(wave, mask)  # (B, D)
         loss, gathered_z, gathered_labels = contrastive_step(
-            z, labels, self.queue, similarity=cfg.loss.similarity,
-            temperature=cfg.loss.temperature, use_queue=use_queue,
+            z,
+            labels,
+            self.queue,
+            similarity=cfg.loss.similarity,
+            temperature=cfg.loss.temperature,
+            use_queue=use_queue,
             queue_positives=cfg.queue.positives,
-        )  # fmt: skip
+        )
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if dist.all_reduce_sum((~torch.isfinite(loss.detach())).float()).item() > 0:
@@ -131,22 +145,30 @@ class Stepper:
 
 
 class Stage1:
-    def __init__(self, cfg: TrainerConfig, model, data, rt: Runtime, out_dir: Path,
-                 reporter: Reporter) -> None:  # fmt: skip
+    def __init__(
+        self, cfg: TrainerConfig, model, data, rt: Runtime, out_dir: Path, reporter: Reporter
+    ) -> None:
         self.cfg, self.model, self.data, self.rt = cfg, model, data, rt
         self.ckpt_dir = out_dir / "checkpoints" / "last"
         self.reporter = reporter
         train = data.train.utterances
         self.sampler = BalancedBatchSampler(
-            [u.is_bonafide for u in train], cfg.data.sampler, world_size=dist.world_size(),
-            world_rank=dist.world_rank(), seed=cfg.seed,
-        )  # fmt: skip
+            [u.is_bonafide for u in train],
+            cfg.data.sampler,
+            world_size=dist.world_size(),
+            world_rank=dist.world_rank(),
+            seed=cfg.seed,
+        )
         augment = RawBoost(cfg.data.rawboost) if cfg.data.rawboost.algo else None
         dataset = AudioDataset(train, cfg.data.train_crop, augment=augment, seed=cfg.seed)
         self.loader = make_loader(
-            dataset, batch_sampler=self.sampler, num_workers=cfg.data.num_workers,
-            seed=cfg.seed, world_rank=dist.world_rank(), pin_memory=rt.device.type == "cuda",
-        )  # fmt: skip
+            dataset,
+            batch_sampler=self.sampler,
+            num_workers=cfg.data.num_workers,
+            seed=cfg.seed,
+            world_rank=dist.world_rank(),
+            pin_memory=rt.device.type == "cuda",
+        )
         self.optimizer = _optimizer(cfg, model)
         self.scheduler = _schedule(cfg, self.optimizer, cfg.stage1.epochs * len(self.sampler))
         self.queue = CrossBatchQueue(cfg.queue.size, cfg.model.embedding_dim, device=rt.device)
@@ -180,8 +202,9 @@ class Stage1:
             "rng": rng,
             "config": self.cfg.model_dump(mode="json"),
         }
-        return checkpoint.save(self.ckpt_dir, state=state, model=self.model.state_dict(),
-                               best_model=self.best_state)  # fmt: skip
+        return checkpoint.save(
+            self.ckpt_dir, state=state, model=self.model.state_dict(), best_model=self.best_state
+        )
 
     # --- training ----------------------------------------------------------------------------
 
@@ -196,17 +219,24 @@ class Stage1:
         total, batches = 0.0, 0
         centroid = torch.zeros(cfg.model.embedding_dim, device=rt.device)
         n_bona = torch.zeros((), device=rt.device)
-        bar = tqdm(self.loader, desc=f"epoch {epoch}", unit="batch", leave=False,
-                   disable=not rt.show_progress)  # fmt: skip
+        bar = tqdm(
+            self.loader,
+            desc=f"epoch {epoch}",
+            unit="batch",
+            leave=False,
+            disable=not rt.show_progress,
+        )
         for batch in bar:
             labels = batch["label"].to(rt.device, non_blocking=True)
             use_queue = self._queue_on(epoch, self.progress.step)
             try:
                 loss, z = self.stepper(batch, use_queue=use_queue)
             except NonFiniteLossError as err:
-                raise NonFiniteLossError(f"{err} at epoch {epoch}, step {self.progress.step}: "
-                                         "stopping the trial (lower the learning rates or raise "
-                                         "loss.temperature)") from None  # fmt: skip
+                raise NonFiniteLossError(
+                    f"{err} at epoch {epoch}, step {self.progress.step}: "
+                    "stopping the trial (lower the learning rates or raise "
+                    "loss.temperature)"
+                ) from None
             bona = labels == 1
             centroid += z.float()[bona].sum(0)
             n_bona += bona.sum()
@@ -218,18 +248,27 @@ class Stage1:
             bar.set_postfix(loss=f"{loss:.4f}")
         self.centroid = dist.all_reduce_sum(centroid) / dist.all_reduce_sum(n_bona).clamp_min(1)
         return {
-            "encoder/train/loss": float(dist.all_reduce_mean(torch.tensor(total / max(1, batches),
-                                                                          device=rt.device))),
+            "encoder/train/loss": float(
+                dist.all_reduce_mean(torch.tensor(total / max(1, batches), device=rt.device))
+            ),
             "encoder/train/lr_encoder": self.optimizer.param_groups[0]["lr"],
             "encoder/train/lr_head": self.optimizer.param_groups[1]["lr"],
             "encoder/train/queue_fill": float(len(self.queue)),
-        }  # fmt: skip
+        }
 
     def _dev_metrics(self) -> dict[str, float]:
         cfg, dev = self.cfg, self.data.dev.utterances
-        z = embed(self.model, dev, cfg.data.eval_crop, device=self.rt.device,
-                  precision=self.rt.autocast(), batch_size=cfg.data.eval_batch_size,
-                  num_workers=cfg.data.num_workers, seed=cfg.seed, desc="dev")  # fmt: skip
+        z = embed(
+            self.model,
+            dev,
+            cfg.data.eval_crop,
+            device=self.rt.device,
+            precision=self.rt.autocast(),
+            batch_size=cfg.data.eval_batch_size,
+            num_workers=cfg.data.num_workers,
+            seed=cfg.seed,
+            desc="dev",
+        )
         labels = torch.tensor([u.target for u in dev])
         centroid = torch.nn.functional.normalize(self.centroid.float().cpu(), dim=0)
         scores = (z @ centroid).numpy()
@@ -251,9 +290,14 @@ class Stage1:
     def run(self) -> dict[str, Any]:
         """Train until the epoch budget or early stopping; returns the best weights."""
         p = self.progress
-        epochs = tqdm(range(p.epoch, self.cfg.stage1.epochs), desc="stage 1", unit="epoch",
-                      initial=p.epoch, total=self.cfg.stage1.epochs,
-                      disable=not self.rt.show_progress)  # fmt: skip
+        epochs = tqdm(
+            range(p.epoch, self.cfg.stage1.epochs),
+            desc="stage 1",
+            unit="epoch",
+            initial=p.epoch,
+            total=self.cfg.stage1.epochs,
+            disable=not self.rt.show_progress,
+        )
         for epoch in epochs:
             if p.done:
                 break
@@ -266,6 +310,8 @@ class Stage1:
             p.history.append(metrics)
             folder = self._save()
             self.reporter.report(metrics, epoch=epoch, step=p.step, checkpoint=folder)
-            epochs.set_postfix(dev_eer=f"{metrics['encoder/dev/eer']:.3f}",
-                               dev_loss=f"{metrics['encoder/dev/loss']:.3f}")  # fmt: skip
+            epochs.set_postfix(
+                dev_eer=f"{metrics['encoder/dev/eer']:.3f}",
+                dev_loss=f"{metrics['encoder/dev/loss']:.3f}",
+            )
         return self.best_state

@@ -65,9 +65,13 @@ def query_best(
     token = None
     while len(rows) < top:
         page = client.search_runs(
-            [experiment_id], where, ViewType.ACTIVE_ONLY, max_results=max(top, 100),
-            order_by=order, page_token=token,
-        )  # fmt: skip
+            [experiment_id],
+            where,
+            ViewType.ACTIVE_ONLY,
+            max_results=max(top, 100),
+            order_by=order,
+            page_token=token,
+        )
         for run in page:
             value = run.data.metrics.get(metric)
             if value is not None and math.isfinite(value) and len(rows) < top:

@@ -60,9 +60,12 @@ def _find_run(client: MlflowClient, experiment_id: str, tags: Mapping[str, str])
     """The earliest un-deleted run carrying every tag in ``tags``, or None."""
     where = " and ".join(f"tags.`{k}` = {_quoted(v)}" for k, v in tags.items())
     runs = client.search_runs(
-        [experiment_id], where, ViewType.ACTIVE_ONLY, max_results=1,
+        [experiment_id],
+        where,
+        ViewType.ACTIVE_ONLY,
+        max_results=1,
         order_by=["attributes.start_time ASC"],
-    )  # fmt: skip
+    )
     return runs[0] if runs else None
 
 
@@ -245,8 +248,10 @@ class TrialTracker:
                 return False
             del self._pending[: len(chunk)]
         if self._down_since is not None:
-            log.warning("MLflow reachable again after %.0f s; buffered metrics sent",
-                        time.monotonic() - self._down_since)  # fmt: skip
+            log.warning(
+                "MLflow reachable again after %.0f s; buffered metrics sent",
+                time.monotonic() - self._down_since,
+            )
             self._down_since = None
         return True
 
@@ -274,8 +279,13 @@ class TrialTracker:
         self.spool.parent.mkdir(parents=True, exist_ok=True)
         with self.spool.open("a", encoding="utf-8") as out:
             for m in self._pending:
-                row = {"run_id": self.run_id, "key": m.key, "value": m.value,
-                       "timestamp": m.timestamp, "step": m.step}  # fmt: skip
+                row = {
+                    "run_id": self.run_id,
+                    "key": m.key,
+                    "value": m.value,
+                    "timestamp": m.timestamp,
+                    "step": m.step,
+                }
                 out.write(json.dumps(row) + "\n")
         return self.spool
 

@@ -126,9 +126,13 @@ def code_version() -> str:
     if (_ROOT / ".git").exists():
         try:
             head = subprocess.run(
-                ["git", "rev-parse", "HEAD"], cwd=_ROOT, capture_output=True, text=True,
-                timeout=10, check=True,
-            ).stdout.strip()  # fmt: skip
+                ["git", "rev-parse", "HEAD"],
+                cwd=_ROOT,
+                capture_output=True,
+                text=True,
+                timeout=10,
+                check=True,
+            ).stdout.strip()
             dirty = subprocess.run(
                 ["git", "diff", "--quiet", "HEAD"], cwd=_ROOT, capture_output=True, timeout=10
             ).returncode

@@ -48,8 +48,10 @@ def pod_containers(template: dict) -> list[dict]:
 
 
 def ray_specs() -> list[dict]:
-    return [one("raycluster.yaml", "RayCluster")["spec"],
-            one("rayjob.yaml", "RayJob")["spec"]["rayClusterSpec"]]  # fmt: skip
+    return [
+        one("raycluster.yaml", "RayCluster")["spec"],
+        one("rayjob.yaml", "RayJob")["spec"]["rayClusterSpec"],
+    ]
 
 
 def rayjob_entrypoint() -> str:

@@ -62,8 +62,13 @@ def exported_tracking_uri(line: str) -> str:
     """The MLFLOW_TRACKING_URI that ``line`` exports before it runs ``ray start``."""
     words = simple_commands(line)
     start = next(i for i, w in enumerate(words) if w[:2] == ["ray", "start"])
-    exports = [w.split("=", 1)[1] for cmd in words[:start] if cmd[0] == "export"
-               for w in cmd[1:] if w.startswith("MLFLOW_TRACKING_URI=")]  # fmt: skip
+    exports = [
+        w.split("=", 1)[1]
+        for cmd in words[:start]
+        if cmd[0] == "export"
+        for w in cmd[1:]
+        if w.startswith("MLFLOW_TRACKING_URI=")
+    ]
     assert exports, f"MLFLOW_TRACKING_URI is not exported before ray start: {line}"
     return exports[-1]
 
@@ -133,8 +138,12 @@ def test_ray_start_commands() -> None:
     for key, role in (("head_start_ray_commands", "head"), ("worker_start_ray_commands", "worker")):
         commands = cfg[key]
         assert invocations(commands[0], "ray") == [["stop"]], f"{key} must begin with ray stop"
-        starts = [(line, args) for line in commands for args in invocations(line, "ray")
-                  if args[:1] == ["start"]]  # fmt: skip
+        starts = [
+            (line, args)
+            for line in commands
+            for args in invocations(line, "ray")
+            if args[:1] == ["start"]
+        ]
         assert len(starts) == 1, key
         line, args = starts[0]
         params = parse_click(ray_cli, args, "ray").params
@@ -284,15 +293,21 @@ def test_the_cluster_installs_this_working_tree() -> None:
 def test_token_auth_on_every_node_without_a_token_in_any_file() -> None:
     cfg = launcher()
     assert "--env RAY_AUTH_MODE=token" in cfg["docker"]["run_options"]
-    token_dirs = [remote for remote, local in cfg["file_mounts"].items()
-                  if not Path(local).expanduser().resolve().is_relative_to(ROOT)]  # fmt: skip
+    token_dirs = [
+        remote
+        for remote, local in cfg["file_mounts"].items()
+        if not Path(local).expanduser().resolve().is_relative_to(ROOT)
+    ]
     assert len(token_dirs) == 1, "the token folder, from outside the working tree"
     installs = [c for c in cfg["setup_commands"] if "~/.ray/auth_token" in c]
     assert installs and f"{token_dirs[0]}/auth_token" in installs[0]
     for spec in ray_specs():
         assert spec["authOptions"]["mode"] == "token" and spec["authOptions"]["secretName"]
-    kinds = {doc["kind"] for name in ("common.yaml", "raycluster.yaml", "rayjob.yaml")
-             for doc in manifests(name)}  # fmt: skip
+    kinds = {
+        doc["kind"]
+        for name in ("common.yaml", "raycluster.yaml", "rayjob.yaml")
+        for doc in manifests(name)
+    }
     assert "Secret" not in kinds
     for path in sorted(CLUSTER.rglob("*")):
         if path.is_file():
@@ -314,14 +329,23 @@ print(get_auth_headers_if_auth_enabled({}).get("authorization"))  # what JobSubm
 def ray_with_env(env: dict[str, str], code: str) -> subprocess.CompletedProcess:
     """Run ``code`` in a fresh interpreter (Ray reads its auth mode once per process)."""
     clean = {k: v for k, v in os.environ.items() if not k.startswith("RAY_AUTH")}
-    return subprocess.run([sys.executable, "-c", code], env={**clean, **env}, capture_output=True,
-                          text=True, timeout=120, check=False)  # fmt: skip
+    return subprocess.run(
+        [sys.executable, "-c", code],
+        env={**clean, **env},
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
 
 
 def test_the_token_reaches_ray_where_the_docs_put_it(tmp_path: Path) -> None:
     token, cfg = secrets.token_hex(32), launcher()
-    env = dict(o.removeprefix("--env ").split("=", 1) for o in cfg["docker"]["run_options"]
-               if o.startswith("--env "))  # fmt: skip
+    env = dict(
+        o.removeprefix("--env ").split("=", 1)
+        for o in cfg["docker"]["run_options"]
+        if o.startswith("--env ")
+    )
     node = tmp_path / "node"  # the token where setup_commands install it, the container's env
     (node / ".ray").mkdir(parents=True)
     (node / ".ray" / "auth_token").write_text(token)
@@ -370,10 +394,13 @@ def test_the_bucket_is_named_once_per_deployment() -> None:
 
 
 def test_containers_that_name_the_bucket_read_it_from_the_configmap() -> None:
-    (configmap,) = [d["metadata"]["name"] for d in manifests("common.yaml")
-                    if d["kind"] == "ConfigMap"]  # fmt: skip
-    templates = [one("common.yaml", "Deployment")["spec"]["template"],
-                 one("rayjob.yaml", "RayJob")["spec"]["submitterPodTemplate"]]  # fmt: skip
+    (configmap,) = [
+        d["metadata"]["name"] for d in manifests("common.yaml") if d["kind"] == "ConfigMap"
+    ]
+    templates = [
+        one("common.yaml", "Deployment")["spec"]["template"],
+        one("rayjob.yaml", "RayJob")["spec"]["submitterPodTemplate"],
+    ]
     for spec in ray_specs():
         templates += [spec["headGroupSpec"]["template"]]
         templates += [g["template"] for g in spec["workerGroupSpecs"]]

@@ -30,21 +30,58 @@ ROOT = Path(__file__).resolve().parents[2]
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory):
     folder = tmp_path_factory.mktemp("cluster")
-    assert main(["cluster", "local", "up", "--folder", str(folder), "--nodes", "1",
-                 "--head-cpus", "1", "--worker-cpus", "1", "--drivers", "2"]) == 0  # fmt: skip
+    assert (
+        main(
+            [
+                "cluster",
+                "local",
+                "up",
+                "--folder",
+                str(folder),
+                "--nodes",
+                "1",
+                "--head-cpus",
+                "1",
+                "--worker-cpus",
+                "1",
+                "--drivers",
+                "2",
+            ]
+        )
+        == 0
+    )
     yield lc.Cluster.load(folder)
     if (folder / lc.STATE).is_file():
         lc.down(folder)
 
 
 def _submit(cluster: lc.Cluster, out: Path, space: Path, *extra: str) -> str:
-    argv = ["submit", "--address", cluster.dashboard, "--space", str(space),
-            "--tracking-uri", cluster.tracking_uri, "--out", str(out), "--scheduler", "none",
-            "--workers-per-trial", "2", "--cpus-per-worker", "0.5", "--placement", "spread",
-            "--max-concurrent", "2", *extra]  # fmt: skip
+    argv = [
+        "submit",
+        "--address",
+        cluster.dashboard,
+        "--space",
+        str(space),
+        "--tracking-uri",
+        cluster.tracking_uri,
+        "--out",
+        str(out),
+        "--scheduler",
+        "none",
+        "--workers-per-trial",
+        "2",
+        "--cpus-per-worker",
+        "0.5",
+        "--placement",
+        "spread",
+        "--max-concurrent",
+        "2",
+        *extra,
+    ]
     cli = Path(sys.executable).parent / "supcon-sweep"
-    done = subprocess.run([str(cli), *argv], capture_output=True, text=True, timeout=120,
-                          cwd=ROOT, check=False)  # fmt: skip
+    done = subprocess.run(
+        [str(cli), *argv], capture_output=True, text=True, timeout=120, cwd=ROOT, check=False
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     return done.stdout.strip().splitlines()[-1]
 
@@ -82,8 +119,10 @@ def _logged_epochs(uri: str) -> int:
     try:
         runs = _children(uri)
         client = MlflowClient(uri)
-        return max((len(client.get_metric_history(r.info.run_id, "encoder/dev/eer"))
-                    for r in runs), default=0)  # fmt: skip
+        return max(
+            (len(client.get_metric_history(r.info.run_id, "encoder/dev/eer")) for r in runs),
+            default=0,
+        )
     except Exception:  # the store may be mid-creation, or the server restarting
         return 0
 
@@ -104,8 +143,15 @@ def test_submitted_sweep_survives_an_mlflow_restart(
     over HTTP."""
     epochs = 8
     space = ROOT / "search_spaces" / "smoke.yaml"
-    job = _submit(cluster, tmp_path / "out", space, "--name", "e2e",
-                  *data_overrides(synth_root), f"stage1.epochs={epochs}")  # fmt: skip
+    job = _submit(
+        cluster,
+        tmp_path / "out",
+        space,
+        "--name",
+        "e2e",
+        *data_overrides(synth_root),
+        f"stage1.epochs={epochs}",
+    )
     uri = cluster.tracking_uri
     started = lambda: _logged_epochs(uri) >= 1 or _job_ended(cluster, job)  # noqa: E731
     _wait_for(started, 300, "a first logged epoch")
@@ -138,18 +184,34 @@ def test_node_loss_resumes_the_trial_on_the_remaining_node(
     space = tmp_path / "one.yaml"
     space.write_text("loss.temperature: {grid: [0.2]}\n")
     out = tmp_path / "out"
-    job = _submit(cluster, out, space, "--name", "nodeloss", "--max-failures", "3",
-                  *data_overrides(synth_root), "stage1.epochs=10")  # fmt: skip
+    job = _submit(
+        cluster,
+        out,
+        space,
+        "--name",
+        "nodeloss",
+        "--max-failures",
+        "3",
+        *data_overrides(synth_root),
+        "stage1.epochs=10",
+    )
     snapshot = lambda: any((out / "train").glob("*/checkpoint_manager_snapshot.json"))  # noqa: E731
     _wait_for(lambda: snapshot() or _job_ended(cluster, job), 300, "a registered checkpoint")
     assert lc.stop(Path(cluster.folder), "node1")  # one of the trial's two workers ran there
     logs = _wait_job(cluster, job)
-    (run,) = [r for r in _children(cluster.tracking_uri) if r.data.tags["supcon.trial_id"]
-              in {p.name for p in (out / "train").iterdir()}]  # fmt: skip
+    (run,) = [
+        r
+        for r in _children(cluster.tracking_uri)
+        if r.data.tags["supcon.trial_id"] in {p.name for p in (out / "train").iterdir()}
+    ]
     assert run.info.status == "FINISHED", logs[-3000:]
     assert run.data.tags["supcon.resumed_from"].startswith("checkpoint_")
-    steps = [m.step for m in MlflowClient(cluster.tracking_uri)
-             .get_metric_history(run.info.run_id, "encoder/dev/eer")]  # fmt: skip
+    steps = [
+        m.step
+        for m in MlflowClient(cluster.tracking_uri).get_metric_history(
+            run.info.run_id, "encoder/dev/eer"
+        )
+    ]
     assert steps.count(0) == 1 and 9 in steps
 
 

@@ -81,8 +81,10 @@ def test_full_policy_batches_with_padding_and_mask(tmp_path: Path) -> None:
         paths.append(tmp_path / f"{n}.flac")
         sf.write(paths[-1], np.full(n, 0.25, np.float32), 16000, format="FLAC")
     reader = ClipReader(CropConfig(policy="full", samples=3200))
-    items = [{"waveform": torch.from_numpy(reader(p)), "label": i, "index": i}
-             for i, p in enumerate(paths)]  # fmt: skip
+    items = [
+        {"waveform": torch.from_numpy(reader(p)), "label": i, "index": i}
+        for i, p in enumerate(paths)
+    ]
     batch = collate(items)
     assert batch["waveform"].shape == (2, 3200)
     assert batch["attention_mask"].sum(dim=1).tolist() == [1600, 3200]

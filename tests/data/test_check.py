@@ -24,8 +24,9 @@ def broken_la(synth_root: Path, tmp_path: Path) -> Path:
 
 
 def test_check_counts_missing_and_unreadable(broken_la: Path, capsys) -> None:
-    assert main(["data", "check", "--kind", "asvspoof2019", "--root", str(broken_la),
-                 "--json"]) == 1  # fmt: skip
+    assert (
+        main(["data", "check", "--kind", "asvspoof2019", "--root", str(broken_la), "--json"]) == 1
+    )
     report = json.loads(capsys.readouterr().out)
     splits = report["splits"]
     assert report["usable"] is False
@@ -36,8 +37,21 @@ def test_check_counts_missing_and_unreadable(broken_la: Path, capsys) -> None:
 
 
 def test_check_human_output_names_the_files(broken_la: Path, capsys) -> None:
-    assert main(["data", "check", "--kind", "asvspoof2019", "--root", str(broken_la),
-                 "--split", "train"]) == 1  # fmt: skip
+    assert (
+        main(
+            [
+                "data",
+                "check",
+                "--kind",
+                "asvspoof2019",
+                "--root",
+                str(broken_la),
+                "--split",
+                "train",
+            ]
+        )
+        == 1
+    )
     out = capsys.readouterr().out
     assert "unreadable 1" in out and "NOT USABLE" in out and ".flac" in out
     assert "[dev]" not in out

@@ -40,9 +40,11 @@ def test_asvspoof2019_splits(synth_root: Path, split: str, counts, prefix: str) 
     assert (len(bona), len(spoof)) == counts
     assert all(u.utt_id.startswith(prefix) and u.path.is_file() for u in corpus.utterances)
     assert all(u.attack is None for u in bona)
-    expected = {"A01", "A02", "A03", "A04", "A05", "A06"} if split != "eval" else {
-        f"A{i:02d}" for i in range(7, 20)
-    }  # fmt: skip
+    expected = (
+        {"A01", "A02", "A03", "A04", "A05", "A06"}
+        if split != "eval"
+        else {f"A{i:02d}" for i in range(7, 20)}
+    )
     assert {u.attack for u in spoof} == expected
 
 
@@ -53,8 +55,10 @@ def test_asvspoof2019_accepts_folder_above_la(synth_root: Path) -> None:
 @pytest.mark.parametrize("kind", ["asvspoof2021-la", "asvspoof2021-df"])
 def test_asvspoof2021_subsets(synth_root: Path, kind: str) -> None:
     root = synth_root / "ASVspoof2021"
-    sizes = {s: len(parse_protocol(_cfg(kind, root, subset=s))[1])
-             for s in ("eval", "progress", "hidden", "all")}  # fmt: skip
+    sizes = {
+        s: len(parse_protocol(_cfg(kind, root, subset=s))[1])
+        for s in ("eval", "progress", "hidden", "all")
+    }
     assert sizes["all"] == sum(TINY.la21 if kind.endswith("la") else TINY.df21)
     assert sizes["eval"] + sizes["progress"] + sizes["hidden"] == sizes["all"]
     assert sizes["eval"] > sizes["progress"] > 0 and sizes["hidden"] > 0
@@ -82,8 +86,11 @@ def test_handwritten_asvspoof2019(tmp_path: Path) -> None:
         _write_flac(tmp_path / "LA" / "ASVspoof2019_LA_train" / "flac" / f"{utt}.flac")
     spoof, bona = read_corpus(_cfg("asvspoof2019", tmp_path / "LA", split="train")).utterances
     assert (spoof.utt_id, spoof.label, spoof.attack, spoof.speaker) == (
-        "LA_T_1004644", "spoof", "A01", "LA_0079"
-    )  # fmt: skip
+        "LA_T_1004644",
+        "spoof",
+        "A01",
+        "LA_0079",
+    )
     assert (bona.label, bona.attack, bona.key) == (
         "bonafide",
         None,
@@ -101,28 +108,39 @@ def _asv21(tmp_path: Path, track: str, lines: list[str]) -> Path:
 
 
 def test_handwritten_asvspoof2021_la(tmp_path: Path) -> None:
-    root = _asv21(tmp_path, "LA", [
-        "LA_0009 LA_E_9332881 alaw ita_tx A07 spoof notrim eval",
-        "LA_0009 LA_E_5013670 alaw ita_tx bonafide bonafide notrim eval",
-        "LA_0010 LA_E_1000001 ulaw sin_tx A08 spoof notrim progress",
-    ])  # fmt: skip
+    root = _asv21(
+        tmp_path,
+        "LA",
+        [
+            "LA_0009 LA_E_9332881 alaw ita_tx A07 spoof notrim eval",
+            "LA_0009 LA_E_5013670 alaw ita_tx bonafide bonafide notrim eval",
+            "LA_0010 LA_E_1000001 ulaw sin_tx A08 spoof notrim progress",
+        ],
+    )
     spoof, bona = read_corpus(_cfg("asvspoof2021-la", root)).utterances
     assert (spoof.label, spoof.attack, spoof.extra["codec"], spoof.extra["transmission"]) == (
-        "spoof", "A07", "alaw", "ita_tx"
-    )  # fmt: skip
+        "spoof",
+        "A07",
+        "alaw",
+        "ita_tx",
+    )
     # The label is column 5 in 2021 (column 4 holds the attack, "bonafide" for bona fide).
     assert (bona.label, bona.attack) == ("bonafide", None)
     assert len(parse_protocol(_cfg("asvspoof2021-la", root, subset="all"))[1]) == 3
 
 
 def test_handwritten_asvspoof2021_df(tmp_path: Path) -> None:
-    root = _asv21(tmp_path, "DF", [
-        "LA_0023 DF_E_2000011 nocodec asvspoof A14 spoof notrim progress "
-        "traditional_vocoder - - - -",
-        "LA_0031 DF_E_2000026 mp3m4a vcc2018 bonafide bonafide notrim eval - - - - -",
-        "LA_0032 DF_E_2000027 low_m4a vcc2020 A07 spoof notrim eval "
-        "neural_vocoder_autoregressive - - - -",
-    ])  # fmt: skip
+    root = _asv21(
+        tmp_path,
+        "DF",
+        [
+            "LA_0023 DF_E_2000011 nocodec asvspoof A14 spoof notrim progress "
+            "traditional_vocoder - - - -",
+            "LA_0031 DF_E_2000026 mp3m4a vcc2018 bonafide bonafide notrim eval - - - - -",
+            "LA_0032 DF_E_2000027 low_m4a vcc2020 A07 spoof notrim eval "
+            "neural_vocoder_autoregressive - - - -",
+        ],
+    )
     utts = read_corpus(_cfg("asvspoof2021-df", root)).utterances
     assert [u.utt_id for u in utts] == ["DF_E_2000026", "DF_E_2000027"]
     assert utts[1].extra["vocoder"] == "neural_vocoder_autoregressive"
@@ -178,8 +196,9 @@ def test_wrong_column_count_names_line(tmp_path: Path) -> None:
     key = tmp_path / "keys" / "LA" / "CM" / "trial_metadata.txt"
     key.parent.mkdir(parents=True)
     # A 2019-style 5-column row in a 2021 key file.
-    key.write_text("LA_0009 LA_E_9332881 alaw ita_tx A07 spoof notrim eval\n"
-                   "LA_0079 LA_E_1004644 - A01 spoof\n")  # fmt: skip
+    key.write_text(
+        "LA_0009 LA_E_9332881 alaw ita_tx A07 spoof notrim eval\nLA_0079 LA_E_1004644 - A01 spoof\n"
+    )
     with pytest.raises(ProtocolFormatError, match=r"trial_metadata.txt:2: expected 8 columns"):
         parse_protocol(_cfg("asvspoof2021-la", tmp_path))
 

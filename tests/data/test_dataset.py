@@ -77,15 +77,27 @@ def test_rawboost_in_the_loader_is_reproducible(synth_root: Path) -> None:
 
     def run(rank: int) -> torch.Tensor:
         sampler = BalancedBatchSampler(
-            flags, SamplerConfig(batch_size=4, batches_per_epoch=2), world_size=2,
-            world_rank=rank, seed=3,
-        )  # fmt: skip
+            flags,
+            SamplerConfig(batch_size=4, batches_per_epoch=2),
+            world_size=2,
+            world_rank=rank,
+            seed=3,
+        )
         loader = make_loader(dataset, batch_sampler=sampler, num_workers=2, seed=3, world_rank=rank)
         return torch.cat([b["waveform"] for b in loader])
 
     first = run(0)
     assert torch.equal(first, run(0))
-    keys = next(iter(BalancedBatchSampler(flags, SamplerConfig(batch_size=4, batches_per_epoch=2),
-                                          world_size=2, world_rank=0, seed=3)))  # fmt: skip
+    keys = next(
+        iter(
+            BalancedBatchSampler(
+                flags,
+                SamplerConfig(batch_size=4, batches_per_epoch=2),
+                world_size=2,
+                world_rank=0,
+                seed=3,
+            )
+        )
+    )
     assert not torch.allclose(first[0], clean[keys[0]]["waveform"])
     assert torch.isfinite(first).all()

@@ -60,7 +60,7 @@ def _spectral_stats(wave: np.ndarray) -> np.ndarray:
             x, 512, 128, window=torch.hann_window(512, dtype=x.dtype), return_complex=True
         ).abs()
         + 1e-6
-    ).log()  # (F, frames); fmt: skip
+    ).log()  # (F, frames)
     flux = (log_mag[:, 1:] - log_mag[:, :-1]).abs().mean(1)
     return torch.cat([log_mag.mean(1), log_mag.std(1), flux]).numpy()
 
@@ -137,8 +137,20 @@ def test_a_failed_generation_leaves_nothing(tmp_path: Path, monkeypatch) -> None
 def test_cli_synth_then_check_json(synth_root: Path, capsys) -> None:
     assert main(["data", "synth", "--out", str(synth_root)]) == 0
     assert f"--root {synth_root / 'LA'}" in capsys.readouterr().out
-    assert main(["data", "check", "--kind", "asvspoof2021-la", "--root",
-                 str(synth_root / "ASVspoof2021"), "--json"]) == 0  # fmt: skip
+    assert (
+        main(
+            [
+                "data",
+                "check",
+                "--kind",
+                "asvspoof2021-la",
+                "--root",
+                str(synth_root / "ASVspoof2021"),
+                "--json",
+            ]
+        )
+        == 0
+    )
     report = json.loads(capsys.readouterr().out)
     split = report["splits"]["eval"]
     assert report["usable"] is True

@@ -14,8 +14,9 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_unreachable_mlflow_fails_before_launching(tmp_path: Path, capsys) -> None:
-    code = main(["sweep", "--out", str(tmp_path), "--tracking-uri",
-                 "http://user:secret@127.0.0.1:9"])  # fmt: skip
+    code = main(
+        ["sweep", "--out", str(tmp_path), "--tracking-uri", "http://user:secret@127.0.0.1:9"]
+    )
     err = capsys.readouterr().err
     assert code == 2 and "127.0.0.1:9" in err and "secret" not in err
     assert not (tmp_path / "tune").exists()
@@ -35,9 +36,22 @@ def test_asha_needs_a_per_epoch_metric(tmp_path: Path, capsys) -> None:
 
 def test_no_ray_at_address_is_a_clear_error(tmp_path: Path) -> None:
     done = subprocess.run(
-        [sys.executable, "-m", "orchestrator.cli", "sweep", "--out", str(tmp_path), "--address",
-         "127.0.0.1:9"], cwd=ROOT, capture_output=True, text=True, timeout=180, check=False,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "orchestrator.cli",
+            "sweep",
+            "--out",
+            str(tmp_path),
+            "--address",
+            "127.0.0.1:9",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=180,
+        check=False,
+    )
     assert done.returncode == 2, done.stderr[-2000:]
     assert "127.0.0.1:9" in done.stderr.splitlines()[-1]
 
@@ -50,8 +64,16 @@ def test_submit_to_a_cluster_that_is_not_up(capsys) -> None:
 
 def test_submit_entrypoint_runs_the_same_sweep_on_the_cluster() -> None:
     space = str(ROOT / "search_spaces" / "paper_grid.yaml")
-    argv = ["submit", "--address", "http://head:8265", "--space", space, "--gpus-per-trial", "2",
-            "loss.similarity=angular"]  # fmt: skip
+    argv = [
+        "submit",
+        "--address",
+        "http://head:8265",
+        "--space",
+        space,
+        "--gpus-per-trial",
+        "2",
+        "loss.similarity=angular",
+    ]
     args = build_parser().parse_args(argv)
     words = shlex.split(entrypoint(args))
     assert words[:4] == ["supcon-sweep", "sweep", "--address", "auto"]

@@ -62,8 +62,12 @@ def test_killed_worker_restarts_from_checkpoint(ray_session, synth_root: Path, t
     assert codes == [0]
     child = next(r for r in _runs(tmp_path) if "mlflow.parentRunId" in r.data.tags)
     assert child.info.status == "FINISHED" and "eval/pooled_mean/eer" in child.data.metrics
-    steps = [m.step for m in MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
-             .get_metric_history(child.info.run_id, "encoder/dev/eer")]  # fmt: skip
+    steps = [
+        m.step
+        for m in MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}").get_metric_history(
+            child.info.run_id, "encoder/dev/eer"
+        )
+    ]
     assert steps.count(0) == 1 and 5 in steps  # resumed, not restarted from scratch
     # ... from Ray's checkpoint in the run's storage (any node reaches it), not a local folder
     assert child.data.tags["supcon.resumed_from"].startswith("checkpoint_")
@@ -72,8 +76,10 @@ def test_killed_worker_restarts_from_checkpoint(ray_session, synth_root: Path, t
 def test_killed_driver_resumes_without_duplicate_runs(ray_session, synth_root: Path, tmp_path):
     address = ray_session.get_runtime_context().gcs_address
     env = {**os.environ, "RAY_AUTH_MODE": os.environ.get("RAY_AUTH_MODE", "token")}
-    args = [*sweep_args(tmp_path, synth_root, "--address", address, "--max-concurrent", "1"),
-            "stage1.epochs=4"]  # fmt: skip
+    args = [
+        *sweep_args(tmp_path, synth_root, "--address", address, "--max-concurrent", "1"),
+        "stage1.epochs=4",
+    ]
     cmd = [sys.executable, "-m", "orchestrator.cli", *args]
     log = (tmp_path / "driver.log").open("w")
     driver = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
@@ -83,9 +89,15 @@ def test_killed_driver_resumes_without_duplicate_runs(ray_session, synth_root: P
     driver.send_signal(signal.SIGKILL)
     driver.wait()
     folder = tmp_path / "tune" / "smoke"
-    done = subprocess.run([sys.executable, "-m", "orchestrator.cli", "resume", str(folder),
-                           "--address", address], cwd=ROOT, env=env, capture_output=True,
-                          text=True, timeout=600, check=False)  # fmt: skip
+    done = subprocess.run(
+        [sys.executable, "-m", "orchestrator.cli", "resume", str(folder), "--address", address],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     assert "2 trial(s), 0 failed" in done.stdout
     runs = _runs(tmp_path)

@@ -126,17 +126,32 @@ def test_failing_trial_is_marked_failed_while_the_sweep_goes_on(
     assert main([*args, "stage1.epochs=1"]) == 0
     client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
     exp = client.get_experiment_by_name("supcon-sweep")
-    children = {float(r.data.params["loss.temperature"]): r.info.status
-                for r in client.search_runs([exp.experiment_id])
-                if "mlflow.parentRunId" in r.data.tags}  # fmt: skip
+    children = {
+        float(r.data.params["loss.temperature"]): r.info.status
+        for r in client.search_runs([exp.experiment_id])
+        if "mlflow.parentRunId" in r.data.tags
+    }
     assert children == {1e-40: "FAILED", 0.3: "FINISHED"}
 
 
-def test_single_trial_through_ray_train(ray_session, synth_root: Path, tmp_path: Path,
-                                        capsys) -> None:  # fmt: skip
+def test_single_trial_through_ray_train(
+    ray_session, synth_root: Path, tmp_path: Path, capsys
+) -> None:
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    argv = ["trial", "--ray", "--workers", "2", "--cpus-per-worker", "0.5", "--tracking-uri", uri,
-            "--out", str(tmp_path), *data_overrides(synth_root), "stage1.epochs=1"]  # fmt: skip
+    argv = [
+        "trial",
+        "--ray",
+        "--workers",
+        "2",
+        "--cpus-per-worker",
+        "0.5",
+        "--tracking-uri",
+        uri,
+        "--out",
+        str(tmp_path),
+        *data_overrides(synth_root),
+        "stage1.epochs=1",
+    ]
     assert main(argv) == 0
     assert "eval/asv19/eer" in capsys.readouterr().out
     rows = query_best(uri, "supcon-sweep", metric="eval/pooled_mean/eer")

@@ -38,9 +38,14 @@ def _config(temperature: float, weight_decay: float = 1e-4) -> dict:
 
 
 def _final(eer: float) -> dict[str, float]:
-    return {METRIC: eer, "eval/pooled_all/eer": eer + 0.01, "eval/asv19/eer": eer,
-            "eval/asv19/eer_A07": 0.5, "eval/itw/eer": eer + 0.02,
-            "classifier/dev/eer": 0.05}  # fmt: skip
+    return {
+        METRIC: eer,
+        "eval/pooled_all/eer": eer + 0.01,
+        "eval/asv19/eer": eer,
+        "eval/asv19/eer_A07": 0.5,
+        "eval/itw/eer": eer + 0.02,
+        "classifier/dev/eer": 0.05,
+    }
 
 
 def _trial(parent: SweepRun, trial_id: str, temperature: float, eer: float, **kw) -> str:
@@ -57,8 +62,14 @@ def _trial(parent: SweepRun, trial_id: str, temperature: float, eer: float, **kw
 
 
 def _sweep(uri: str, name: str, experiment: str = "supcon-sweep") -> SweepRun:
-    params = {"space": "default.yaml", "num_samples": 3, "searcher": "optuna-tpe",
-              "scheduler": "asha", "metric": "encoder/dev/eer", "mode": "min"}  # fmt: skip
+    params = {
+        "space": "default.yaml",
+        "num_samples": 3,
+        "searcher": "optuna-tpe",
+        "scheduler": "asha",
+        "metric": "encoder/dev/eer",
+        "mode": "min",
+    }
     return SweepRun.start(uri, experiment, name, params=params, tags={}, space_text=SPACE)
 
 
@@ -271,9 +282,14 @@ def test_trial_metrics_survive_an_mlflow_outage(store: Path, tmp_path: Path, mon
         down = MlflowClient(f"http://127.0.0.1:{s.getsockname()[1]}")
     parent = _sweep(_uri(store), "s_outage")
     tracker = TrialTracker.open(
-        parent.uri, parent.experiment_id, parent.run_id, "t_outage", {},
-        spool=tmp_path / "unsent.jsonl", patience=1.0,
-    )  # fmt: skip
+        parent.uri,
+        parent.experiment_id,
+        parent.run_id,
+        "t_outage",
+        {},
+        spool=tmp_path / "unsent.jsonl",
+        patience=1.0,
+    )
     up = tracker.client
     tracker.log_metrics({"encoder/dev/eer": 0.3}, step=0)
     tracker.client = down

@@ -71,8 +71,9 @@ def _summarise(report: SplitReport, records: list[Utterance], probes: list[tuple
     report.bonafide = sum(r.is_bonafide for r in records)
     report.spoof = len(records) - report.bonafide
     report.attacks = dict(sorted(Counter(r.attack for r in records if r.attack).items()))
-    report.subsets = dict(sorted(Counter(r.extra.get("subset") for r in records
-                                         if r.extra.get("subset")).items()))  # fmt: skip
+    report.subsets = dict(
+        sorted(Counter(r.extra.get("subset") for r in records if r.extra.get("subset")).items())
+    )
     rates: Counter[int] = Counter()
     seconds = []
     for probe in probes:
@@ -155,8 +156,10 @@ def format_report(kind: str, root: Path, reports: dict[str, SplitReport]) -> str
     for name, rep in reports.items():
         lines.append(f"\n[{name}] {rep.protocol or '(no protocol read)'}")
         if rep.protocol:
-            lines.append(f"  trials      {rep.bonafide + rep.spoof}  (bonafide {rep.bonafide}, "
-                         f"spoof {rep.spoof})")  # fmt: skip
+            lines.append(
+                f"  trials      {rep.bonafide + rep.spoof}  (bonafide {rep.bonafide}, "
+                f"spoof {rep.spoof})"
+            )
             if rep.attacks:
                 lines.append(
                     "  attacks     " + "  ".join(f"{a}:{n}" for a, n in rep.attacks.items())
@@ -172,9 +175,11 @@ def format_report(kind: str, root: Path, reports: dict[str, SplitReport]) -> str
             lines.append(f"  sample rate {rates or '-'}")
             if rep.duration_s:
                 d = rep.duration_s
-                lines.append(f"  duration    min {d['min']:.2f} s, median {d['median']:.2f} s, "
-                             f"mean {d['mean']:.2f} s, max {d['max']:.2f} s, "
-                             f"total {d['total_hours']:.2f} h")  # fmt: skip
+                lines.append(
+                    f"  duration    min {d['min']:.2f} s, median {d['median']:.2f} s, "
+                    f"mean {d['mean']:.2f} s, max {d['max']:.2f} s, "
+                    f"total {d['total_hours']:.2f} h"
+                )
         lines += [f"  error       {e}" for e in rep.errors]
         lines.append(f"  status      {'OK' if rep.usable else 'NOT USABLE'}")
     usable = all(r.usable for r in reports.values())

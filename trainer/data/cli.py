@@ -35,10 +35,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     synth.add_argument("--out", type=Path, required=True, help="output directory")
     synth.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     synth.add_argument(
-        "--size", choices=("tiny", "small"), default="tiny",
+        "--size",
+        choices=("tiny", "small"),
+        default="tiny",
         help="tiny: ~300 clips of 1-2 s, seconds to make (tests, make sweep); "
         "small: ~2,400 clips of 2-5 s",
-    )  # fmt: skip
+    )
     synth.set_defaults(handler=_synth)
 
     check = sub.add_parser(
@@ -54,13 +56,16 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     check.add_argument("--root", type=Path, required=True, help="corpus root directory")
     check.add_argument("--split", help="one split (default: every split of the corpus)")
     check.add_argument(
-        "--subset", choices=("eval", "progress", "hidden", "all"), default="eval",
+        "--subset",
+        choices=("eval", "progress", "hidden", "all"),
+        default="eval",
         help="ASVspoof 2021 subset (default eval, the one the literature reports)",
-    )  # fmt: skip
+    )
     check.add_argument(
-        "--decode", action="store_true",
+        "--decode",
+        action="store_true",
         help="decode every file fully (finds corruption past the header; slower)",
-    )  # fmt: skip
+    )
     check.add_argument("--json", action="store_true", help="print one JSON object")
     check.set_defaults(handler=_check)
 
@@ -74,8 +79,12 @@ def _synth(args: argparse.Namespace) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 1
     print(f"synthetic corpus ({args.size}, seed {args.seed}) at {out.resolve()}")
-    for kind, sub in (("asvspoof2019", "LA"), ("asvspoof2021-la", "ASVspoof2021"),
-                      ("asvspoof2021-df", "ASVspoof2021"), ("itw", "itw")):  # fmt: skip
+    for kind, sub in (
+        ("asvspoof2019", "LA"),
+        ("asvspoof2021-la", "ASVspoof2021"),
+        ("asvspoof2021-df", "ASVspoof2021"),
+        ("itw", "itw"),
+    ):
         print(f"  --kind {kind:<16} --root {out / sub}")
     return 0
 

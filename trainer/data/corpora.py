@@ -28,10 +28,21 @@ _2019_PROTOCOLS = {
 _2021_COLUMNS = {
     "LA": ("speaker", "trial", "codec", "transmission", "attack", "label", "trim", "subset"),
     "DF": (
-        "speaker", "trial", "compression", "source", "attack", "label", "trim", "subset",
-        "vocoder", "task", "team", "gender_pair", "language",
+        "speaker",
+        "trial",
+        "compression",
+        "source",
+        "attack",
+        "label",
+        "trim",
+        "subset",
+        "vocoder",
+        "task",
+        "team",
+        "gender_pair",
+        "language",
     ),
-}  # fmt: skip
+}
 _2021_SUBSETS = ("eval", "progress", "hidden")
 
 
@@ -290,8 +301,11 @@ def read_corpus(cfg: DatasetConfig, *, require_both_classes: bool = True) -> Cor
         records = [r for r in records if r.path not in gone]
         log.warning(
             "%s/%s: skipped %d of %d trials whose audio is missing (data.on_missing=skip)",
-            cfg.kind, cfg.split, len(missing), len(records) + len(missing),
-        )  # fmt: skip
+            cfg.kind,
+            cfg.split,
+            len(missing),
+            len(records) + len(missing),
+        )
     where = f"{cfg.kind} split {cfg.split!r}" + (
         f" subset {cfg.subset!r}" if cfg.kind.startswith("asvspoof2021") else ""
     )

@@ -57,8 +57,11 @@ class AudioDataset(Dataset):
         wave = self.reader(utt.path, rng)
         if self.augment is not None:
             wave = self.augment(wave, rng)
-        return {"waveform": torch.from_numpy(np.ascontiguousarray(wave, dtype=np.float32)),
-                "label": utt.target, "index": index}  # fmt: skip
+        return {
+            "waveform": torch.from_numpy(np.ascontiguousarray(wave, dtype=np.float32)),
+            "label": utt.target,
+            "index": index,
+        }
 
 
 def collate(items: Sequence[dict[str, Any]]) -> dict[str, torch.Tensor]:

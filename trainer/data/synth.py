@@ -52,16 +52,26 @@ ITW_VOCODERS = (sig.Vocoder(1024, 256, 128, 48), sig.Vocoder(768, 192, 72, 12))
 
 # Channels: (lowpass Hz, mu-law bits, SNR dB).
 LA21_CODECS = {
-    "none": (None, None, 45.0), "alaw": (3400.0, 8, 40.0), "ulaw": (3400.0, 8, 40.0),
-    "g722": (7000.0, None, 40.0), "gsm": (3000.0, 6, 35.0), "opus": (6000.0, 10, 40.0),
+    "none": (None, None, 45.0),
+    "alaw": (3400.0, 8, 40.0),
+    "ulaw": (3400.0, 8, 40.0),
+    "g722": (7000.0, None, 40.0),
+    "gsm": (3000.0, 6, 35.0),
+    "opus": (6000.0, 10, 40.0),
     "pstn": (3400.0, 8, 30.0),
-}  # fmt: skip
+}
 LA21_TRANSMISSIONS = ("ita_tx", "sin_tx", "loc_tx", "mad_tx")
 DF21_COMPRESSIONS = {
-    "nocodec": (None, 45.0), "low_mp3": (4000.0, 40.0), "high_mp3": (7000.0, 45.0),
-    "low_m4a": (4500.0, 40.0), "high_m4a": (7500.0, 45.0), "low_ogg": (4000.0, 40.0),
-    "high_ogg": (7000.0, 45.0), "mp3m4a": (5000.0, 40.0), "oggm4a": (5000.0, 40.0),
-}  # fmt: skip
+    "nocodec": (None, 45.0),
+    "low_mp3": (4000.0, 40.0),
+    "high_mp3": (7000.0, 45.0),
+    "low_m4a": (4500.0, 40.0),
+    "high_m4a": (7500.0, 45.0),
+    "low_ogg": (4000.0, 40.0),
+    "high_ogg": (7000.0, 45.0),
+    "mp3m4a": (5000.0, 40.0),
+    "oggm4a": (5000.0, 40.0),
+}
 DF21_SOURCES = ("asvspoof", "vcc2018", "vcc2020")
 DF21_VOCODERS = (
     "traditional_vocoder",
@@ -71,9 +81,15 @@ DF21_VOCODERS = (
     "unknown",
 )
 ITW_NAMES = (
-    "Alec Guinness", "Ada Lovelace", "Barack Obama", "Christopher Hitchens",
-    "Grace Hopper", "Orson Welles", "Maya Angelou", "Alan Turing",
-)  # fmt: skip
+    "Alec Guinness",
+    "Ada Lovelace",
+    "Barack Obama",
+    "Christopher Hitchens",
+    "Grace Hopper",
+    "Orson Welles",
+    "Maya Angelou",
+    "Alan Turing",
+)
 
 
 @dataclass(frozen=True)
@@ -191,16 +207,19 @@ def _plan_2021(rng: np.random.Generator, size: Size, track: str):
             tx = LA21_TRANSMISSIONS[int(rng.integers(len(LA21_TRANSMISSIONS)))]
             lowpass, bits, snr = LA21_CODECS[codec]
             channel = {"lowpass_hz": lowpass, "bits": bits, "snr_db": snr}
-            lines.append(f"{speaker} {utt} {codec} {tx} {attack or 'bonafide'} {label} "
-                         f"notrim {subset}")  # fmt: skip
+            lines.append(
+                f"{speaker} {utt} {codec} {tx} {attack or 'bonafide'} {label} notrim {subset}"
+            )
         else:
             comp = list(DF21_COMPRESSIONS)[int(rng.integers(len(DF21_COMPRESSIONS)))]
             source = DF21_SOURCES[int(rng.integers(len(DF21_SOURCES)))]
             lowpass, snr = DF21_COMPRESSIONS[comp]
             channel = {"lowpass_hz": lowpass, "snr_db": snr}
             vocoder = DF21_VOCODERS[i % len(DF21_VOCODERS)] if spoof else "-"
-            lines.append(f"{speaker} {utt} {comp} {source} {attack or 'bonafide'} {label} "
-                         f"notrim {subset} {vocoder} - - - -")  # fmt: skip
+            lines.append(
+                f"{speaker} {utt} {comp} {source} {attack or 'bonafide'} {label} "
+                f"notrim {subset} {vocoder} - - - -"
+            )
         clips.append(Clip(rel, bool(spoof), voices[speaker], attack, channel, "FLAC"))
     return clips, {f"ASVspoof2021/keys/{track}/CM/trial_metadata.txt": lines}
 
@@ -230,8 +249,12 @@ def plan(seed: int, size: Size) -> tuple[list[Clip], dict[str, list[str]]]:
     rng = np.random.default_rng([seed, 0])
     clips: list[Clip] = []
     protocols: dict[str, list[str]] = {}
-    makers: list[Callable] = [_plan_2019, lambda r, s: _plan_2021(r, s, "LA"),
-                              lambda r, s: _plan_2021(r, s, "DF"), _plan_itw]  # fmt: skip
+    makers: list[Callable] = [
+        _plan_2019,
+        lambda r, s: _plan_2021(r, s, "LA"),
+        lambda r, s: _plan_2021(r, s, "DF"),
+        _plan_itw,
+    ]
     for make in makers:
         more_clips, more_protocols = make(rng, size)
         clips += more_clips

@@ -23,10 +23,18 @@ _N_FFT, _HOP = 512, 128
 
 # (F1, F2, F3) targets in Hz for a neutral vocal tract.
 _VOWELS = np.array(
-    [[730, 1090, 2440], [270, 2290, 3010], [530, 1840, 2480], [660, 1720, 2410],
-     [300, 870, 2240], [640, 1190, 2390], [490, 1350, 1690], [440, 1020, 2240]],
+    [
+        [730, 1090, 2440],
+        [270, 2290, 3010],
+        [530, 1840, 2480],
+        [660, 1720, 2410],
+        [300, 870, 2240],
+        [640, 1190, 2390],
+        [490, 1350, 1690],
+        [440, 1020, 2240],
+    ],
     dtype=np.float64,
-)  # fmt: skip
+)
 
 
 @dataclass(frozen=True)
@@ -41,8 +49,11 @@ class Speaker:
     def draw(cls, rng: np.random.Generator) -> Speaker:
         female = rng.random() < 0.5
         f0 = rng.uniform(165, 255) if female else rng.uniform(85, 150)
-        return cls(f0=f0, tract=rng.uniform(1.05, 1.2) if female else rng.uniform(0.9, 1.02),
-                   tilt=rng.uniform(-7.0, -4.0))  # fmt: skip
+        return cls(
+            f0=f0,
+            tract=rng.uniform(1.05, 1.2) if female else rng.uniform(0.9, 1.02),
+            tilt=rng.uniform(-7.0, -4.0),
+        )
 
 
 @dataclass(frozen=True)
@@ -106,13 +117,15 @@ def _envelope(formants: np.ndarray, tilt: float) -> np.ndarray:
 
 
 def _stft(x: torch.Tensor, n_fft: int, hop: int) -> torch.Tensor:
-    return torch.stft(x, n_fft, hop, window=torch.hann_window(n_fft, dtype=x.dtype),
-                      return_complex=True)  # fmt: skip
+    return torch.stft(
+        x, n_fft, hop, window=torch.hann_window(n_fft, dtype=x.dtype), return_complex=True
+    )
 
 
 def _istft(spec: torch.Tensor, n_fft: int, hop: int, length: int) -> torch.Tensor:
-    return torch.istft(spec, n_fft, hop, window=torch.hann_window(n_fft, dtype=torch.float64),
-                       length=length)  # fmt: skip
+    return torch.istft(
+        spec, n_fft, hop, window=torch.hann_window(n_fft, dtype=torch.float64), length=length
+    )
 
 
 def utterance(rng: np.random.Generator, spk: Speaker, n: int) -> np.ndarray:
@@ -146,7 +159,7 @@ def _mel_smoother(n_fft: int, n_mels: int) -> torch.Tensor:
     """(F, F) projection of a linear spectrum onto n_mels bands and back (pseudo-inverse)."""
     fb = AF.melscale_fbanks(
         n_fft // 2 + 1, 0.0, SR / 2, n_mels, SR, norm="slaney", mel_scale="slaney"
-    ).to(torch.float64)  # (F, M); fmt: skip
+    ).to(torch.float64)  # (F, M)
     return torch.linalg.pinv(fb.T) @ fb.T
 
 
