@@ -20,8 +20,7 @@ from mlflow.tracking import MlflowClient
 
 from orchestrator import local_cluster as lc
 from orchestrator.cli import main
-from tests.orchestrator.test_faults import _wait_for
-from tests.orchestrator.test_sweep import data_overrides
+from tests.helpers import data_overrides, wait_for
 
 pytestmark = [pytest.mark.cluster, pytest.mark.ray]
 ROOT = Path(__file__).resolve().parents[2]
@@ -101,7 +100,7 @@ def _job_ended(cluster: lc.Cluster, job_id: str) -> bool:
 def _wait_job(cluster: lc.Cluster, job_id: str, timeout: float = 900) -> str:
     from ray.job_submission import JobSubmissionClient
 
-    _wait_for(lambda: _job_ended(cluster, job_id), timeout, f"job {job_id}")
+    wait_for(lambda: _job_ended(cluster, job_id), timeout, f"job {job_id}")
     return JobSubmissionClient(cluster.dashboard).get_job_logs(job_id)
 
 
@@ -154,7 +153,7 @@ def test_submitted_sweep_survives_an_mlflow_restart(
     )
     uri = cluster.tracking_uri
     started = lambda: _logged_epochs(uri) >= 1 or _job_ended(cluster, job)  # noqa: E731
-    _wait_for(started, 300, "a first logged epoch")
+    wait_for(started, 300, "a first logged epoch")
     down_at = time.time()
     assert lc.stop(Path(cluster.folder), "mlflow")
     time.sleep(6)
@@ -196,7 +195,7 @@ def test_node_loss_resumes_the_trial_on_the_remaining_node(
         "stage1.epochs=10",
     )
     snapshot = lambda: any((out / "train").glob("*/checkpoint_manager_snapshot.json"))  # noqa: E731
-    _wait_for(lambda: snapshot() or _job_ended(cluster, job), 300, "a registered checkpoint")
+    wait_for(lambda: snapshot() or _job_ended(cluster, job), 300, "a registered checkpoint")
     assert lc.stop(Path(cluster.folder), "node1")  # one of the trial's two workers ran there
     logs = _wait_job(cluster, job)
     (run,) = [

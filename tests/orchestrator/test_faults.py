@@ -7,24 +7,16 @@ import signal
 import subprocess
 import sys
 import threading
-import time
 from pathlib import Path
 
 import pytest
 from mlflow.tracking import MlflowClient
 
 from orchestrator.cli import main
-from tests.orchestrator.test_sweep import sweep_args
+from tests.helpers import sweep_args, wait_for
 
 pytestmark = pytest.mark.ray
 ROOT = Path(__file__).resolve().parents[2]
-
-
-def _wait_for(predicate, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.5)
 
 
 def _checkpoints(out: Path) -> list[Path]:
@@ -52,7 +44,7 @@ def test_killed_worker_restarts_from_checkpoint(ray_session, synth_root: Path, t
     sweep.start()
     # Kill only once Ray Train has registered a checkpoint (its snapshot file): rank 0 logging
     # an epoch to MLflow does not mean the controller has consolidated that epoch's reports.
-    _wait_for(lambda: _registered(tmp_path), 240, "a registered checkpoint")
+    wait_for(lambda: _registered(tmp_path), 240, "a registered checkpoint")
     address = ray_session.get_runtime_context().gcs_address  # never another Ray on this host
     alive = [("class_name", "=", "RayTrainWorker"), ("state", "=", "ALIVE")]
     workers = list_actors(address=address, filters=alive)
@@ -83,7 +75,7 @@ def test_killed_driver_resumes_without_duplicate_runs(ray_session, synth_root: P
     cmd = [sys.executable, "-m", "orchestrator.cli", *args]
     log = (tmp_path / "driver.log").open("w")
     driver = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
-    _wait_for(lambda: _checkpoints(tmp_path) or driver.poll() is not None, 240, "a checkpoint")
+    wait_for(lambda: _checkpoints(tmp_path) or driver.poll() is not None, 240, "a checkpoint")
     tail = (tmp_path / "driver.log").read_text()[-3000:]
     assert driver.poll() is None, f"the sweep ended before the driver could be killed:\n{tail}"
     driver.send_signal(signal.SIGKILL)

@@ -11,50 +11,9 @@ from mlflow.tracking import MlflowClient
 
 from orchestrator.cli import main
 from orchestrator.tracking import query_best
+from tests.helpers import data_overrides, sweep_args
 
 pytestmark = pytest.mark.ray
-
-SMOKE = Path(__file__).resolve().parents[2] / "search_spaces" / "smoke.yaml"
-
-
-def data_overrides(synth_root: Path) -> list[str]:
-    la, itw = synth_root / "LA", synth_root / "itw"
-    return [
-        f"data.train.root={la}",
-        f"data.dev.root={la}",
-        f"data.eval={{asv19: {{kind: asvspoof2019, root: {la}, split: eval}}, "
-        f"itw: {{kind: itw, root: {itw}}}}}",
-        "data.train_crop.seconds=0.5",
-        "data.eval_crop.seconds=0.5",
-        "data.sampler.batch_size=8",
-        "data.sampler.batches_per_epoch=2",
-        "stage1.epochs=3",
-        "stage1.patience=null",
-        "stage2.epochs=5",
-        "runtime.threads=1",
-    ]
-
-
-def sweep_args(out: Path, synth_root: Path, *extra: str) -> list[str]:
-    return [
-        "sweep",
-        "--space",
-        str(SMOKE),
-        "--out",
-        str(out),
-        "--workers-per-trial",
-        "2",
-        "--cpus-per-worker",
-        "0.5",
-        "--max-concurrent",
-        "2",
-        "--scheduler",
-        "none",
-        "--name",
-        "smoke",
-        *extra,
-        *data_overrides(synth_root),
-    ]
 
 
 @pytest.fixture(scope="module")

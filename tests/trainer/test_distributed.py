@@ -5,7 +5,6 @@ only the local slice's gradient does not."""
 from __future__ import annotations
 
 import os
-import socket
 from pathlib import Path
 from typing import Any
 from unittest import mock
@@ -17,6 +16,7 @@ import torch.multiprocessing as mp
 import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel
 
+from tests.helpers import free_port
 from trainer import distributed
 from trainer.contrastive import contrastive_step
 from trainer.queue import CrossBatchQueue
@@ -110,16 +110,10 @@ def _worker(world_rank: int, port: int, out_dir: str) -> None:
         distributed.destroy()
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def two_ranks(tmp_path_factory: pytest.TempPathFactory) -> list[dict[str, Any]]:
     out_dir = tmp_path_factory.mktemp("dist")
-    mp.spawn(_worker, args=(_free_port(), str(out_dir)), nprocs=WORLD_SIZE, join=True)
+    mp.spawn(_worker, args=(free_port(), str(out_dir)), nprocs=WORLD_SIZE, join=True)
     return [torch.load(out_dir / f"rank{r}.pt") for r in range(WORLD_SIZE)]
 
 

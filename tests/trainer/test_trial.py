@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -16,33 +15,10 @@ import pytest
 import torch
 
 from orchestrator.cli import main
+from tests.helpers import ROOT, free_port, micro
 from trainer.config import load_config
 from trainer.metrics import read_scores
 from trainer.run import Trial
-
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def micro(synth_root: Path, epochs: int = 3) -> list[str]:
-    """A trial that takes seconds: tiny model, half-second crops, two evaluation sets."""
-    la, itw = synth_root / "LA", synth_root / "itw"
-    return [
-        f"data.train.root={la}",
-        f"data.dev.root={la}",
-        f"data.eval={{asv19: {{kind: asvspoof2019, root: {la}, split: eval}}, "
-        f"itw: {{kind: itw, root: {itw}}}}}",
-        "data.train_crop.seconds=0.5",
-        "data.eval_crop.seconds=0.5",
-        "data.sampler.batch_size=8",
-        "data.sampler.batches_per_epoch=2",
-        f"stage1.epochs={epochs}",
-        "stage1.patience=null",
-        "queue.size=24",
-        "queue.start_epoch=1",
-        "stage2.epochs=5",
-        "runtime.threads=1",
-        "runtime.progress=false",
-    ]
 
 
 def test_cli_trial_writes_everything(synth_root: Path, tmp_path: Path, capsys) -> None:
@@ -147,12 +123,6 @@ def test_non_finite_loss_fails_the_trial(synth_root: Path, tmp_path: Path, capsy
     assert not (tmp_path / "nan" / "metrics.json").exists()
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.mark.dist
 def test_torchrun_two_processes(synth_root: Path, tmp_path: Path) -> None:
     """The same trial as DDP over 2 gloo processes; rank 0 alone writes the outputs."""
@@ -166,7 +136,7 @@ def test_torchrun_two_processes(synth_root: Path, tmp_path: Path) -> None:
         "--master_addr",
         "127.0.0.1",
         "--master_port",
-        str(_free_port()),
+        str(free_port()),
         "-m",
         "trainer",
         "--out",

@@ -1,0 +1,80 @@
+"""Helpers shared by test modules (test modules never import from each other)."""
+
+from __future__ import annotations
+
+import socket
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+SMOKE_SPACE = ROOT / "search_spaces" / "smoke.yaml"
+EXPERIMENT = "supcon-sweep"
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_for(predicate: Callable[[], object], timeout: float, what: str) -> None:
+    """Poll ``predicate`` every 0.5 s; fail the test naming ``what`` after ``timeout`` s."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.5)
+
+
+def data_overrides(synth_root: Path, epochs: int = 3) -> list[str]:
+    """Trainer overrides for a trial that takes seconds on the synthetic corpus: tiny model,
+    half-second crops, two batches per epoch, two evaluation sets."""
+    la, itw = synth_root / "LA", synth_root / "itw"
+    return [
+        f"data.train.root={la}",
+        f"data.dev.root={la}",
+        f"data.eval={{asv19: {{kind: asvspoof2019, root: {la}, split: eval}}, "
+        f"itw: {{kind: itw, root: {itw}}}}}",
+        "data.train_crop.seconds=0.5",
+        "data.eval_crop.seconds=0.5",
+        "data.sampler.batch_size=8",
+        "data.sampler.batches_per_epoch=2",
+        f"stage1.epochs={epochs}",
+        "stage1.patience=null",
+        "stage2.epochs=5",
+        "runtime.threads=1",
+    ]
+
+
+def micro(synth_root: Path, epochs: int = 3) -> list[str]:
+    """:func:`data_overrides` with the queue on from epoch 1 and no progress bars."""
+    return [
+        *data_overrides(synth_root, epochs),
+        "queue.size=24",
+        "queue.start_epoch=1",
+        "runtime.progress=false",
+    ]
+
+
+def sweep_args(out: Path, synth_root: Path, *extra: str) -> list[str]:
+    """``supcon-sweep sweep`` arguments for the 2-trial smoke sweep, 2 gloo workers per trial."""
+    return [
+        "sweep",
+        "--space",
+        str(SMOKE_SPACE),
+        "--out",
+        str(out),
+        "--workers-per-trial",
+        "2",
+        "--cpus-per-worker",
+        "0.5",
+        "--max-concurrent",
+        "2",
+        "--scheduler",
+        "none",
+        "--name",
+        "smoke",
+        *extra,
+        *data_overrides(synth_root),
+    ]
