@@ -8,8 +8,8 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-from trainer.cli import DEFAULT_DATA, absolute_roots, ensure_synthetic
-from trainer.config import ConfigError, load_config
+from trainer.config import ConfigError, load_config, resolve_roots
+from trainer.defaults import DEFAULT_DATA, ensure_synthetic
 
 DEFAULT_SPACE = Path(__file__).resolve().parents[1] / "search_spaces" / "default.yaml"
 
@@ -110,7 +110,7 @@ def _settings(args: argparse.Namespace):
     cfg = load_config(args.config, [*args.overrides, "runtime.progress=false"])
     if cfg.runtime.threads is None:
         cfg = apply_params(cfg, {"runtime.threads": max(1, int(args.cpus_per_worker))})
-    cfg = absolute_roots(cfg)
+    cfg = resolve_roots(cfg)
     if args.config is None:
         ensure_synthetic(cfg, DEFAULT_DATA)
     space = load_space(args.space, cfg)
@@ -232,7 +232,7 @@ def _trial_on_ray(args: argparse.Namespace) -> int:
     from orchestrator.tracking import TrackingError, check_reachable, resolve_tracking_uri
 
     try:
-        cfg = absolute_roots(load_config(args.config, [*args.overrides, "runtime.progress=false"]))
+        cfg = resolve_roots(load_config(args.config, [*args.overrides, "runtime.progress=false"]))
         if args.config is None:
             ensure_synthetic(cfg, DEFAULT_DATA)
         out = args.out.resolve()

@@ -12,11 +12,11 @@ import sys
 from pathlib import Path
 
 from trainer import distributed as dist
-from trainer.config import CONFIG_DIR, ConfigError, TrainerConfig, load_config
+from trainer.config import CONFIG_DIR, ConfigError, load_config, resolve_roots
 from trainer.data.errors import CorpusError
+from trainer.defaults import ensure_synthetic
 
 log = logging.getLogger(__name__)
-DEFAULT_DATA = Path("runs/data")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -55,30 +55,6 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     trial.set_defaults(handler=run_from_args)
 
 
-def absolute_roots(cfg: TrainerConfig) -> TrainerConfig:
-    """Relative corpus roots are relative to the working directory; fix them now, because Ray
-    and torchrun workers may run elsewhere."""
-    tree = cfg.model_dump()
-    data = tree["data"]
-    for ds in (data["train"], data["dev"], *data["eval"].values()):
-        ds["root"] = Path(ds["root"]).expanduser().resolve()
-    return TrainerConfig.model_validate(tree)
-
-
-def ensure_synthetic(cfg: TrainerConfig, data_dir: Path = DEFAULT_DATA) -> None:
-    """Generate the tiny synthetic corpus into ``data_dir`` if the config reads from it and it
-    is missing (rank 0 generates, the others wait)."""
-    target = data_dir.resolve()
-    roots = [cfg.data.train.root, cfg.data.dev.root, *(d.root for d in cfg.data.eval.values())]
-    if any(target in root.parents or root == target for root in roots) and not target.exists():
-        if dist.is_main():
-            from trainer.data.synth import generate
-
-            log.info("generating the tiny synthetic corpus into %s", target)
-            generate(target, seed=0, size="tiny")
-        dist.barrier()
-
-
 def _print_table(metrics: dict[str, float]) -> None:
     rows = [
         ("dev (stage 1, centroid)", metrics.get("encoder/dev/eer")),
@@ -106,8 +82,8 @@ def run_from_args(args: argparse.Namespace) -> int:
         cfg = load_config(args.config, args.overrides)
         if args.config is None:
             dist.init_from_env()
-            ensure_synthetic(absolute_roots(cfg))
-        cfg = absolute_roots(cfg)
+            ensure_synthetic(resolve_roots(cfg))
+        cfg = resolve_roots(cfg)
         metrics = run_trial(cfg, args.out.resolve())
         main_rank = dist.is_main()
     except ConfigError as err:

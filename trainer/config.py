@@ -5,6 +5,8 @@ Unknown keys, wrong types and impossible combinations fail at load time, naming 
 
 from __future__ import annotations
 
+import copy
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
@@ -160,7 +162,17 @@ def load_config(
     tree = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
     if not isinstance(tree, dict):
         raise ConfigError(f"{path}: expected a mapping at the top level")
-    for key, value in parse_overrides(overrides or []):
+    return apply_overrides(tree, dict(parse_overrides(overrides or [])))
+
+
+def apply_overrides(
+    base: TrainerConfig | Mapping[str, Any], overrides: Mapping[str, Any]
+) -> TrainerConfig:
+    """``base`` (a config or a nested dict of one) with each dotted key of ``overrides`` set,
+    validated; :class:`ConfigError` names the bad key. The one "set dotted keys, then validate"
+    for config files, search-space points and configs rebuilt from MLflow params."""
+    tree = base.model_dump() if isinstance(base, TrainerConfig) else copy.deepcopy(dict(base))
+    for key, value in overrides.items():
         set_dotted(tree, key, value)
     return validate_tree(tree)
 
@@ -189,3 +201,13 @@ def flatten(cfg: TrainerConfig) -> dict[str, Any]:
 
     walk("", cfg.model_dump(mode="json"))
     return out
+
+
+def resolve_roots(cfg: TrainerConfig) -> TrainerConfig:
+    """``cfg`` with every corpus root absolute. Relative roots are relative to the working
+    directory of the caller; resolve them there, because Ray and torchrun workers may run
+    elsewhere."""
+    data = cfg.data
+    roots = {"data.train.root": data.train.root, "data.dev.root": data.dev.root}
+    roots |= {f"data.eval.{name}.root": ds.root for name, ds in data.eval.items()}
+    return apply_overrides(cfg, {k: Path(v).expanduser().resolve() for k, v in roots.items()})
