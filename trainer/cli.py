@@ -52,7 +52,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         ),
     )
     add_arguments(trial)
-    trial.set_defaults(handler=run_from_args)
+    trial.set_defaults(handler=run)
 
 
 def _print_table(metrics: dict[str, float]) -> None:
@@ -74,7 +74,7 @@ def _print_table(metrics: dict[str, float]) -> None:
             print(f"{name:<26} {100 * value:>7.2f}")
 
 
-def run_from_args(args: argparse.Namespace) -> int:
+def run(args: argparse.Namespace) -> int:
     from trainer.run import run_trial
     from trainer.stage1 import NonFiniteLossError
 
@@ -104,4 +104,4 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     parser = argparse.ArgumentParser(prog="python -m trainer", description=__doc__)
     add_arguments(parser)
-    return run_from_args(parser.parse_args(argv))
+    return run(parser.parse_args(argv))
