@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import socket
+import subprocess
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -78,3 +81,24 @@ def sweep_args(out: Path, synth_root: Path, *extra: str) -> list[str]:
         *extra,
         *data_overrides(synth_root),
     ]
+
+
+def use_ray_token_auth() -> None:
+    """One Ray auth mode for the whole test process, as on a real cluster: token.
+
+    Called by the conftests of the tests that use Ray, before anything imports Ray (its
+    processes read the mode once), so tests that start Ray, talk to a job server or check the
+    cluster configs agree on it whatever order they run in. On a fresh machine Ray's default
+    token is created first, through Ray's own CLI (its output, the token, is discarded).
+    """
+    os.environ.setdefault("RAY_AUTH_MODE", "token")
+    if os.environ["RAY_AUTH_MODE"] != "token" or "RAY_AUTH_TOKEN" in os.environ:
+        return
+    if not (Path.home() / ".ray" / "auth_token").is_file():
+        ray_cli = Path(sys.executable).parent / "ray"
+        subprocess.run(
+            [str(ray_cli), "get-auth-token", "--generate"],
+            stdout=subprocess.DEVNULL,
+            check=True,
+            timeout=120,
+        )

@@ -1,13 +1,19 @@
-"""One isolated local Ray instance for every orchestrator test (starting Ray costs 5-15 s)."""
+"""One isolated local Ray instance for every orchestrator test that needs one (starting Ray
+costs 5-15 s), in token-auth mode like a real cluster."""
 
 from __future__ import annotations
 
 import pytest
 
+from tests.helpers import use_ray_token_auth
+
+use_ray_token_auth()
+
 
 @pytest.fixture(scope="session")
 def ray_session():
-    ray = pytest.importorskip("ray")
+    import ray
+
     # address="local" ignores RAY_ADDRESS and stale cluster files: never joins another Ray.
     ray.init(
         address="local",
