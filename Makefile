@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 OUT ?= runs
 
-.PHONY: sweep test lint format bench clean
+.PHONY: sweep test test-fast lint format bench clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -23,6 +23,10 @@ sweep: $(STAMP)
 test: $(STAMP)
 	$(BIN)/python -m pytest
 
+# The tests that need no Ray, no cluster and no multi-process DDP: under 2 minutes on 2 cores.
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -m "not ray and not cluster and not dist"
+
 lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
@@ -34,6 +38,7 @@ format: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python bench/data_pipeline.py
 	$(BIN)/python bench/train_step.py
+	$(BIN)/python bench/front_door.py
 
 clean:
 	rm -rf $(VENV) $(OUT) .pytest_cache .ruff_cache *.egg-info
