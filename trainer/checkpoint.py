@@ -24,6 +24,7 @@ BEST = "best_model.pt"
 
 
 def rng_state() -> dict[str, Any]:
+    """This process's torch, numpy, python (and CUDA, when present) RNG states."""
     state = {
         "torch": torch.get_rng_state(),
         "numpy": np.random.get_state(),
@@ -35,6 +36,7 @@ def rng_state() -> dict[str, Any]:
 
 
 def set_rng_state(state: dict[str, Any]) -> None:
+    """Restore what :func:`rng_state` returned: the next draws repeat the ones made after it."""
     torch.set_rng_state(state["torch"])
     np.random.set_state(state["numpy"])
     random.setstate(state["python"])
@@ -43,7 +45,14 @@ def set_rng_state(state: dict[str, Any]) -> None:
 
 
 def save(folder: Path, *, state: dict[str, Any], model: dict, best_model: dict) -> Path:
-    """Write the checkpoint to a fresh sibling folder, then swap it in for ``folder``."""
+    """Write the checkpoint to a fresh sibling folder, then swap it in for ``folder``.
+
+    A save that raises part-way (an unpicklable object, a full disk) leaves the previous checkpoint
+    in ``folder`` as it was and removes its staging folder; so does a kill while the files are
+    written (the hidden staging folder then stays). Only a kill between the two renames leaves no
+    ``folder`` (the previous checkpoint is then ``.{name}.old``, removed by the next save).
+    ``state`` holds the resolved config under ``"config"`` (see :func:`saved_config`).
+    """
     folder.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
     try:
@@ -51,6 +60,7 @@ def save(folder: Path, *, state: dict[str, Any], model: dict, best_model: dict) 
         torch.save(model, staging / MODEL)
         torch.save(best_model, staging / BEST)
         old = folder.with_name(f".{folder.name}.old")
+        shutil.rmtree(old, ignore_errors=True)  # left by a run killed mid-swap; blocks the rename
         if folder.exists():
             os.replace(folder, old)
         os.replace(staging, folder)
@@ -62,6 +72,7 @@ def save(folder: Path, *, state: dict[str, Any], model: dict, best_model: dict) 
 
 
 def exists(folder: Path | None) -> bool:
+    """Whether ``folder`` holds a checkpoint (its state file is written)."""
     return folder is not None and (folder / STATE).is_file()
 
 
@@ -72,3 +83,10 @@ def load(folder: Path, map_location: str | torch.device = "cpu") -> dict[str, An
         "model": torch.load(folder / MODEL, map_location=map_location, weights_only=True),
         "best_model": torch.load(folder / BEST, map_location=map_location, weights_only=True),
     }
+
+
+def saved_config(folder: Path) -> dict[str, Any]:
+    """The resolved config (``TrainerConfig.model_dump(mode="json")``) a checkpoint was written
+    with, without loading its weights."""
+    state = torch.load(folder / STATE, map_location="cpu", weights_only=False)
+    return state["config"]
