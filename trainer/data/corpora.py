@@ -58,10 +58,6 @@ class CorpusSplit:
     def __len__(self) -> int:
         return len(self.utterances)
 
-    @property
-    def name(self) -> str:
-        return f"{self.config.kind}/{self.config.split}"
-
 
 def _require_dir(path: Path, what: str) -> Path:
     if not path.is_dir():

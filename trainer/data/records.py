@@ -9,7 +9,6 @@ from types import MappingProxyType
 from typing import Literal
 
 Label = Literal["bonafide", "spoof"]
-LABELS: tuple[Label, ...] = ("bonafide", "spoof")
 
 
 @dataclass(frozen=True, slots=True)
