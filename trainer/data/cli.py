@@ -14,12 +14,18 @@ KINDS: tuple[str, ...] = CorpusKind.__args__
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    """The ``data`` command (``synth``, ``check``) of a command line such as ``supcon-sweep``."""
     data = subparsers.add_parser(
         "data",
         help="generate the synthetic corpus, or check a corpus before training on it",
         description="Corpus tools.",
     )
-    sub = data.add_subparsers(dest="data_command", required=True, metavar="{synth,check}")
+    add_commands(data)
+
+
+def add_commands(parser: argparse.ArgumentParser) -> None:
+    """The ``synth`` and ``check`` subcommands; each sets ``handler`` (returns the exit status)."""
+    sub = parser.add_subparsers(dest="data_command", required=True, metavar="{synth,check}")
 
     synth = sub.add_parser(
         "synth",
@@ -112,3 +118,11 @@ def _check(args: argparse.Namespace) -> int:
     else:
         print(format_report(args.kind, args.root, reports))
     return 0 if usable else 1
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m trainer.data {synth,check} ...``; returns the exit status."""
+    parser = argparse.ArgumentParser(prog="python -m trainer.data", description="Corpus tools.")
+    add_commands(parser)
+    args = parser.parse_args(argv)
+    return args.handler(args)

@@ -1,4 +1,5 @@
-"""``supcon-sweep data check`` on broken corpora: counts, examples, exit status."""
+"""``data check`` (``python -m trainer.data``; ``supcon-sweep data`` too) on broken corpora:
+counts, examples, exit status."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator.cli import main
+from trainer.data.cli import main
 
 
 @pytest.fixture
@@ -24,9 +25,7 @@ def broken_la(synth_root: Path, tmp_path: Path) -> Path:
 
 
 def test_check_counts_missing_and_unreadable(broken_la: Path, capsys) -> None:
-    assert (
-        main(["data", "check", "--kind", "asvspoof2019", "--root", str(broken_la), "--json"]) == 1
-    )
+    assert main(["check", "--kind", "asvspoof2019", "--root", str(broken_la), "--json"]) == 1
     report = json.loads(capsys.readouterr().out)
     splits = report["splits"]
     assert report["usable"] is False
@@ -40,7 +39,6 @@ def test_check_human_output_names_the_files(broken_la: Path, capsys) -> None:
     assert (
         main(
             [
-                "data",
                 "check",
                 "--kind",
                 "asvspoof2019",
@@ -58,14 +56,14 @@ def test_check_human_output_names_the_files(broken_la: Path, capsys) -> None:
 
 
 def test_check_missing_root_and_protocol(tmp_path: Path, capsys) -> None:
-    assert main(["data", "check", "--kind", "itw", "--root", str(tmp_path / "none")]) == 1
+    assert main(["check", "--kind", "itw", "--root", str(tmp_path / "none")]) == 1
     assert "In-the-Wild root not found" in capsys.readouterr().out
-    assert main(["data", "check", "--kind", "manifest", "--root", str(tmp_path)]) == 1
+    assert main(["check", "--kind", "manifest", "--root", str(tmp_path)]) == 1
     assert "no split found" in capsys.readouterr().err
 
 
 def test_check_rejects_unknown_kind(capsys) -> None:
     with pytest.raises(SystemExit) as exc:
-        main(["data", "check", "--kind", "asvspoof2020", "--root", "."])
+        main(["check", "--kind", "asvspoof2020", "--root", "."])
     assert exc.value.code == 2
     assert "invalid choice: 'asvspoof2020'" in capsys.readouterr().err

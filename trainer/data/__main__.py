@@ -1,0 +1,3 @@
+from trainer.data.cli import main
+
+raise SystemExit(main())
