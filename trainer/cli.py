@@ -1,4 +1,4 @@
-"""``supcon-sweep trial`` and ``python -m trainer``: one trial (stage 1, stage 2, evaluation).
+"""``python -m trainer`` (and ``supcon-sweep trial``): one trial (stage 1, stage 2, evaluation).
 
 Under torchrun (``torchrun --nproc_per_node 2 -m trainer ...``) every rank runs this entry point
 and the trial runs as DDP; rank 0 alone writes files.
@@ -11,15 +11,21 @@ import logging
 import sys
 from pathlib import Path
 
-from trainer import distributed as dist
-from trainer.config import CONFIG_DIR, ConfigError, load_config, resolve_roots
+from trainer.config import CONFIG_DIR, ConfigError, TrainerConfig, load_config, resolve_roots
 from trainer.data.errors import CorpusError
 from trainer.defaults import ensure_synthetic
 
-log = logging.getLogger(__name__)
+EXIT_FAILED = 1  # the trial ran and failed
+EXIT_BAD_INPUT = 2  # bad input; nothing was trained
+EXIT_STATUS = (
+    "Exit status: 0 done; 1 the trial ran and failed (e.g. a non-finite loss); 2 bad input, "
+    "nothing trained (arguments, config file, overrides, a device this machine lacks, a corpus "
+    "or pretrained weights that cannot be read)."
+)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The trial's arguments: ``--config``, ``--out`` and the ``key=value`` overrides."""
     parser.add_argument(
         "--config",
         type=Path,
@@ -41,20 +47,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def add_parser(subparsers: argparse._SubParsersAction) -> None:
-    trial = subparsers.add_parser(
-        "trial",
-        help="run one trial locally: stage 1, stage 2, evaluation",
-        description=(
-            "Run one trial of the two-stage trainer in this process (or as DDP under torchrun). "
-            "With no arguments: the local default on the synthetic corpus, generated into "
-            "runs/data if missing."
-        ),
-    )
-    add_arguments(trial)
-    trial.set_defaults(handler=run)
-
-
 def _print_table(metrics: dict[str, float]) -> None:
     rows = [
         ("dev (stage 1, centroid)", metrics.get("encoder/dev/eer")),
@@ -74,34 +66,56 @@ def _print_table(metrics: dict[str, float]) -> None:
             print(f"{name:<26} {100 * value:>7.2f}")
 
 
+def _error(err: Exception, code: int) -> int:
+    print(f"error: {err}", file=sys.stderr)
+    return code
+
+
 def run(args: argparse.Namespace) -> int:
+    """The trial handler (``args`` from :func:`add_arguments`); returns the exit status.
+
+    The config is validated before torch or transformers are imported (they take seconds), so a
+    typo answers at once. 2: bad input (:class:`~trainer.config.ConfigError`, ``CorpusError``,
+    ``ModelLoadError``); 1: the trial failed (non-finite loss, another ``ValueError``).
+    """
+    try:
+        cfg = resolve_roots(load_config(args.config, args.overrides))
+    except ConfigError as err:
+        return _error(err, EXIT_BAD_INPUT)
+    return _run_trial(cfg, args.config is None, args.out.resolve())
+
+
+def _run_trial(cfg: TrainerConfig, local_default: bool, out: Path) -> int:
+    from trainer import distributed
+    from trainer.model import ModelLoadError
     from trainer.run import run_trial
     from trainer.stage1 import NonFiniteLossError
 
     try:
-        cfg = load_config(args.config, args.overrides)
-        if args.config is None:
-            dist.init_from_env()
-            ensure_synthetic(resolve_roots(cfg))
-        cfg = resolve_roots(cfg)
-        metrics = run_trial(cfg, args.out.resolve())
-        main_rank = dist.is_main()
-    except ConfigError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    except (CorpusError, NonFiniteLossError, ValueError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 1
+        if local_default:
+            distributed.init_from_env()  # under torchrun, rank 0 alone generates the corpus
+            ensure_synthetic(cfg)
+        metrics = run_trial(cfg, out)
+        main_rank = distributed.is_main()
+    except (ConfigError, CorpusError, ModelLoadError) as err:
+        return _error(err, EXIT_BAD_INPUT)
+    except (NonFiniteLossError, ValueError) as err:
+        return _error(err, EXIT_FAILED)
     finally:
-        dist.destroy()
+        distributed.destroy()
     if main_rank:
         _print_table(metrics)
-        print(f"\noutputs in {args.out.resolve()}")
+        print(f"\noutputs in {out}")
     return 0
 
 
 def main(argv: list[str] | None = None) -> int:
+    """``python -m trainer [--config FILE] [--out DIR] [key=value ...]``; the exit status."""
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    parser = argparse.ArgumentParser(prog="python -m trainer", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="python -m trainer",
+        description=__doc__,
+        epilog=EXIT_STATUS,
+    )
     add_arguments(parser)
     return run(parser.parse_args(argv))

@@ -10,8 +10,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from trainer import distributed as dist
-from trainer.config import RuntimeConfig
+from trainer import distributed
+from trainer.config import ConfigError, RuntimeConfig
 
 
 @dataclass
@@ -28,28 +28,30 @@ class Runtime:
 
 
 def setup(cfg: RuntimeConfig, seed: int) -> Runtime:
-    """Resolve the device (one GPU per local rank), precision and threads; seed every RNG."""
+    """Resolve the device (one GPU per local rank), precision and threads; seed every RNG with
+    ``seed + world_rank``. A device or precision this machine lacks raises :class:`ConfigError`."""
     if cfg.device == "cuda" and not torch.cuda.is_available():
-        raise ValueError("runtime.device=cuda but no CUDA device is visible")
+        raise ConfigError("runtime.device=cuda but no CUDA device is visible")
     use_cuda = cfg.device == "cuda" or (cfg.device == "auto" and torch.cuda.is_available())
     if use_cuda:
-        device = torch.device("cuda", dist.local_rank() % torch.cuda.device_count())
+        device = torch.device("cuda", distributed.local_rank() % torch.cuda.device_count())
         torch.cuda.set_device(device)
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
     else:
         device = torch.device("cpu")
     if cfg.precision == "bf16" and not use_cuda:
-        raise ValueError("runtime.precision=bf16 needs CUDA; use fp32 (or auto) on CPU")
+        raise ConfigError("runtime.precision=bf16 needs CUDA; use fp32 (or auto) on CPU")
     threads = cfg.threads or int(os.environ.get("OMP_NUM_THREADS", 0)) or None
     if threads:
         torch.set_num_threads(threads)
-    seed_everything(seed + dist.world_rank())
+    seed_everything(seed + distributed.world_rank())
     bf16 = use_cuda and cfg.precision in ("auto", "bf16")
-    return Runtime(device=device, bf16=bf16, show_progress=cfg.progress and dist.is_main())
+    return Runtime(device=device, bf16=bf16, show_progress=cfg.progress and distributed.is_main())
 
 
 def seed_everything(seed: int) -> None:
+    """Seed python's, numpy's and torch's global RNGs (CUDA's too, through torch)."""
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
