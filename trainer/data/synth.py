@@ -122,7 +122,9 @@ class Clip:
     fmt: str  # "FLAC" or "WAV"
 
 
-def _render(clip: Clip, seed: int, index: int, size: Size) -> np.ndarray:
+def render(clip: Clip, seed: int, index: int, size: Size) -> np.ndarray:
+    """The waveform of clip number ``index`` (1-based) of the corpus ``seed``: a function of these
+    alone, so any clip can be regenerated (or checked) without the others."""
     rng = np.random.default_rng([seed, index])
     n = int(rng.uniform(*size.seconds) * sig.SR)
     wave = sig.utterance(rng, clip.speaker, n)
@@ -291,7 +293,7 @@ def generate(out: Path, *, seed: int = 0, size: str = "tiny", progress: bool = T
         for index, clip in enumerate(bar):
             target = staging / clip.rel
             target.parent.mkdir(parents=True, exist_ok=True)
-            wave = _render(clip, seed, index + 1, SIZES[size])
+            wave = render(clip, seed, index + 1, SIZES[size])
             sf.write(target, wave, sig.SR, format=clip.fmt, subtype="PCM_16")
         (staging / STAMP).write_text(json.dumps(stamp) + "\n")
         if out.exists():

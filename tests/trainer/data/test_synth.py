@@ -10,8 +10,8 @@ import pytest
 import torch
 
 import trainer.data.synth as synth
-from orchestrator.cli import main
 from trainer.data.audio import load_audio
+from trainer.data.cli import main
 from trainer.data.config import DatasetConfig
 from trainer.data.corpora import read_corpus
 from trainer.metrics import compute_eer
@@ -103,8 +103,8 @@ def test_deterministic_for_a_seed() -> None:
     assert protocols_a == protocols_b and clips_a == clips_b
     assert synth.plan(4, size)[1] != protocols_a
     for index in (1, 70, 250):
-        a = synth._render(clips_a[index - 1], 3, index, size)
-        b = synth._render(clips_b[index - 1], 3, index, size)
+        a = synth.render(clips_a[index - 1], 3, index, size)
+        b = synth.render(clips_b[index - 1], 3, index, size)
         np.testing.assert_array_equal(a, b)
 
 
@@ -135,12 +135,11 @@ def test_a_failed_generation_leaves_nothing(tmp_path: Path, monkeypatch) -> None
 
 
 def test_cli_synth_then_check_json(synth_root: Path, capsys) -> None:
-    assert main(["data", "synth", "--out", str(synth_root)]) == 0
+    assert main(["synth", "--out", str(synth_root)]) == 0
     assert f"--root {synth_root / 'LA'}" in capsys.readouterr().out
     assert (
         main(
             [
-                "data",
                 "check",
                 "--kind",
                 "asvspoof2021-la",
