@@ -27,7 +27,7 @@ from trainer.config import load_config
 from trainer.model import SupConModel
 from trainer.queue import CrossBatchQueue
 from trainer.runtime import Runtime
-from trainer.stage1 import Stepper, _optimizer, _schedule
+from trainer.stage1 import Stepper, build_optimizer, build_schedule
 
 # Dense peak TFLOP/s by name fragment (bf16, tf32); MFU is reported against these.
 PEAKS = {"H100": (989.0, 494.0), "H200": (989.0, 494.0), "A100": (312.0, 156.0)}
@@ -105,15 +105,15 @@ def run_case(preset: str, device: torch.device, bf16: bool, args: argparse.Names
     steps: dict[str, Callable[[], None]] = {}
     for name, size in (("ours", 0), ("ours+q4096", 4096), ("ours+q8192", 8192)):
         model = copy.deepcopy(base)
-        optimizer = _optimizer(cfg, model)
+        optimizer = build_optimizer(cfg, model)
         queue = CrossBatchQueue(size, cfg.model.embedding_dim, device=device)
         if size:  # a full queue: the steady-state cost
             fill = F.normalize(torch.randn(size, cfg.model.embedding_dim, device=device), dim=1)
             queue.enqueue(fill, torch.arange(size, device=device) % 2)
-        stepper = Stepper(cfg, rt, model, optimizer, _schedule(cfg, optimizer, 10**9), queue)
+        stepper = Stepper(cfg, rt, model, optimizer, build_schedule(cfg, optimizer, 10**9), queue)
         steps[name] = lambda s=stepper, q=bool(size): s(batch, use_queue=q)
     plain_model = copy.deepcopy(base)
-    plain_opt = _optimizer(cfg, plain_model)
+    plain_opt = build_optimizer(cfg, plain_model)
     steps["plain"] = _plain_step(plain_model, plain_opt, batch, rt, cfg.loss.temperature)
     for step in steps.values():  # warm-up (allocator, kernels, AdamW state)
         for _ in range(args.warmup):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from trainer import distributed as dist
+from trainer import distributed
 from trainer.loss import Similarity, supcon_loss
 from trainer.queue import CrossBatchQueue
 
@@ -35,8 +35,8 @@ def contrastive_step(
     a positive (class-balanced batches). Every rank must pass the same B.
     """
     batch = z_local.shape[0]
-    gathered_z = dist.gather_with_grad(z_local)  # (W*B, D)
-    gathered_labels = dist.all_gather_nograd(labels_local.long())  # (W*B,)
+    gathered_z = distributed.gather_with_grad(z_local)  # (W*B, D)
+    gathered_labels = distributed.all_gather_nograd(labels_local.long())  # (W*B,)
     contrast, contrast_labels = gathered_z, gathered_labels
     if use_queue and len(queue) > 0:
         queue_z, queue_labels = queue.contents()  # (K, D), (K,)
@@ -44,7 +44,8 @@ def contrastive_step(
             queue_labels = -1 - queue_labels  # ids no anchor has: negatives for everyone
         contrast = torch.cat([gathered_z.float(), queue_z.to(gathered_z.device)])  # (W*B + K, D)
         contrast_labels = torch.cat([gathered_labels, queue_labels.to(gathered_labels.device)])
-    self_index = dist.world_rank() * batch + torch.arange(batch, device=z_local.device)  # (B,)
+    offset = distributed.world_rank() * batch  # this rank's slice of the gathered batch
+    self_index = offset + torch.arange(batch, device=z_local.device)  # (B,)
     loss = supcon_loss(
         z_local,
         labels_local,

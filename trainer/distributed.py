@@ -6,9 +6,12 @@ process and N processes (torchrun, Ray Train) run the same code. Ranks: ``world_
 
 Contrastive losses need :func:`gather_with_grad`: with it, a loss over the local anchors against
 the gathered batch reproduces the single-process gradient exactly (DDP then averages over ranks).
-A plain ``dist.all_gather`` whose local slice is swapped back for the input keeps only that slice's
-gradient: the other ranks' anchors never push on this rank's embeddings, which gives a wrong
-direction and a 1/world_size scale. ``tests/test_distributed.py`` shows both.
+A plain ``torch.distributed.all_gather`` whose local slice is swapped back for the input keeps only
+that slice's gradient: the other ranks' anchors never push on this rank's embeddings, which gives a
+wrong direction and a 1/world_size scale. ``tests/trainer/test_distributed.py`` shows both.
+
+DDP's wrapper lives here too (:func:`wrap_ddp`), so no other trainer module imports
+``torch.distributed`` or ``torch.nn.parallel``.
 """
 
 from __future__ import annotations
@@ -17,23 +20,25 @@ import os
 from typing import Any, TypeVar
 
 import torch
-import torch.distributed as dist
+import torch.distributed as torch_dist
 import torch.distributed._functional_collectives as funcol
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 
 T = TypeVar("T")
 
 
 def is_distributed() -> bool:
     """True when a default process group exists."""
-    return dist.is_available() and dist.is_initialized()
+    return torch_dist.is_available() and torch_dist.is_initialized()
 
 
 def world_size() -> int:
-    return dist.get_world_size() if is_distributed() else 1
+    return torch_dist.get_world_size() if is_distributed() else 1
 
 
 def world_rank() -> int:
-    return dist.get_rank() if is_distributed() else 0
+    return torch_dist.get_rank() if is_distributed() else 0
 
 
 def local_rank() -> int:
@@ -47,7 +52,7 @@ def is_main() -> bool:
 
 def barrier() -> None:
     if is_distributed():
-        dist.barrier()
+        torch_dist.barrier()
 
 
 def init_from_env(backend: str | None = None) -> bool:
@@ -68,13 +73,27 @@ def init_from_env(backend: str | None = None) -> bool:
         device = torch.device("cuda", local_rank() % torch.cuda.device_count())
         torch.cuda.set_device(device)
         kwargs["device_id"] = device
-    dist.init_process_group(backend=backend, **kwargs)
+    torch_dist.init_process_group(backend=backend, **kwargs)
     return True
 
 
 def destroy() -> None:
     if is_distributed():
-        dist.destroy_process_group()
+        torch_dist.destroy_process_group()
+
+
+def wrap_ddp(model: nn.Module, device: torch.device) -> nn.Module:
+    """``model`` in ``DistributedDataParallel`` when more than one rank runs, else ``model`` itself.
+
+    On CUDA the wrapper is bound to ``device`` (one GPU per process); on CPU (gloo) it takes no
+    device ids. Construction broadcasts rank 0's parameters and buffers, so every rank must call it
+    at the same point. Train through the returned module (it averages the gradients over ranks in
+    backward); the parameters stay those of ``model``.
+    """
+    if world_size() <= 1:
+        return model
+    device_ids = [device.index] if device.type == "cuda" else None
+    return DistributedDataParallel(model, device_ids=device_ids)
 
 
 def gather_with_grad(x: torch.Tensor) -> torch.Tensor:
@@ -91,7 +110,7 @@ def gather_with_grad(x: torch.Tensor) -> torch.Tensor:
     """
     if not is_distributed():
         return x
-    gathered = funcol.all_gather_single(x.contiguous(), 0, dist.group.WORLD)  # (W*B, ...)
+    gathered = funcol.all_gather_single(x.contiguous(), 0, torch_dist.group.WORLD)  # (W*B, ...)
     return funcol.wait_tensor(gathered)  # a plain tensor, not a lazily waited wrapper
 
 
@@ -104,7 +123,7 @@ def all_gather_nograd(x: torch.Tensor) -> torch.Tensor:
     if not is_distributed():
         return x
     parts = [torch.empty_like(x) for _ in range(world_size())]
-    dist.all_gather(parts, x.contiguous())
+    torch_dist.all_gather(parts, x.contiguous())
     return torch.cat(parts, dim=0)
 
 
@@ -129,7 +148,7 @@ def all_reduce_sum(x: torch.Tensor) -> torch.Tensor:
     """A new tensor holding the element-wise sum of ``x`` over ranks (``x`` is not modified)."""
     out = x.detach().clone()
     if is_distributed():
-        dist.all_reduce(out, op=dist.ReduceOp.SUM)
+        torch_dist.all_reduce(out, op=torch_dist.ReduceOp.SUM)
     return out
 
 
@@ -143,7 +162,7 @@ def broadcast_object(obj: T, src: int = 0) -> T:
     if not is_distributed():
         return obj
     box = [obj if world_rank() == src else None]
-    dist.broadcast_object_list(box, src=src)
+    torch_dist.broadcast_object_list(box, src=src)
     return box[0]
 
 
@@ -152,5 +171,5 @@ def all_gather_object(obj: T) -> list[T]:
     if not is_distributed():
         return [obj]
     out: list[Any] = [None] * world_size()
-    dist.all_gather_object(out, obj)
+    torch_dist.all_gather_object(out, obj)
     return out

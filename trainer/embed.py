@@ -9,7 +9,7 @@ import torch
 from torch.utils.data import Subset
 from tqdm import tqdm
 
-from trainer import distributed as dist
+from trainer import distributed
 from trainer.data.config import CropConfig
 from trainer.data.dataset import AudioDataset, make_loader
 from trainer.data.records import Utterance
@@ -36,7 +36,7 @@ def embed(
     was_training = model.training
     model.eval()
     dataset = AudioDataset(utterances, crop, seed=seed)
-    rank, world = dist.world_rank(), dist.world_size()
+    rank, world = distributed.world_rank(), distributed.world_size()
     mine = list(range(rank, len(dataset), world))
     loader = make_loader(
         Subset(dataset, mine),
@@ -53,7 +53,8 @@ def embed(
             z = model(wave, mask)  # (b, D)
         chunks.append(z.float())
     local = torch.cat(chunks) if chunks else torch.zeros(0, _dim(model), device=device)
-    gathered = dist.all_gather_variable(local)  # rank-major: all of rank 0's, then rank 1's...
+    # Rank-major: all of rank 0's rows, then rank 1's...; ``order`` puts them back.
+    gathered = distributed.all_gather_variable(local)  # (N, D)
     order = torch.tensor([i for r in range(world) for i in range(r, len(dataset), world)])
     out = torch.empty_like(gathered)
     out[order.to(gathered.device)] = gathered

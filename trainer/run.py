@@ -1,9 +1,13 @@
-"""One trial: stage 1, stage 2 and evaluation, in one process or as one rank of many."""
+"""One trial: stage 1, stage 2 and evaluation, in one process or as one rank of many.
+
+:func:`prepare_trial` does the side effects (process group, seeding, output folder, reading the
+corpora, building the model); :class:`Trial` holds what it built and runs the stages, each
+returning what it computed.
+"""
 
 from __future__ import annotations
 
 import json
-import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -11,8 +15,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from trainer import checkpoint
-from trainer import distributed as dist
+from trainer import checkpoint, distributed
 from trainer.config import ConfigError, TrainerConfig, to_yaml
 from trainer.data.corpora import CorpusSplit, read_corpus
 from trainer.embed import embed
@@ -21,17 +24,25 @@ from trainer.model import SupConModel
 from trainer.plots import curves_plot, det_plot
 from trainer.reporting import JsonlReporter, Reporter
 from trainer.runtime import Runtime, setup
-from trainer.stage1 import Stage1
+from trainer.stage1 import Progress, Stage1
 from trainer.stage2 import Stage2Result, freeze, train_classifier
 
-log = logging.getLogger(__name__)
 
-
-@dataclass
+@dataclass(frozen=True)
 class TrialData:
     train: CorpusSplit
     dev: CorpusSplit
     eval: dict[str, CorpusSplit]
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """The classifier's scores by set (``dev`` and every evaluation set, in protocol order), the
+    per-set results of the evaluation sets, and the ``eval/*`` metrics."""
+
+    scores: dict[str, np.ndarray]
+    results: dict[str, SetResult]
+    metrics: dict[str, float]
 
 
 def load_data(cfg: TrainerConfig) -> TrialData:
@@ -44,7 +55,7 @@ def load_data(cfg: TrainerConfig) -> TrialData:
 
 
 def _check_resumable(folder: Path, cfg: TrainerConfig) -> None:
-    saved = torch.load(folder / checkpoint.STATE, map_location="cpu", weights_only=False)["config"]
+    saved = checkpoint.saved_config(folder)
     ours = cfg.model_dump(mode="json")
     differ = sorted(k for k in ours if k != "runtime" and saved.get(k) != ours[k])
     if differ:
@@ -54,19 +65,32 @@ def _check_resumable(folder: Path, cfg: TrainerConfig) -> None:
         )
 
 
+def _stage1_summary(progress: Progress) -> dict[str, float]:
+    history = progress.history
+    best = next((h for h in history if h["epoch"] == progress.best_epoch), history[-1])
+    return {
+        "encoder/dev/eer": best["encoder/dev/eer"],
+        "encoder/dev/loss": best["encoder/dev/loss"],
+        "encoder/best_epoch": float(progress.best_epoch),
+        "encoder/epochs": float(progress.epoch),
+    }
+
+
+def _targets(split: CorpusSplit) -> torch.Tensor:
+    return torch.tensor([u.target for u in split.utterances])  # (N,), 1 = bona fide
+
+
+@dataclass(frozen=True, eq=False)
 class Trial:
-    def __init__(self, cfg: TrainerConfig, out_dir: Path, reporter: Reporter | None = None) -> None:
-        self.started = time.monotonic()
-        dist.init_from_env()
-        self.cfg, self.out = cfg, out_dir
-        self.rt: Runtime = setup(cfg.runtime, cfg.seed)
-        if dist.is_main():
-            out_dir.mkdir(parents=True, exist_ok=True)
-            (out_dir / "config.yaml").write_text(to_yaml(cfg), encoding="utf-8")
-        dist.barrier()
-        self.reporter = reporter or JsonlReporter(out_dir, main=dist.is_main())
-        self.data = load_data(cfg)
-        self.model = SupConModel(cfg.model).to(self.rt.device)
+    """What one trial needs, built by :func:`prepare_trial`; :meth:`run` runs the stages."""
+
+    cfg: TrainerConfig
+    out: Path
+    rt: Runtime
+    data: TrialData
+    model: SupConModel
+    reporter: Reporter
+    started: float  # time.monotonic() when the trial began
 
     def _embed(self, split: CorpusSplit, desc: str) -> torch.Tensor:
         c = self.cfg
@@ -83,85 +107,90 @@ class Trial:
             progress=self.rt.show_progress,
         )
 
+    def _resume_from(self, resume: Path | None, resume_local: bool) -> Path | None:
+        if resume is None and resume_local:
+            resume = self.out / "checkpoints" / "last"
+        if not checkpoint.exists(resume):
+            return None
+        _check_resumable(resume, self.cfg)
+        return resume
+
     def run(self, resume: Path | None = None, resume_local: bool = True) -> dict[str, float]:
         """``resume`` names a checkpoint to continue from; without one, ``resume_local`` picks up
         the output folder's own last checkpoint (an orchestrator that keeps checkpoints in its
-        own storage turns that off)."""
-        stage1 = Stage1(self.cfg, self.model, self.data, self.rt, self.out, self.reporter)
-        if resume is None and resume_local:
-            resume = self.out / "checkpoints" / "last"
-        if checkpoint.exists(resume):
-            _check_resumable(resume, self.cfg)
-            stage1.resume(resume)
-            log.info("resumed from %s at epoch %d", resume, stage1.progress.epoch)
-        self.model.load_state_dict(stage1.run())
+        own storage turns that off). Returns the final metrics (the same on every rank)."""
+        stage1 = Stage1(
+            self.cfg,
+            self.model,
+            self.rt,
+            train=self.data.train,
+            dev=self.data.dev,
+            out_dir=self.out,
+            reporter=self.reporter,
+        )
+        encoder = stage1.run(self._resume_from(resume, resume_local))
+        self.model.load_state_dict(encoder.best_state)
         freeze(self.model)
-        metrics = self._stage1_summary(stage1)
-        stage2 = self._stage2()
+        train_z = self._embed(self.data.train, "embed train")  # (N_train, D)
+        dev_z = self._embed(self.data.dev, "embed dev")  # (N_dev, D)
+        stage2 = self._stage2(train_z, dev_z)
+        evaluation = self._evaluate(stage2.classifier, dev_z)
+        metrics = _stage1_summary(encoder.progress)
         metrics |= {
             "classifier/dev/eer": stage2.dev_eer,
             "classifier/best_epoch": float(stage2.best_epoch),
         }
-        metrics |= self._evaluate(stage2.classifier)
-        first_step = stage1.first_step_at or time.monotonic()
+        metrics |= evaluation.metrics
+        first_step = encoder.first_step_at or time.monotonic()
         metrics |= {
             "time/setup_s": first_step - self.started,
             "time/trial_s": time.monotonic() - self.started,
         }
-        artifacts = self._write(metrics, stage1, stage2)
+        artifacts = self._write(metrics, encoder.progress, stage2, evaluation)
         self.reporter.final(metrics, artifacts)
         return metrics
 
-    def _stage1_summary(self, stage1: Stage1) -> dict[str, float]:
-        p = stage1.progress
-        best = next((h for h in p.history if h["epoch"] == p.best_epoch), p.history[-1])
-        return {
-            "encoder/dev/eer": best["encoder/dev/eer"],
-            "encoder/dev/loss": best["encoder/dev/loss"],
-            "encoder/best_epoch": float(p.best_epoch),
-            "encoder/epochs": float(p.epoch),
-        }
-
-    def _stage2(self) -> Stage2Result:
-        d = self.data
-        train_z = self._embed(d.train, "embed train")
-        dev_z = self._embed(d.dev, "embed dev")
-        self.dev_z = dev_z
-        target = lambda split: torch.tensor([u.target for u in split.utterances])  # noqa: E731
+    def _stage2(self, train_z: torch.Tensor, dev_z: torch.Tensor) -> Stage2Result:
+        d, c = self.data, self.cfg
         return train_classifier(
-            train_z, target(d.train), dev_z, target(d.dev), self.cfg.stage2, seed=self.cfg.seed
+            train_z, _targets(d.train), dev_z, _targets(d.dev), c.stage2, seed=c.seed
         )
 
-    def _evaluate(self, classifier: torch.nn.Linear) -> dict[str, float]:
-        self.scores: dict[str, np.ndarray] = {}
+    def _evaluate(self, classifier: torch.nn.Linear, dev_z: torch.Tensor) -> Evaluation:
         with torch.no_grad():
-            self.scores["dev"] = classifier(self.dev_z).squeeze(1).numpy()
+            scores = {"dev": classifier(dev_z).squeeze(1).numpy()}
             for name, split in self.data.eval.items():
                 z = self._embed(split, f"eval {name}")
-                self.scores[name] = classifier(z).squeeze(1).numpy()
-        self.results: dict[str, SetResult] = {
-            name: evaluate(split.utterances, self.scores[name], name)
+                scores[name] = classifier(z).squeeze(1).numpy()
+        results = {
+            name: evaluate(split.utterances, scores[name], name)
             for name, split in self.data.eval.items()
         }
         metrics: dict[str, float] = {}
-        for name, result in self.results.items():
+        for name, result in results.items():
             metrics |= result.metrics(f"eval/{name}")
-        if self.results:
-            metrics["eval/pooled_mean/eer"] = pooled_mean(list(self.results.values()))
+        if results:
+            metrics["eval/pooled_mean/eer"] = pooled_mean(list(results.values()))
             metrics["eval/pooled_all/eer"] = pooled_all(
-                [class_scores(s.utterances, self.scores[n]) for n, s in self.data.eval.items()]
+                [class_scores(s.utterances, scores[n]) for n, s in self.data.eval.items()]
             )
-        return metrics
+        return Evaluation(scores, results, metrics)
 
-    def _write(self, metrics: dict[str, float], stage1: Stage1, stage2: Stage2Result) -> list[Path]:
-        if not dist.is_main():
+    def _write(
+        self,
+        metrics: dict[str, float],
+        progress: Progress,
+        stage2: Stage2Result,
+        evaluation: Evaluation,
+    ) -> list[Path]:
+        if not distributed.is_main():
             return []
-        out = self.out
+        out, scores = self.out, evaluation.scores
         scores_dir = out / "scores"
         scores_dir.mkdir(exist_ok=True)
         splits = {"dev": self.data.dev, **self.data.eval}
         files = [
-            write_scores(scores_dir / f"{name}.tsv", split.utterances, self.scores[name])
+            write_scores(scores_dir / f"{name}.tsv", split.utterances, scores[name])
             for name, split in splits.items()
         ]
         torch.save(stage2.classifier.state_dict(), out / "classifier.pt")
@@ -169,15 +198,33 @@ class Trial:
         (out / "stage2_history.json").write_text(json.dumps(stage2.history) + "\n")
         plots = [
             curves_plot(
-                stage1.progress.history,
+                progress.history,
                 ["encoder/train/loss", "encoder/dev/loss", "encoder/dev/eer"],
                 out / "stage1_curves.png",
             )
         ]
-        if self.results:
-            sets = {n: class_scores(s.utterances, self.scores[n]) for n, s in splits.items()}
+        if evaluation.results:
+            sets = {n: class_scores(s.utterances, scores[n]) for n, s in splits.items()}
             plots.append(det_plot(sets, out / "det.png"))
         return [out / "config.yaml", out / "metrics.json", *files, *plots]
+
+
+def prepare_trial(cfg: TrainerConfig, out_dir: Path, reporter: Reporter | None = None) -> Trial:
+    """Everything before training, in order: join the launcher's process group, resolve the
+    device and seed every RNG, create ``out_dir`` and write ``config.yaml`` (rank 0), read every
+    corpus (bad corpora fail here) and build the model. ``reporter`` defaults to a
+    :class:`~trainer.reporting.JsonlReporter` on ``out_dir``."""
+    started = time.monotonic()
+    distributed.init_from_env()
+    rt = setup(cfg.runtime, cfg.seed)
+    if distributed.is_main():
+        out_dir.mkdir(parents=True, exist_ok=True)
+        (out_dir / "config.yaml").write_text(to_yaml(cfg), encoding="utf-8")
+    distributed.barrier()
+    reporter = reporter or JsonlReporter(out_dir, main=distributed.is_main())
+    data = load_data(cfg)
+    model = SupConModel(cfg.model).to(rt.device)
+    return Trial(cfg, out_dir, rt, data, model, reporter, started)
 
 
 def run_trial(
@@ -188,4 +235,4 @@ def run_trial(
     resume_local: bool = True,
 ) -> dict[str, float]:
     """Run stage 1, stage 2 and evaluation; returns the final metrics (same on every rank)."""
-    return Trial(cfg, out_dir, reporter).run(resume, resume_local)
+    return prepare_trial(cfg, out_dir, reporter).run(resume, resume_local)

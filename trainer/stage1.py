@@ -8,6 +8,7 @@ training embeddings. Early stopping watches ``stage1.monitor``; the best weights
 from __future__ import annotations
 
 import copy
+import logging
 import math
 import time
 from dataclasses import asdict, dataclass, field
@@ -15,22 +16,24 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
-from trainer import checkpoint
-from trainer import distributed as dist
+from trainer import checkpoint, distributed
 from trainer.config import TrainerConfig
 from trainer.contrastive import contrastive_step
+from trainer.data.corpora import CorpusSplit
 from trainer.data.dataset import AudioDataset, make_loader
 from trainer.data.rawboost import RawBoost
 from trainer.data.sampler import BalancedBatchSampler
 from trainer.embed import embed
 from trainer.loss import supcon_loss
 from trainer.metrics import compute_eer
+from trainer.model import SupConModel
 from trainer.queue import CrossBatchQueue
 from trainer.reporting import Reporter
 from trainer.runtime import Runtime
+
+log = logging.getLogger(__name__)
 
 
 class NonFiniteLossError(RuntimeError):
@@ -50,7 +53,29 @@ class Progress:
     history: list[dict[str, float]] = field(default_factory=list)
 
 
-def _optimizer(cfg: TrainerConfig, model) -> torch.optim.Optimizer:
+@dataclass(frozen=True)
+class EpochResult:
+    """One training epoch: its ``encoder/train/*`` metrics, the centroid (D,) of its bona fide
+    training embeddings over every rank (the dev EER scores against it), and when its first step
+    finished (``time.monotonic``; None for an epoch without batches)."""
+
+    metrics: dict[str, float]
+    centroid: torch.Tensor
+    first_step_at: float | None
+
+
+@dataclass(frozen=True)
+class Stage1Result:
+    """What stage 1 hands on: the best weights (by ``stage1.monitor``), the progress (history, best
+    epoch, epochs run) and when this process's first step finished (None if it ran none)."""
+
+    best_state: dict[str, Any]
+    progress: Progress
+    first_step_at: float | None
+
+
+def build_optimizer(cfg: TrainerConfig, model: SupConModel) -> torch.optim.AdamW:
+    """AdamW over two groups: encoder at ``stage1.lr_encoder``, head at ``stage1.lr_head``."""
     s1 = cfg.stage1
     groups = [
         {"params": list(model.encoder_parameters()), "lr": s1.lr_encoder},
@@ -59,7 +84,11 @@ def _optimizer(cfg: TrainerConfig, model) -> torch.optim.Optimizer:
     return torch.optim.AdamW(groups, weight_decay=s1.weight_decay)
 
 
-def _schedule(cfg: TrainerConfig, optimizer, total_steps: int):
+def build_schedule(
+    cfg: TrainerConfig, optimizer: torch.optim.Optimizer, total_steps: int
+) -> torch.optim.lr_scheduler.LambdaLR:
+    """Per-step LR factor: linear warm-up over ``stage1.warmup_steps``, then constant or a cosine
+    decay to 0 at ``total_steps``."""
     warmup, kind = cfg.stage1.warmup_steps, cfg.stage1.schedule
 
     def factor(step: int) -> float:
@@ -75,7 +104,7 @@ def _schedule(cfg: TrainerConfig, optimizer, total_steps: int):
 
 def dev_supcon_loss(z: torch.Tensor, labels: torch.Tensor, cfg: TrainerConfig) -> float:
     """Mean in-batch SupCon loss (no queue) over fixed, seeded chunks of the dev embeddings."""
-    chunk = cfg.data.sampler.batch_size * dist.world_size()
+    chunk = cfg.data.sampler.batch_size * distributed.world_size()
     order = torch.randperm(len(z), generator=torch.Generator().manual_seed(cfg.seed))
     losses = []
     for part in order.split(chunk):
@@ -100,14 +129,17 @@ class Stepper:
     then enqueue the gathered batch. The benchmark times exactly this."""
 
     def __init__(
-        self, cfg: TrainerConfig, rt: Runtime, model, optimizer, scheduler, queue: CrossBatchQueue
+        self,
+        cfg: TrainerConfig,
+        rt: Runtime,
+        model: SupConModel,
+        optimizer: torch.optim.Optimizer,
+        scheduler: torch.optim.lr_scheduler.LRScheduler,
+        queue: CrossBatchQueue,
     ) -> None:
         self.cfg, self.rt, self.model = cfg, rt, model
         self.optimizer, self.scheduler, self.queue = optimizer, scheduler, queue
-        self.ddp = model
-        if dist.world_size() > 1:
-            ids = [rt.device.index] if rt.device.type == "cuda" else None
-            self.ddp = DistributedDataParallel(model, device_ids=ids)
+        self.ddp = distributed.wrap_ddp(model, rt.device)
         self.clip_params = list(model.head_parameters())
         if cfg.stage1.grad_clip_scope == "all":
             self.clip_params += list(model.encoder_parameters())
@@ -133,7 +165,7 @@ class Stepper:
         )
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        if dist.all_reduce_sum((~torch.isfinite(loss.detach())).float()).item() > 0:
+        if distributed.all_reduce_sum((~torch.isfinite(loss.detach())).float()).item() > 0:
             raise NonFiniteLossError(f"stage 1 loss is {loss.item()}")
         if cfg.stage1.grad_clip is not None:
             torch.nn.utils.clip_grad_norm_(self.clip_params, cfg.stage1.grad_clip)
@@ -145,65 +177,82 @@ class Stepper:
 
 
 class Stage1:
+    """Stage-1 training of ``model`` on the ``train`` split, validated on ``dev`` every epoch.
+
+    Holds what the epochs share (sampler, loader, optimiser, schedule, queue, step); the run's
+    progress and best weights travel as values through :meth:`run`.
+    """
+
     def __init__(
-        self, cfg: TrainerConfig, model, data, rt: Runtime, out_dir: Path, reporter: Reporter
+        self,
+        cfg: TrainerConfig,
+        model: SupConModel,
+        rt: Runtime,
+        *,
+        train: CorpusSplit,
+        dev: CorpusSplit,
+        out_dir: Path,
+        reporter: Reporter,
     ) -> None:
-        self.cfg, self.model, self.data, self.rt = cfg, model, data, rt
+        self.cfg, self.model, self.rt, self.dev = cfg, model, rt, dev
         self.ckpt_dir = out_dir / "checkpoints" / "last"
         self.reporter = reporter
-        train = data.train.utterances
         self.sampler = BalancedBatchSampler(
-            [u.is_bonafide for u in train],
+            [u.is_bonafide for u in train.utterances],
             cfg.data.sampler,
-            world_size=dist.world_size(),
-            world_rank=dist.world_rank(),
+            world_size=distributed.world_size(),
+            world_rank=distributed.world_rank(),
             seed=cfg.seed,
         )
         augment = RawBoost(cfg.data.rawboost) if cfg.data.rawboost.algo else None
-        dataset = AudioDataset(train, cfg.data.train_crop, augment=augment, seed=cfg.seed)
+        dataset = AudioDataset(
+            train.utterances, cfg.data.train_crop, augment=augment, seed=cfg.seed
+        )
         self.loader = make_loader(
             dataset,
             batch_sampler=self.sampler,
             num_workers=cfg.data.num_workers,
             seed=cfg.seed,
-            world_rank=dist.world_rank(),
+            world_rank=distributed.world_rank(),
             pin_memory=rt.device.type == "cuda",
         )
-        self.optimizer = _optimizer(cfg, model)
-        self.scheduler = _schedule(cfg, self.optimizer, cfg.stage1.epochs * len(self.sampler))
+        self.optimizer = build_optimizer(cfg, model)
+        total_steps = cfg.stage1.epochs * len(self.sampler)
+        self.scheduler = build_schedule(cfg, self.optimizer, total_steps)
         self.queue = CrossBatchQueue(cfg.queue.size, cfg.model.embedding_dim, device=rt.device)
         self.stepper = Stepper(cfg, rt, model, self.optimizer, self.scheduler, self.queue)
-        self.progress = Progress()
-        self.first_step_at: float | None = None
-        self.best_state = copy.deepcopy(model.state_dict())
 
     # --- checkpoints -------------------------------------------------------------------------
 
-    def resume(self, folder: Path) -> None:
+    def _restore(self, folder: Path) -> tuple[Progress, dict[str, Any]]:
+        """Load the weights, optimiser, schedule, queue and this rank's RNG state saved in
+        ``folder`` in place; returns the saved progress and best weights."""
         ckpt = checkpoint.load(folder, map_location=self.rt.device)
         state = ckpt["state"]
         self.model.load_state_dict(ckpt["model"])
-        self.best_state = ckpt["best_model"]
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.queue.load_state_dict(state["queue"])
-        self.progress = Progress(**state["progress"])
-        checkpoint.set_rng_state(state["rng"][min(dist.world_rank(), len(state["rng"]) - 1)])
+        progress = Progress(**state["progress"])
+        rng = state["rng"]
+        checkpoint.set_rng_state(rng[min(distributed.world_rank(), len(rng) - 1)])
+        log.info("resumed from %s at epoch %d", folder, progress.epoch)
+        return progress, ckpt["best_model"]
 
-    def _save(self) -> Path | None:
-        rng = dist.all_gather_object(checkpoint.rng_state())
-        if not dist.is_main():
+    def _save(self, progress: Progress, best_state: dict[str, Any]) -> Path | None:
+        rng = distributed.all_gather_object(checkpoint.rng_state())
+        if not distributed.is_main():
             return None
         state = {
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
             "queue": self.queue.state_dict(),
-            "progress": asdict(self.progress),
+            "progress": asdict(progress),
             "rng": rng,
             "config": self.cfg.model_dump(mode="json"),
         }
         return checkpoint.save(
-            self.ckpt_dir, state=state, model=self.model.state_dict(), best_model=self.best_state
+            self.ckpt_dir, state=state, model=self.model.state_dict(), best_model=best_state
         )
 
     # --- training ----------------------------------------------------------------------------
@@ -212,12 +261,24 @@ class Stage1:
         q = self.cfg.queue
         return q.size > 0 and epoch >= q.start_epoch and step >= q.start_step
 
-    def _train_epoch(self, epoch: int) -> dict[str, float]:
-        cfg, rt = self.cfg, self.rt
+    def _step(
+        self, batch: dict[str, torch.Tensor], epoch: int, step: int
+    ) -> tuple[float, torch.Tensor]:
+        try:
+            return self.stepper(batch, use_queue=self._queue_on(epoch, step))
+        except NonFiniteLossError as err:
+            raise NonFiniteLossError(
+                f"{err} at epoch {epoch}, step {step}: stopping the trial (lower the learning "
+                "rates or raise loss.temperature)"
+            ) from None
+
+    def _train_epoch(self, epoch: int, progress: Progress) -> EpochResult:
+        """One pass over this epoch's batches; advances ``progress.step`` once per batch."""
+        rt = self.rt
         self.sampler.set_epoch(epoch)
         self.stepper.ddp.train()
-        total, batches = 0.0, 0
-        centroid = torch.zeros(cfg.model.embedding_dim, device=rt.device)
+        total, batches, first_step_at = 0.0, 0, None
+        bona_sum = torch.zeros(self.cfg.model.embedding_dim, device=rt.device)  # (D,)
         n_bona = torch.zeros((), device=rt.device)
         bar = tqdm(
             self.loader,
@@ -228,36 +289,30 @@ class Stage1:
         )
         for batch in bar:
             labels = batch["label"].to(rt.device, non_blocking=True)
-            use_queue = self._queue_on(epoch, self.progress.step)
-            try:
-                loss, z = self.stepper(batch, use_queue=use_queue)
-            except NonFiniteLossError as err:
-                raise NonFiniteLossError(
-                    f"{err} at epoch {epoch}, step {self.progress.step}: "
-                    "stopping the trial (lower the learning rates or raise "
-                    "loss.temperature)"
-                ) from None
+            loss, z = self._step(batch, epoch, progress.step)
             bona = labels == 1
-            centroid += z.float()[bona].sum(0)
+            bona_sum += z.float()[bona].sum(0)
             n_bona += bona.sum()
             total += loss
             batches += 1
-            self.progress.step += 1
-            if self.first_step_at is None:
-                self.first_step_at = time.monotonic()
+            progress.step += 1
+            if first_step_at is None:
+                first_step_at = time.monotonic()
             bar.set_postfix(loss=f"{loss:.4f}")
-        self.centroid = dist.all_reduce_sum(centroid) / dist.all_reduce_sum(n_bona).clamp_min(1)
-        return {
-            "encoder/train/loss": float(
-                dist.all_reduce_mean(torch.tensor(total / max(1, batches), device=rt.device))
-            ),
+        mean_loss = torch.tensor(total / max(1, batches), device=rt.device)
+        metrics = {
+            "encoder/train/loss": float(distributed.all_reduce_mean(mean_loss)),
             "encoder/train/lr_encoder": self.optimizer.param_groups[0]["lr"],
             "encoder/train/lr_head": self.optimizer.param_groups[1]["lr"],
             "encoder/train/queue_fill": float(len(self.queue)),
         }
+        n_bona_all = distributed.all_reduce_sum(n_bona).clamp_min(1)
+        centroid = distributed.all_reduce_sum(bona_sum) / n_bona_all  # (D,)
+        return EpochResult(metrics, centroid, first_step_at)
 
-    def _dev_metrics(self) -> dict[str, float]:
-        cfg, dev = self.cfg, self.data.dev.utterances
+    def _dev_metrics(self, centroid: torch.Tensor) -> dict[str, float]:
+        """Dev SupCon loss (no queue) and the EER of the cosine to the train ``centroid`` (D,)."""
+        cfg, dev = self.cfg, self.dev.utterances
         z = embed(
             self.model,
             dev,
@@ -268,50 +323,64 @@ class Stage1:
             num_workers=cfg.data.num_workers,
             seed=cfg.seed,
             desc="dev",
-        )
+        )  # (N, D)
         labels = torch.tensor([u.target for u in dev])
-        centroid = torch.nn.functional.normalize(self.centroid.float().cpu(), dim=0)
-        scores = (z @ centroid).numpy()
+        direction = torch.nn.functional.normalize(centroid.float().cpu(), dim=0)
+        scores = (z @ direction).numpy()
         is_bona = labels.numpy() == 1
         eer = compute_eer(scores[is_bona], scores[~is_bona])[0]
         return {"encoder/dev/loss": dev_supcon_loss(z, labels, cfg), "encoder/dev/eer": eer}
 
-    def _early_stop(self, metrics: dict[str, float]) -> bool:
+    def _improved(self, metrics: dict[str, float], progress: Progress) -> bool:
+        """Update the early-stopping state of ``progress``; whether this epoch is the best yet."""
         key = "encoder/dev/loss" if self.cfg.stage1.monitor == "dev_loss" else "encoder/dev/eer"
-        p = self.progress
-        if metrics[key] < p.best:
-            p.best, p.best_epoch, p.bad_epochs = metrics[key], p.epoch, 0
-            self.best_state = copy.deepcopy(self.model.state_dict())
-        else:
-            p.bad_epochs += 1
-        patience = self.cfg.stage1.patience
-        return patience is not None and p.bad_epochs >= patience
+        if metrics[key] < progress.best:
+            progress.best, progress.best_epoch, progress.bad_epochs = (
+                metrics[key],
+                progress.epoch,
+                0,
+            )
+            return True
+        progress.bad_epochs += 1
+        return False
 
-    def run(self) -> dict[str, Any]:
-        """Train until the epoch budget or early stopping; returns the best weights."""
-        p = self.progress
+    def _patience_spent(self, progress: Progress) -> bool:
+        patience = self.cfg.stage1.patience
+        return patience is not None and progress.bad_epochs >= patience
+
+    def run(self, resume: Path | None = None) -> Stage1Result:
+        """Train, from scratch or from the checkpoint folder ``resume``, until the epoch budget or
+        early stopping; saves a checkpoint and reports once per epoch on every rank."""
+        if resume is None:
+            progress, best_state = Progress(), copy.deepcopy(self.model.state_dict())
+        else:
+            progress, best_state = self._restore(resume)
+        first_step_at = None
         epochs = tqdm(
-            range(p.epoch, self.cfg.stage1.epochs),
+            range(progress.epoch, self.cfg.stage1.epochs),
             desc="stage 1",
             unit="epoch",
-            initial=p.epoch,
+            initial=progress.epoch,
             total=self.cfg.stage1.epochs,
             disable=not self.rt.show_progress,
         )
         for epoch in epochs:
-            if p.done:
+            if progress.done:
                 break
-            metrics = self._train_epoch(epoch)
-            metrics.update(self._dev_metrics())
-            stop = self._early_stop(metrics)
-            p.epoch = epoch + 1
-            p.done = stop or p.epoch >= self.cfg.stage1.epochs
+            trained = self._train_epoch(epoch, progress)
+            first_step_at = first_step_at if first_step_at is not None else trained.first_step_at
+            metrics = trained.metrics | self._dev_metrics(trained.centroid)
+            if self._improved(metrics, progress):
+                best_state = copy.deepcopy(self.model.state_dict())
+            progress.epoch = epoch + 1
+            stop = self._patience_spent(progress)
+            progress.done = stop or progress.epoch >= self.cfg.stage1.epochs
             metrics["epoch"] = float(epoch)
-            p.history.append(metrics)
-            folder = self._save()
-            self.reporter.report(metrics, epoch=epoch, step=p.step, checkpoint=folder)
+            progress.history.append(metrics)
+            folder = self._save(progress, best_state)
+            self.reporter.report(metrics, epoch=epoch, step=progress.step, checkpoint=folder)
             epochs.set_postfix(
                 dev_eer=f"{metrics['encoder/dev/eer']:.3f}",
                 dev_loss=f"{metrics['encoder/dev/loss']:.3f}",
             )
-        return self.best_state
+        return Stage1Result(best_state, progress, first_step_at)

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from trainer import distributed as dist
+from trainer import distributed
 from trainer.config import Stage2Config
 from trainer.metrics import compute_eer
 
@@ -77,6 +77,6 @@ def train_classifier(
             bad += 1
             if cfg.patience is not None and bad >= cfg.patience:
                 break
-    classifier.load_state_dict(dist.broadcast_object(best[2]))
+    classifier.load_state_dict(distributed.broadcast_object(best[2]))
     classifier.requires_grad_(False)
     return Stage2Result(classifier, best_epoch=best[1], dev_eer=best[0], history=history)

@@ -40,7 +40,8 @@ def _train(variant: str, world_rank: int, world_size: int) -> dict[str, Any]:
     similarity, temperature, queue_positives = VARIANTS[variant]
     torch.manual_seed(0)
     model = torch.nn.Linear(16, 8)
-    net = DistributedDataParallel(model) if world_size > 1 else model
+    net = distributed.wrap_ddp(model, torch.device("cpu"))
+    assert isinstance(net, DistributedDataParallel) == (world_size > 1)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.5)
     queue = CrossBatchQueue(QUEUE_SIZE, 8)
     per_rank = GLOBAL_BATCH // world_size
@@ -165,6 +166,8 @@ def test_helpers_are_the_identity_without_a_process_group(monkeypatch: pytest.Mo
     assert (distributed.world_size(), distributed.world_rank()) == (1, 0)
     assert distributed.is_main() and distributed.local_rank() == 3
     distributed.barrier()
+    model = torch.nn.Linear(3, 2)
+    assert distributed.wrap_ddp(model, torch.device("cpu")) is model
     x = torch.randn(4, 3, requires_grad=True)
     assert distributed.gather_with_grad(x) is x
     for gathered in (distributed.all_gather_nograd(x), distributed.all_gather_variable(x)):

@@ -1,5 +1,6 @@
-"""End-to-end trials on the synthetic corpus: CLI smoke run, stage-2 freeze, resume after a kill,
-and a non-finite loss failing the trial."""
+"""End-to-end trials on the synthetic corpus: CLI smoke run (``python -m trainer``, which is also
+``supcon-sweep trial``), stage-2 freeze, resume after a kill, and a non-finite loss failing the
+trial."""
 
 from __future__ import annotations
 
@@ -14,16 +15,16 @@ from pathlib import Path
 import pytest
 import torch
 
-from orchestrator.cli import main
 from tests.helpers import ROOT, free_port, micro
+from trainer.cli import main
 from trainer.config import load_config
 from trainer.metrics import read_scores
-from trainer.run import Trial
+from trainer.run import prepare_trial
 
 
 def test_cli_trial_writes_everything(synth_root: Path, tmp_path: Path, capsys) -> None:
     out = tmp_path / "trial"
-    assert main(["trial", "--out", str(out), *micro(synth_root)]) == 0
+    assert main(["--out", str(out), *micro(synth_root)]) == 0
     table = capsys.readouterr().out
     assert "eval asv19" in table and "pooled (mean of sets)" in table
     metrics = json.loads((out / "metrics.json").read_text())
@@ -52,7 +53,7 @@ def test_cli_trial_writes_everything(synth_root: Path, tmp_path: Path, capsys) -
 
 def test_stage2_leaves_encoder_and_head_bit_identical(synth_root: Path, tmp_path: Path) -> None:
     cfg = load_config(None, micro(synth_root, epochs=1))
-    trial = Trial(cfg, tmp_path / "t")
+    trial = prepare_trial(cfg, tmp_path / "t")
     trial.run()
     best = torch.load(tmp_path / "t" / "checkpoints" / "last" / "best_model.pt")
     after = trial.model.state_dict()
@@ -111,7 +112,6 @@ def test_resume_after_kill_matches_uninterrupted_run(synth_root: Path, tmp_path:
 def test_non_finite_loss_fails_the_trial(synth_root: Path, tmp_path: Path, capsys) -> None:
     code = main(
         [
-            "trial",
             "--out",
             str(tmp_path / "nan"),
             *micro(synth_root, epochs=1),

@@ -1,0 +1,49 @@
+"""The runtime of one process: seeding reproduces every RNG's draws; a device or precision this
+machine lacks fails at setup, naming the key."""
+
+from __future__ import annotations
+
+import random
+
+import numpy as np
+import pytest
+import torch
+
+from trainer.config import ConfigError, RuntimeConfig
+from trainer.runtime import seed_everything, setup
+
+
+def _draws() -> tuple[float, float, list[float]]:
+    return random.random(), float(np.random.rand()), torch.rand(3).tolist()
+
+
+def test_seeding_reproduces_the_draws() -> None:
+    seed_everything(5)
+    first = _draws()
+    seed_everything(5)
+    assert _draws() == first
+    seed_everything(6)
+    other = _draws()
+    assert all(a != b for a, b in zip(other, first, strict=True))
+
+
+def test_setup_on_cpu_seeds_with_the_trial_seed() -> None:
+    rt = setup(RuntimeConfig(device="cpu", progress=False), seed=11)
+    first = _draws()
+    assert rt.device == torch.device("cpu") and not rt.bf16 and not rt.show_progress
+    seed_everything(11)  # one process: rank 0 seeds with the trial seed itself
+    assert _draws() == first
+    with rt.autocast():  # fp32 on CPU: no autocast
+        assert (torch.ones(2, 2) @ torch.ones(2, 2)).dtype == torch.float32
+
+
+def test_bf16_on_cpu_is_refused() -> None:
+    with pytest.raises(ValueError, match=r"runtime\.precision=bf16 needs CUDA") as err:
+        setup(RuntimeConfig(device="cpu", precision="bf16"), seed=0)
+    assert isinstance(err.value, ConfigError)  # bad input: the trial command exits 2
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")
+def test_cuda_without_a_gpu_is_refused() -> None:
+    with pytest.raises(ConfigError, match=r"runtime\.device=cuda but no CUDA device"):
+        setup(RuntimeConfig(device="cuda"), seed=0)
