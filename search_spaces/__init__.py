@@ -5,7 +5,6 @@ from search_spaces.space import (
     Param,
     SearchSpace,
     SpaceError,
-    apply_params,
     load_space,
     shipped_spaces,
 )
@@ -15,7 +14,6 @@ __all__ = [
     "Param",
     "SearchSpace",
     "SpaceError",
-    "apply_params",
     "load_space",
     "shipped_spaces",
 ]

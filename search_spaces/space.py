@@ -17,7 +17,9 @@ cannot take Tune's ``grid_search``). Write ``categorical`` to let TPE choose amo
 
 ``load_space`` checks everything before a trial starts: keys are leaf paths of the trainer config,
 ranges are well formed, and every value the space can produce (range ends, every choice, every grid
-point) validates through ``apply_params``. Errors are ``SpaceError``, naming the file and the key.
+point) validates through :func:`trainer.config.apply_overrides`. Errors are ``SpaceError``, naming
+the file and the key. Validation needs neither Ray nor Optuna: they are imported only to build Tune
+domains and the searcher.
 """
 
 from __future__ import annotations
@@ -25,24 +27,16 @@ from __future__ import annotations
 import difflib
 import itertools
 import math
-import random
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
-import optuna
 import yaml
-from ray import tune
-from ray.tune.search.optuna import OptunaSearch
 
-from trainer.config import (
-    ConfigError,
-    TrainerConfig,
-    flatten,
-    load_config,
-    set_dotted,
-    validate_tree,
-)
+from trainer.config import ConfigError, TrainerConfig, apply_overrides, flatten, load_config
+
+if TYPE_CHECKING:
+    from ray.tune.search.optuna import OptunaSearch
 
 SPACES_DIR = Path(__file__).resolve().parent
 DISTRIBUTIONS = ("loguniform", "uniform", "int", "categorical", "grid")
@@ -72,6 +66,9 @@ class Param:
         return self.kind not in ("grid", "fixed")
 
     def tune_domain(self) -> Any:
+        """The Tune domain that samples this key (the value itself for a fixed key)."""
+        from ray import tune
+
         lo, hi = self.values[0], self.values[-1]
         if self.kind == "loguniform":
             return tune.loguniform(lo, hi)
@@ -85,16 +82,6 @@ class Param:
         if self.kind == "fixed":
             return lo
         raise SpaceError("a grid key has no Tune domain; a grid space runs grid_points()")
-
-    def contains(self, value: Any) -> bool:
-        if self.kind not in ("loguniform", "uniform", "int"):
-            return any(type(value) is type(v) and value == v for v in self.values)
-        if isinstance(value, bool) or not isinstance(value, int | float):
-            return False
-        lo, hi = self.values
-        if self.kind == "int":
-            return isinstance(value, int) and lo <= value <= hi and (value - lo) % self.step == 0
-        return lo <= value <= hi
 
 
 @dataclass(frozen=True)
@@ -120,96 +107,43 @@ class SearchSpace:
         """True when no key is sampled: the sweep runs ``grid_points()`` exhaustively."""
         return not any(p.sampled for p in self.params.values())
 
-    @property
-    def n_trials_hint(self) -> int | None:
-        """The number of grid points for a grid; None for a sampled space (the user chooses)."""
-        return math.prod(len(p.values) for p in self.params.values()) if self.is_grid else None
-
     def fixed(self) -> dict[str, Any]:
         return {k: p.values[0] for k, p in self.params.items() if p.kind == "fixed"}
 
     def grid_points(self) -> list[dict[str, Any]]:
         """The cartesian product in file order, last key fastest; fixed keys included."""
         if not self.is_grid:
-            raise SpaceError(f"{self.path}: not a grid space; use optuna_search() or sample()")
+            raise SpaceError(f"{self.path}: not a grid space; use optuna_search()")
         keys = list(self.params)
         combos = itertools.product(*(p.values for p in self.params.values()))
         return [dict(zip(keys, combo, strict=True)) for combo in combos]
 
-    def tune_param_space(self) -> dict[str, Any]:
-        """Tune domains keyed by dotted path, plus the fixed values (sampled spaces only)."""
-        self._require_sampled("tune_param_space")
-        return {k: p.tune_domain() for k, p in self.params.items()}
-
-    def optuna_search(
-        self,
-        metric: str,
-        mode: str,
-        seed: int | None = None,
-        points_to_evaluate: list[dict[str, Any]] | None = None,
-    ) -> OptunaSearch:
+    def optuna_search(self, metric: str, mode: str, seed: int | None = None) -> OptunaSearch:
         """An ``OptunaSearch`` (TPE) over the sampled keys; suggestions are keyed by dotted path.
 
         Suggestions hold the sampled keys only: apply ``fixed()`` to the base config (or pass it
         as the Tuner's ``param_space``, which Tune merges). ``metric`` and ``mode`` are required:
         an ``OptunaSearch`` built with a space ignores the ones ``TuneConfig`` sets later. Dotted
         keys pass through Ray's conversion unchanged (it only splits on ``/``).
-        ``points_to_evaluate`` may include the fixed keys; they are dropped.
         """
         self._require_sampled("optuna_search")
         if not metric or mode not in ("min", "max"):
             raise ValueError(f"optuna_search needs a metric and mode 'min' or 'max', got {mode!r}")
-        points = [self._sampled_point(point) for point in points_to_evaluate or []]
-        return OptunaSearch(
-            space=self._optuna_distributions(),
-            metric=metric,
-            mode=mode,
-            seed=seed,
-            points_to_evaluate=points or None,
-        )
+        from ray.tune.search.optuna import OptunaSearch
 
-    def sample(self, n: int, seed: int) -> list[dict[str, Any]]:
-        """``n`` full parameter dicts (fixed keys included), reproducible from ``seed``, no Ray.
+        return OptunaSearch(space=self.optuna_distributions(), metric=metric, mode=mode, seed=seed)
 
-        A sampled space draws independently (Optuna's RandomSampler) from the same Optuna
-        distributions the sweep's TPE uses; a grid space draws grid points uniformly.
-        """
-        if self.is_grid:
-            return random.Random(seed).choices(self.grid_points(), k=n)
-        study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=seed))
-        distributions = self._optuna_distributions()
-        draws = [{**self.fixed(), **study.ask(distributions).params} for _ in range(n)]
-        return [{k: draw[k] for k in self.params} for draw in draws]
+    def optuna_distributions(self) -> dict[str, Any]:
+        """The Optuna distributions of the sampled keys, as the sweep's TPE draws them."""
+        self._require_sampled("optuna_distributions")
+        from ray.tune.search.optuna import OptunaSearch
+
+        domains = {k: p.tune_domain() for k, p in self.params.items() if p.sampled}
+        return OptunaSearch.convert_search_space(domains)
 
     def _require_sampled(self, what: str) -> None:
         if self.is_grid:
             raise SpaceError(f"{self.path}: a grid space has no {what}; run its grid_points()")
-
-    def _optuna_distributions(self) -> dict[str, Any]:
-        domains = {k: p.tune_domain() for k, p in self.params.items() if p.sampled}
-        return OptunaSearch.convert_search_space(domains)
-
-    def _sampled_point(self, point: dict[str, Any]) -> dict[str, Any]:
-        fixed = self.fixed()
-        out = {}
-        for key, value in point.items():
-            param = self.params.get(key)
-            if param is None or not param.contains(value):
-                raise SpaceError(f"{self.path}: point {point}: {key}={value!r} is not in the space")
-            if key not in fixed:
-                out[key] = value
-        missing = [k for k, p in self.params.items() if p.sampled and k not in out]
-        if missing:
-            raise SpaceError(f"{self.path}: point {point} lacks {missing}")
-        return out
-
-
-def apply_params(base: TrainerConfig, params: dict[str, Any]) -> TrainerConfig:
-    """``base`` with each dotted key of ``params`` set, validated; ``ConfigError`` names the key."""
-    tree = base.model_dump()
-    for key, value in params.items():
-        set_dotted(tree, key, value)
-    return validate_tree(tree)
 
 
 def shipped_spaces() -> list[Path]:
@@ -328,7 +262,7 @@ def _check_values(space: SearchSpace, base: TrainerConfig) -> None:
     for key, param in space.params.items():
         for value in param.values:
             try:
-                cfg = apply_params(base, {**fixed, key: value})
+                cfg = apply_overrides(base, {**fixed, key: value})
             except ConfigError as err:
                 raise SpaceError(
                     f"{space.path}: {key}: {value!r} is invalid here: {_one_line(err)}"
@@ -344,7 +278,7 @@ def _check_values(space: SearchSpace, base: TrainerConfig) -> None:
         for combo in itertools.product(*values):
             point = dict(zip(keys, combo, strict=True))
             try:
-                apply_params(base, point)
+                apply_overrides(base, point)
             except ConfigError as err:
                 raise SpaceError(
                     f"{space.path}: the combination {point} is invalid: {_one_line(err)}"

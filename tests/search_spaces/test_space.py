@@ -1,4 +1,7 @@
-"""Search spaces: shipped files load and validate, sampling is seeded, bad files name the key."""
+"""Search spaces: shipped files load and validate, sampling is seeded, bad files name the key.
+
+Loading and validating a space needs neither Ray nor Optuna; the tests that build Tune domains or
+the sweep's searcher import them (nothing here starts Ray)."""
 
 from __future__ import annotations
 
@@ -6,17 +9,12 @@ import itertools
 import math
 from pathlib import Path
 
+import optuna
 import pytest
 from ray.tune.search.optuna import OptunaSearch
 
-from search_spaces import (
-    SPACES_DIR,
-    SpaceError,
-    apply_params,
-    load_space,
-    shipped_spaces,
-)
-from trainer.config import ConfigError, flatten, load_config
+from search_spaces import SPACES_DIR, SearchSpace, SpaceError, load_space, shipped_spaces
+from trainer.config import ConfigError, apply_overrides, flatten, load_config
 
 
 @pytest.fixture(scope="module")
@@ -30,6 +28,14 @@ def _write(tmp_path: Path, text: str) -> Path:
     return path
 
 
+def _draws(space: SearchSpace, n: int, seed: int) -> list[dict]:
+    """``n`` independent draws (Optuna's RandomSampler) from the Optuna distributions the
+    sweep's TPE samples, with the fixed keys added: full points of the space."""
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=seed))
+    distributions = space.optuna_distributions()
+    return [{**space.fixed(), **study.ask(distributions).params} for _ in range(n)]
+
+
 def test_the_spaces_ship_with_the_package() -> None:
     names = {p.name for p in shipped_spaces()}
     assert {"default.yaml", "paper_grid.yaml", "smoke.yaml"} <= names
@@ -39,17 +45,21 @@ def test_the_spaces_ship_with_the_package() -> None:
 def test_shipped_space_loads_and_its_configs_validate(path: Path, base) -> None:
     space = load_space(path, base)
     assert set(space.params) <= set(flatten(base))
-    points = space.grid_points() if space.is_grid else space.sample(8, seed=0)
-    assert len(points) == (space.n_trials_hint or 8)
+    if space.is_grid:
+        points = space.grid_points()
+        assert len(points) == math.prod(len(p.values) for p in space.params.values())
+    else:
+        points = _draws(space, 8, seed=0)
+        assert len(points) == 8
     for point in points:
         assert set(point) == set(space.params)
-        flat = flatten(apply_params(base, point))
+        flat = flatten(apply_overrides(base, point))
         assert all(flat[key] == value for key, value in point.items())
 
 
 def test_default_space_is_tpe_over_loss_and_queue(base) -> None:
     space = load_space(SPACES_DIR / "default.yaml", base)
-    assert not space.is_grid and space.n_trials_hint is None
+    assert not space.is_grid
     assert set(space.params) == {
         "loss.temperature",
         "queue.size",
@@ -62,8 +72,8 @@ def test_default_space_is_tpe_over_loss_and_queue(base) -> None:
 
 def test_paper_grid_is_the_40_point_product(base) -> None:
     space = load_space(SPACES_DIR / "paper_grid.yaml", base)
-    assert space.is_grid and space.n_trials_hint == 40
     points = space.grid_points()
+    assert space.is_grid and len(points) == 40
     expected = itertools.product(
         ["cosine", "angular"], [0.07, 0.1, 0.3, 0.6], [0, 256, 1024, 4096, 8192]
     )
@@ -84,8 +94,13 @@ def test_smoke_space_has_two_points(base) -> None:
 
 def test_sampling_is_seeded(base) -> None:
     space = load_space(SPACES_DIR / "default.yaml", base)
-    assert space.sample(6, seed=3) == space.sample(6, seed=3)
-    assert space.sample(6, seed=3) != space.sample(6, seed=4)
+    first = space.optuna_search("encoder/dev/eer", "min", seed=3)
+    again = space.optuna_search("encoder/dev/eer", "min", seed=3)
+    other = space.optuna_search("encoder/dev/eer", "min", seed=4)
+    ids = [f"t{i}" for i in range(6)]
+    draws = [first.suggest(i) for i in ids]
+    assert draws == [again.suggest(i) for i in ids]
+    assert draws != [other.suggest(i) for i in ids]
 
 
 def test_samples_respect_bounds_and_choices(tmp_path: Path, base) -> None:
@@ -97,7 +112,7 @@ def test_samples_respect_bounds_and_choices(tmp_path: Path, base) -> None:
         "loss.similarity: {categorical: [angular]}\n"
         "stage1.lr_head: {uniform: [1.0e-4, 2.0e-4]}\n",
     )
-    samples = load_space(path, base).sample(300, seed=0)
+    samples = _draws(load_space(path, base), 300, seed=0)
     temps = [s["loss.temperature"] for s in samples]
     assert min(temps) >= 0.05 and max(temps) <= 0.5
     # Log-uniform: about half the draws fall below the geometric midpoint.
@@ -111,18 +126,13 @@ def test_samples_respect_bounds_and_choices(tmp_path: Path, base) -> None:
 
 def test_optuna_search_suggests_dotted_keys(base) -> None:
     space = load_space(SPACES_DIR / "default.yaml", base)
-    start = {
-        "loss.temperature": 0.1,
-        "queue.size": 1024,
-        "queue.start_epoch": 5,
-        "loss.similarity": "angular",
-    }
-    searcher = space.optuna_search("encoder/dev/eer", "min", seed=0, points_to_evaluate=[start])
+    searcher = space.optuna_search("encoder/dev/eer", "min", seed=0)
     assert isinstance(searcher, OptunaSearch)
-    assert searcher.suggest("t0") == start
-    config = searcher.suggest("t1")
-    assert set(config) == set(space.params)
-    apply_params(base, config)
+    for trial_id in ("t0", "t1", "t2"):
+        config = searcher.suggest(trial_id)
+        assert set(config) == set(space.params)
+        flat = flatten(apply_overrides(base, config))
+        assert all(flat[key] == value for key, value in config.items())
     # The same seed gives the same first sampled trial.
     again = space.optuna_search("encoder/dev/eer", "min", seed=0)
     assert again.suggest("a") == space.optuna_search("encoder/dev/eer", "min", seed=0).suggest("a")
@@ -130,30 +140,32 @@ def test_optuna_search_suggests_dotted_keys(base) -> None:
         space.optuna_search(None, None, seed=0)  # type: ignore[arg-type]
 
 
-def test_tune_param_space_keeps_inclusive_int_bounds(tmp_path: Path, base) -> None:
+def test_tune_domains_keep_inclusive_int_bounds(tmp_path: Path, base) -> None:
     path = _write(
         tmp_path,
         "queue.start_epoch: {int: [0, 8]}\nqueue.size: {int: [0, 512, 256]}\n"
         "queue.positives: false\n",
     )
     space = load_space(path, base)
-    domains = space.tune_param_space()
+    domains = {key: param.tune_domain() for key, param in space.params.items()}
     assert domains["queue.positives"] is False
-    optuna_space = OptunaSearch.convert_search_space(domains)
+    optuna_space = space.optuna_distributions()
+    assert set(optuna_space) == {"queue.start_epoch", "queue.size"}  # fixed keys are not sampled
     assert (optuna_space["queue.start_epoch"].low, optuna_space["queue.start_epoch"].high) == (0, 8)
     assert (optuna_space["queue.size"].high, optuna_space["queue.size"].step) == (512, 256)
     draws = domains["queue.start_epoch"].sample(size=400, random_state=0)
     assert set(draws) == set(range(9))
 
 
-def test_apply_params_overrides_and_validates(base) -> None:
-    cfg = apply_params(base, {"loss.temperature": 0.07, "data.eval.itw.root": "/elsewhere"})
+def test_space_points_apply_and_validate(base) -> None:
+    """Points are applied with the trainer's one "set dotted keys, then validate"."""
+    cfg = apply_overrides(base, {"loss.temperature": 0.07, "data.eval.itw.root": "/elsewhere"})
     assert cfg.loss.temperature == 0.07 and str(cfg.data.eval["itw"].root) == "/elsewhere"
     assert base.loss.temperature == 0.3
     with pytest.raises(ConfigError, match=r"queue\.size: Input should be greater than or equal"):
-        apply_params(base, {"queue.size": -1})
+        apply_overrides(base, {"queue.size": -1})
     with pytest.raises(ConfigError, match=r"loss\.temprature: unknown key"):
-        apply_params(base, {"loss.temprature": 0.1})
+        apply_overrides(base, {"loss.temprature": 0.1})
 
 
 @pytest.mark.parametrize(
@@ -219,7 +231,7 @@ def test_missing_file(tmp_path: Path, base) -> None:
 
 def test_eval_set_keys_follow_the_base_config(tmp_path: Path, base) -> None:
     path = _write(tmp_path, "data.eval.itw.on_missing: {grid: [error, skip]}\n")
-    assert load_space(path, base).n_trials_hint == 2
+    assert len(load_space(path, base).grid_points()) == 2
     path = _write(tmp_path, "data.eval.other.on_missing: {grid: [error, skip]}\n")
     with pytest.raises(SpaceError, match=r"data\.eval\.other\.on_missing: not a trainer config"):
         load_space(path, base)
