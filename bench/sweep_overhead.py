@@ -19,10 +19,49 @@ import time
 from pathlib import Path
 
 from orchestrator.cli import main as cli
+from orchestrator.settings import DEFAULT_EXPERIMENT
 from orchestrator.tracking import query_best
 from trainer.data.synth import generate
 
 ROOT = Path(__file__).resolve().parents[1]
+
+
+def _sweep(out: Path, trials: int, epochs: int) -> tuple[int, float]:
+    """Run the benchmark sweep into ``out`` on a fresh synthetic corpus: (exit status, wall s)."""
+    la = generate(out / "data", seed=0, size="tiny", progress=False) / "LA"
+    overrides = [
+        f"data.train.root={la}",
+        f"data.dev.root={la}",
+        f"data.eval={{asv19: {{kind: asvspoof2019, root: {la}, split: eval}}}}",
+        f"stage1.epochs={epochs}",
+        "stage1.patience=null",
+    ]
+    argv = ["sweep", "--space", str(ROOT / "search_spaces" / "default.yaml")]
+    argv += ["--num-samples", str(trials), "--max-concurrent", "1", "--scheduler", "none"]
+    argv += ["--out", str(out), "--name", "bench", *overrides]
+    start = time.monotonic()
+    code = cli(argv)
+    return code, time.monotonic() - start
+
+
+def _report(rows: list[dict], wall: float) -> None:
+    trial_s = [r["metrics"]["time/trial_s"] for r in rows]
+    launch = [r["metrics"]["time/launch_s"] for r in rows]
+    setup = [r["metrics"]["time/setup_s"] for r in rows]
+    print(
+        f"\n{len(rows)} trials, trainer time per trial {statistics.mean(trial_s):.1f} s "
+        f"(sum {sum(trial_s):.1f} s), sweep wall {wall:.1f} s"
+    )
+    print(
+        f"overhead ratio (sweep wall / sum of trainer time) = {wall / sum(trial_s):.2f}  "
+        "(aim < 1.25 for 2-minute trials)"
+    )
+    print(
+        f"trial start -> first training step: median "
+        f"{statistics.median(a + b for a, b in zip(launch, setup, strict=True)):.1f} s "
+        f"(Ray launch {statistics.median(launch):.1f} s "
+        f"+ trainer setup {statistics.median(setup):.1f} s)"
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -35,55 +74,12 @@ def main(argv: list[str] | None = None) -> int:
         args.trials, args.epochs = 2, 3
     with tempfile.TemporaryDirectory(prefix="bench_sweep_") as tmp:
         out = Path(tmp)
-        data = generate(out / "data", seed=0, size="tiny", progress=False)
-        la = data / "LA"
-        overrides = [
-            f"data.train.root={la}",
-            f"data.dev.root={la}",
-            f"data.eval={{asv19: {{kind: asvspoof2019, root: {la}, split: eval}}}}",
-            f"stage1.epochs={args.epochs}",
-            "stage1.patience=null",
-        ]
-        start = time.monotonic()
-        code = cli(
-            [
-                "sweep",
-                "--space",
-                str(ROOT / "search_spaces" / "default.yaml"),
-                "--num-samples",
-                str(args.trials),
-                "--max-concurrent",
-                "1",
-                "--scheduler",
-                "none",
-                "--out",
-                str(out),
-                "--name",
-                "bench",
-                *overrides,
-            ]
-        )
-        wall = time.monotonic() - start
+        code, wall = _sweep(out, args.trials, args.epochs)
         if code:
             return code
-        rows = query_best(
-            f"sqlite:///{out / 'mlflow.db'}", "supcon-sweep", metric="time/trial_s", top=args.trials
-        )
-    trial_s = [r["metrics"]["time/trial_s"] for r in rows]
-    first = [r["metrics"]["time/launch_s"] + r["metrics"]["time/setup_s"] for r in rows]
-    print(
-        f"\n{len(rows)} trials, trainer time per trial {statistics.mean(trial_s):.1f} s "
-        f"(sum {sum(trial_s):.1f} s), sweep wall {wall:.1f} s"
-    )
-    print(
-        f"overhead ratio (sweep wall / sum of trainer time) = {wall / sum(trial_s):.2f}  "
-        "(aim < 1.25 for 2-minute trials)"
-    )
-    print(
-        f"trial start -> first training step: median {statistics.median(first):.1f} s "
-        f"(Ray launch {statistics.median(r['metrics']['time/launch_s'] for r in rows):.1f} s "
-        f"+ trainer setup {statistics.median(r['metrics']['time/setup_s'] for r in rows):.1f} s)"
-    )
+        uri = f"sqlite:///{out / 'mlflow.db'}"
+        rows = query_best(uri, DEFAULT_EXPERIMENT, metric="time/trial_s", top=args.trials)
+    _report(rows, wall)
     return 0
 
 

@@ -33,12 +33,17 @@ from typing import Any
 
 import psutil
 
+from orchestrator.resources import DRIVER_RESOURCE
+
 STATE = "cluster.json"
-DRIVER_RESOURCE = "TRAIN_DRIVER"
 
 
 class ClusterError(RuntimeError):
-    """The local cluster could not be started, or is not up."""
+    """The local cluster is not there, or a request names a process it does not have."""
+
+
+class StartError(ClusterError):
+    """A process of the local cluster could not be started."""
 
 
 @dataclass
@@ -152,9 +157,9 @@ def _wait(proc: Proc, ready, what: str, timeout: float) -> None:
     while not ready():
         if _handle(proc) is None:
             tail = Path(proc.log).read_text(errors="replace")[-2000:]
-            raise ClusterError(f"{what} exited while starting (log {proc.log}):\n{tail}")
+            raise StartError(f"{what} exited while starting (log {proc.log}):\n{tail}")
         if time.monotonic() > deadline:
-            raise ClusterError(f"{what} not ready after {timeout:.0f} s (log {proc.log})")
+            raise StartError(f"{what} not ready after {timeout:.0f} s (log {proc.log})")
         time.sleep(0.5)
 
 

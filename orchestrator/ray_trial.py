@@ -1,9 +1,9 @@
 """The per-worker function of a trial's Ray Train run: a thin adapter around the trainer.
 
-It rebuilds the typed trainer config from the trial's parameters, resumes from
-``ray.train.get_checkpoint()``, and runs :func:`trainer.run.run_trial` with a reporter that calls
-``ray.train.report`` on every rank at the same points (it is a barrier) and logs to MLflow from
-rank 0 only.
+It rebuilds the typed trainer config from the trial's :class:`~orchestrator.settings.TrialSpec`,
+resumes from ``ray.train.get_checkpoint()``, and runs :func:`trainer.run.run_trial` with a
+reporter that calls ``ray.train.report`` on every rank at the same points (it is a barrier) and
+logs to MLflow from rank 0 only (:func:`make_reporter` makes that choice).
 """
 
 from __future__ import annotations
@@ -12,26 +12,32 @@ import logging
 import math
 import os
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
 
 import ray.train
 
+from orchestrator.settings import TrialSpec
 from orchestrator.tracking import TrialTracker
-from search_spaces import apply_params
-from trainer.config import flatten, validate_tree
+from trainer.config import TrainerConfig, flatten
 from trainer.run import run_trial
 
 log = logging.getLogger(__name__)
 
+SPEC_KEY = "trial"  # the one entry of train_loop_config: the trial's TrialSpec
+Send = Callable[..., None]  # ray.train.report's signature: (metrics, checkpoint=None)
+
 
 class RayReporter:
-    """Forwards the trainer's reports to Ray Train (every rank) and MLflow (rank 0)."""
+    """Forwards the trainer's reports to Ray Train from every rank (``send``, a barrier) and to
+    MLflow through ``tracker``, which only rank 0 holds."""
 
-    def __init__(self, tracker: TrialTracker | None, launch_s: float) -> None:
+    def __init__(
+        self, tracker: TrialTracker | None, launch_s: float, send: Send = ray.train.report
+    ) -> None:
         self.tracker = tracker
         self.launch_s = launch_s
+        self.send = send
         self.epoch = 0
 
     def report(
@@ -42,7 +48,7 @@ class RayReporter:
             self.tracker.log_metrics(metrics, step=epoch)
         ckpt = ray.train.Checkpoint.from_directory(str(checkpoint)) if checkpoint else None
         # A monotonic epoch: after a restore Tune's training_iteration restarts, the epoch does not.
-        ray.train.report({**metrics, "epoch": epoch, "step": step}, checkpoint=ckpt)
+        self.send({**metrics, "epoch": epoch, "step": step}, checkpoint=ckpt)
 
     def final(self, metrics: Mapping[str, float], artifacts: Sequence[Path]) -> None:
         # From the trial driver's start to this worker's start: Ray's share of the latency.
@@ -52,47 +58,68 @@ class RayReporter:
             self.tracker.log_artifacts([p for p in artifacts if p.suffix != ".tsv"])
             self.tracker.log_artifacts([p for p in artifacts if p.suffix == ".tsv"], "scores")
         finite = {k: v for k, v in metrics.items() if math.isfinite(v)}
-        ray.train.report({**finite, "epoch": self.epoch, "done": 1.0})
+        self.send({**finite, "epoch": self.epoch, "done": 1.0})
+
+    def tag(self, key: str, value: str) -> None:
+        if self.tracker is not None:
+            self.tracker.set_tag(key, value)
+
+    def finish(self, status: str) -> None:
+        """End the trial's MLflow run with ``status`` (rank 0; nothing on other ranks)."""
+        if self.tracker is not None:
+            self.tracker.finish(status)
 
 
-def _open_tracker(config: dict[str, Any], cfg, out_dir: Path) -> TrialTracker:
-    m = config["mlflow"]
+def make_reporter(
+    spec: TrialSpec,
+    cfg: TrainerConfig,
+    world_rank: int,
+    launch_s: float,
+    send: Send = ray.train.report,
+) -> RayReporter:
+    """The reporter of rank ``world_rank``: every rank reports to Ray, rank 0 alone opens the
+    trial's MLflow run (and logs the flattened config to it); other ranks never touch MLflow."""
+    if world_rank != 0:
+        return RayReporter(None, launch_s, send)
     # Fail fast on an MLflow outage (MLflow's client retries for minutes by default, holding
     # every rank at the next report barrier); the tracker buffers and retries instead.
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "20")
-    return TrialTracker.open(
-        m["uri"],
-        m["experiment_id"],
-        m["parent_run_id"],
-        config["trial_id"],
+    tracker = TrialTracker.open(
+        spec.tracking,
+        spec.trial_id,
         flatten(cfg),
-        spool=out_dir / "mlflow_unsent.jsonl",
+        spool=spec.out_dir / "mlflow_unsent.jsonl",
     )
+    return RayReporter(tracker, launch_s, send)
 
 
-def train_worker(config: dict[str, Any]) -> None:
-    """Ray Train's ``train_loop_per_worker``; ``config`` comes from the trial driver."""
-    launch_s = time.time() - config["driver_started"]
-    ctx = ray.train.get_context()
-    rank = ctx.get_world_rank()
-    cfg = apply_params(validate_tree(config["base"]), config["params"])
-    out_dir = Path(config["trials_dir"]) / config["trial_id"]
-    resume = None
-    # Only Ray's checkpoint (in the run's storage, reachable from any node) is resumed from:
-    # a restarted worker group may land on another node than the one that wrote the last one.
+def _restore(out_dir: Path, world_rank: int) -> tuple[Path | None, str | None]:
+    """The local copy of Ray's latest checkpoint of this run and that checkpoint's name, or
+    (None, None). Only Ray's checkpoint (in the run's storage, reachable from any node) is
+    resumed from: a restarted worker group may land on another node than the one that wrote
+    the last one."""
     restored = ray.train.get_checkpoint()
-    if restored is not None:
-        resume = Path(restored.to_directory(str(out_dir / "checkpoints" / f"restored-r{rank}")))
-        log.info("rank %d resumes from %s", rank, restored.path)
-    tracker = _open_tracker(config, cfg, out_dir) if rank == 0 else None
-    if tracker is not None and restored is not None:
-        tracker.set_tag("supcon.resumed_from", Path(restored.path).name)
+    if restored is None:
+        return None, None
+    local = out_dir / "checkpoints" / f"restored-r{world_rank}"
+    log.info("rank %d resumes from %s", world_rank, restored.path)
+    return Path(restored.to_directory(str(local))), Path(restored.path).name
+
+
+def train_worker(config: dict[str, TrialSpec]) -> None:
+    """Ray Train's ``train_loop_per_worker``; ``config[SPEC_KEY]`` comes from the trial driver."""
+    spec = config[SPEC_KEY]
+    launch_s = time.time() - spec.driver_started
+    world_rank = ray.train.get_context().get_world_rank()
+    cfg = spec.config()
+    resume, resumed_from = _restore(spec.out_dir, world_rank)
+    reporter = make_reporter(spec, cfg, world_rank, launch_s)
+    if resumed_from is not None:
+        reporter.tag("supcon.resumed_from", resumed_from)
     try:
-        run_trial(cfg, out_dir, RayReporter(tracker, launch_s), resume=resume, resume_local=False)
+        run_trial(cfg, spec.out_dir, reporter, resume=resume, resume_local=False)
     except BaseException:
-        if tracker is not None:
-            tracker.finish("FAILED")
+        reporter.finish("FAILED")
         raise
-    if tracker is not None:
-        tracker.finish("FINISHED")
+    reporter.finish("FINISHED")

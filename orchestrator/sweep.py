@@ -7,16 +7,14 @@ the searcher and the ASHA scheduler see every epoch.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
-import socket
 import time
-from dataclasses import asdict, dataclass
+from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-import pyarrow.fs
 import ray
 from ray import tune
 from ray.train import FailureConfig, ScalingConfig
@@ -25,118 +23,56 @@ from ray.tune.integration.ray_train import TuneReportCallback
 from ray.tune.schedulers import ASHAScheduler
 from ray.tune.search import ConcurrencyLimiter
 
-from orchestrator.ray_trial import train_worker
+from orchestrator.options import check_ray_address
+from orchestrator.ray_trial import SPEC_KEY, train_worker
+from orchestrator.resources import DRIVER_RESOURCE
+from orchestrator.settings import SweepSettings, TrackingTarget, TrialSpec
 from orchestrator.tracking import SweepRun, close_trial, query_best
 from search_spaces import SearchSpace
 
 log = logging.getLogger(__name__)
 
-DRIVER_RESOURCE = "TRAIN_DRIVER"
-SETTINGS = "sweep_settings.json"
 GRID_KEY = "grid_point"
 
 
-@dataclass
-class SweepSettings:
-    """Everything a trial driver needs, saved beside the Tune experiment for ``resume``."""
-
-    name: str
-    base: dict[str, Any]
-    space_path: str
-    metric: str
-    mode: str
-    num_samples: int
-    max_concurrent: int
-    scheduler: str
-    workers_per_trial: int
-    cpus_per_worker: float
-    gpus_per_trial: int
-    max_failures: int
-    seed: int
-    out_dir: str
-    mlflow: dict[str, str]
-    storage: str = ""  # Tune results and Train checkpoints: a shared path or URI; "" = out_dir
-    placement: str = "PACK"
-
-    @property
-    def storage_root(self) -> str:
-        return (self.storage or self.out_dir).rstrip("/")
-
-    @property
-    def tune_dir(self) -> str:
-        return f"{self.storage_root}/tune"
-
-    @property
-    def train_dir(self) -> str:
-        return f"{self.storage_root}/train"
-
-    def save(self) -> None:
-        write_text(f"{self.tune_dir}/{self.name}/{SETTINGS}", json.dumps(asdict(self), indent=2))
-
-    @classmethod
-    def load(cls, folder: str) -> SweepSettings:
-        return cls(**json.loads(read_text(f"{folder.rstrip('/')}/{SETTINGS}")))
-
-
-def _fs(uri: str) -> tuple[pyarrow.fs.FileSystem, str]:
-    """The filesystem of a local path or a URI (s3://, gs://, ...), as Ray Tune reads it."""
-    if "://" not in uri:
-        return pyarrow.fs.LocalFileSystem(), str(Path(uri).resolve())
-    return pyarrow.fs.FileSystem.from_uri(uri)
-
-
-def write_text(uri: str, text: str) -> None:
-    fs, path = _fs(uri)
-    fs.create_dir(path.rpartition("/")[0], recursive=True)
-    with fs.open_output_stream(path) as out:
-        out.write(text.encode())
-
-
-def read_text(uri: str) -> str:
-    """The text at ``uri``; FileNotFoundError names it when it does not exist."""
-    fs, path = _fs(uri)
-    if fs.get_file_info(path).type != pyarrow.fs.FileType.File:
-        raise FileNotFoundError(uri)
-    with fs.open_input_stream(path) as src:
-        return src.read().decode()
-
-
 def torch_trainer(
-    settings: dict[str, Any], trial_id: str, params: dict[str, Any], callbacks: list
+    settings: SweepSettings, trial_id: str, params: dict[str, Any], callbacks: list
 ) -> TorchTrainer:
     """The Ray Train run of one trial, named after it so that a rerun resumes from its storage."""
-    gpus = settings["gpus_per_trial"]
-    workers = settings["workers_per_trial"]
-    per_worker = {"CPU": settings["cpus_per_worker"]}
+    gpus = settings.gpus_per_trial
+    workers = settings.workers_per_trial
+    per_worker = {"CPU": settings.cpus_per_worker}
     if gpus:
         per_worker["GPU"] = gpus / workers
+    spec = TrialSpec(
+        base=settings.base,
+        params=params,
+        trial_id=trial_id,
+        trials_dir=settings.trials_dir,
+        tracking=settings.target,
+        driver_started=time.time(),
+    )
     return TorchTrainer(
         train_worker,
-        train_loop_config={
-            "base": settings["base"],
-            "params": params,
-            "trial_id": trial_id,
-            "trials_dir": str(Path(settings["out_dir"]) / "trials"),
-            "mlflow": settings["mlflow"],
-            "driver_started": time.time(),
-        },
+        # Ray Train wants a dict here (it exports it as the run's state); it holds the one spec.
+        train_loop_config={SPEC_KEY: spec},
         scaling_config=ScalingConfig(
             num_workers=workers,
             use_gpu=bool(gpus),
             resources_per_worker=per_worker,
-            placement_strategy=settings["placement"],
+            placement_strategy=settings.placement,
         ),
         torch_config=TorchConfig(backend="nccl" if gpus else "gloo"),
         run_config=ray.train.RunConfig(
             name=trial_id,
-            storage_path=SweepSettings(**settings).train_dir,
+            storage_path=settings.train_dir,
             callbacks=callbacks,
-            failure_config=FailureConfig(max_failures=settings["max_failures"]),
+            failure_config=FailureConfig(max_failures=settings.max_failures),
         ),
     )
 
 
-def _trial_driver(config: dict[str, Any], settings: dict[str, Any]) -> None:
+def _trial_driver(config: dict[str, Any], settings: SweepSettings) -> None:
     """One Tune trial: its TorchTrainer, with every report forwarded to Tune."""
     params = config.get(GRID_KEY, config)
     trial_id = tune.get_context().get_trial_id()
@@ -147,24 +83,25 @@ def run_single_trial(settings: SweepSettings) -> dict[str, Any]:
     """``supcon-sweep trial --ray``: one trial through Ray Train, the code path of a sweep trial,
     tracked as a one-trial sweep in MLflow. Returns the final metrics."""
     parent = SweepRun.start(
-        settings.mlflow["uri"],
-        settings.mlflow["experiment"],
+        settings.tracking_uri,
+        settings.experiment,
         settings.name,
-        params={"searcher": "single trial", "workers_per_trial": settings.workers_per_trial},
+        searcher="single trial",
+        params={"workers_per_trial": settings.workers_per_trial},
         tags={},
         space_text=None,
     )
-    settings.mlflow.update(parent_run_id=parent.run_id, experiment_id=parent.experiment_id)
+    settings = replace(settings, tracking=parent.target)
     try:
-        torch_trainer(asdict(settings), settings.name, {}, []).fit()
+        torch_trainer(settings, settings.name, {}, []).fit()
     except BaseException:
         parent.finish("FAILED")
         raise
     parent.finish("FINISHED")
     # Train's Result keeps the last checkpointed report; the final metrics live in MLflow.
     rows = query_best(
-        settings.mlflow["uri"],
-        settings.mlflow["experiment"],
+        settings.tracking_uri,
+        settings.experiment,
         metric=settings.metric,
         parent_run_id=parent.run_id,
         top=1,
@@ -177,18 +114,11 @@ class CloseTrialRuns(tune.Callback):
     trial stopped early by ASHA (its workers are torn down before they can log), FAILED for an
     errored one. Runs the workers finished themselves are not touched."""
 
-    def __init__(self, mlflow_settings: dict[str, str]) -> None:
-        self.m = mlflow_settings
+    def __init__(self, target: TrackingTarget) -> None:
+        self.target = target
 
     def _close(self, trial, status: str, reason: str) -> None:
-        close_trial(
-            self.m["uri"],
-            self.m["experiment_id"],
-            self.m["parent_run_id"],
-            trial.trial_id,
-            status,
-            reason,
-        )
+        close_trial(self.target, trial.trial_id, status, reason)
 
     def on_trial_complete(self, iteration, trials, trial, **info) -> None:
         self._close(trial, "KILLED", "stopped early by the scheduler")
@@ -197,16 +127,16 @@ class CloseTrialRuns(tune.Callback):
         self._close(trial, "FAILED", "trial errored")
 
 
-def trainable(settings: SweepSettings):
+def trainable(settings: SweepSettings) -> Callable[..., Any]:
     """The Tune trainable: the trial driver with no CPU of its own and one driver slot."""
-    fn = tune.with_parameters(_trial_driver, settings=asdict(settings))
+    fn = tune.with_parameters(_trial_driver, settings=settings)
     return tune.with_resources(fn, {"CPU": 0, DRIVER_RESOURCE: 1})
 
 
 def _tune_config(space: SearchSpace, s: SweepSettings) -> tuple[dict, tune.TuneConfig]:
     scheduler = None
     if s.scheduler == "asha":
-        epochs = s.base["stage1"]["epochs"]
+        epochs = s.base.stage1.epochs
         scheduler = ASHAScheduler(
             time_attr="epoch", max_t=epochs, grace_period=min(2, epochs), reduction_factor=2
         )
@@ -241,22 +171,9 @@ def build_tuner(space: SearchSpace, settings: SweepSettings) -> tune.Tuner:
         run_config=tune.RunConfig(
             name=settings.name,
             storage_path=settings.tune_dir,
-            callbacks=[CloseTrialRuns(settings.mlflow)],
+            callbacks=[CloseTrialRuns(settings.target)],
         ),
     )
-
-
-def _check_ray_address(address: str, timeout: float = 5.0) -> None:
-    """Fail in seconds, naming the address, where ray.init would retry for minutes."""
-    if address == "auto":
-        return
-    hostport = address.split("://", 1)[-1].rstrip("/")
-    host, _, port = hostport.rpartition(":")
-    try:
-        with socket.create_connection((host or "127.0.0.1", int(port)), timeout=timeout):
-            return
-    except (OSError, ValueError) as err:
-        raise ConnectionError(f"no Ray cluster reachable at {address}: {err}") from None
 
 
 def start_ray(address: str | None, max_concurrent: int) -> None:
@@ -264,7 +181,7 @@ def start_ray(address: str | None, max_concurrent: int) -> None:
     if ray.is_initialized():
         return
     if address:
-        _check_ray_address(address)
+        check_ray_address(address)
         ray.init(address=address, log_to_driver=True)
         return
     ray.init(
@@ -281,7 +198,6 @@ def _parent_run(settings: SweepSettings, searcher: str) -> SweepRun:
     params = {
         "space": Path(settings.space_path).name,
         "num_samples": settings.num_samples,
-        "searcher": searcher,
         "scheduler": settings.scheduler,
         "metric": settings.metric,
         "mode": settings.mode,
@@ -290,9 +206,10 @@ def _parent_run(settings: SweepSettings, searcher: str) -> SweepRun:
         "seed": settings.seed,
     }
     return SweepRun.start(
-        settings.mlflow["uri"],
-        settings.mlflow["experiment"],
+        settings.tracking_uri,
+        settings.experiment,
         settings.name,
+        searcher=searcher,
         params=params,
         tags={},
         space_text=Path(settings.space_path).read_text(),
@@ -310,22 +227,22 @@ def _tracked_fit(parent: SweepRun, tuner: tune.Tuner) -> tune.ResultGrid:
     return results
 
 
-def run_sweep(space: SearchSpace, settings: SweepSettings) -> tune.ResultGrid:
-    searcher = "grid" if space.is_grid else "optuna-tpe"
-    parent = _parent_run(settings, searcher)
-    settings.mlflow.update(
-        parent_run_id=parent.run_id, experiment_id=parent.experiment_id, searcher=searcher
-    )
+def run_sweep(space: SearchSpace, settings: SweepSettings) -> tuple[SweepSettings, tune.ResultGrid]:
+    """Start the sweep's parent run, save the settings (with their tracking target) beside the
+    Tune experiment, and run it. Returns those settings and Tune's results."""
+    parent = _parent_run(settings, "grid" if space.is_grid else "optuna-tpe")
+    settings = replace(settings, tracking=parent.target)
     settings.save()
-    return _tracked_fit(parent, build_tuner(space, settings))
+    return settings, _tracked_fit(parent, build_tuner(space, settings))
 
 
-def resume_sweep(folder: str, settings: SweepSettings) -> tune.ResultGrid:
+def resume_sweep(folder: str, settings: SweepSettings) -> tuple[SweepSettings, tune.ResultGrid]:
     """``Tuner.restore``: finished trials stay, unfinished and errored ones restart from their
     checkpoints (their Train runs resume by name), the searcher continues from its state, and
     the same MLflow parent and trial runs continue."""
-    parent = _parent_run(settings, settings.mlflow["searcher"])
+    parent = _parent_run(settings, settings.target.searcher)
+    settings = replace(settings, tracking=parent.target)
     tuner = tune.Tuner.restore(
         folder, trainable=trainable(settings), resume_unfinished=True, resume_errored=True
     )
-    return _tracked_fit(parent, tuner)
+    return settings, _tracked_fit(parent, tuner)

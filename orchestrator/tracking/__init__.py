@@ -13,7 +13,6 @@ latest value, which then hides the run's real result from searches ordered by th
 from orchestrator.tracking.query import export_config, query_best
 from orchestrator.tracking.runs import SweepRun, TrialTracker, close_trial
 from orchestrator.tracking.store import (
-    DEFAULT_EXPERIMENT,
     TrackingError,
     artifact_root,
     check_reachable,
@@ -24,7 +23,6 @@ from orchestrator.tracking.store import (
 )
 
 __all__ = [
-    "DEFAULT_EXPERIMENT",
     "SweepRun",
     "TrackingError",
     "TrialTracker",

@@ -20,7 +20,7 @@ from orchestrator.tracking.store import (
     decode_param,
     safe_uri,
 )
-from trainer.config import TrainerConfig, set_dotted, to_yaml, validate_tree
+from trainer.config import apply_overrides, to_yaml
 
 
 def _experiment_id(client: MlflowClient, uri: str, experiment: str) -> str:
@@ -94,10 +94,7 @@ def _row(run: Any) -> dict[str, Any]:
 def export_config(best: dict[str, Any], path: Path) -> Path:
     """Write the trainer config of a :func:`query_best` row (its params are the full flattened
     config) to ``path`` atomically, validated; ``supcon-sweep trial --config path`` reruns it."""
-    tree: dict[str, Any] = {}
-    for key, value in best["params"].items():
-        set_dotted(tree, key, value)
-    cfg: TrainerConfig = validate_tree(tree)
+    cfg = apply_overrides({}, best["params"])
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     header = f"# trial {best['trial_id']} (MLflow run {best['run_id']}), by supcon-sweep best\n"

@@ -16,6 +16,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 from mlflow.utils.validation import MAX_PARAM_VAL_LENGTH, MAX_PARAMS_TAGS_PER_BATCH
 
+from orchestrator.settings import TrackingTarget
 from orchestrator.tracking.store import (
     CODE_TAG,
     END_STATUSES,
@@ -74,6 +75,14 @@ def _reopen(client: MlflowClient, run_id: str) -> None:
     client.set_tag(run_id, STATUS_TAG, "RUNNING")
 
 
+def _log_code_version(client: MlflowClient, run_id: str, tags: Mapping[str, str]) -> None:
+    version = code_version()
+    extra = {CODE_TAG: version, **tags}
+    if len(version) >= 40 and version[:40].isalnum():
+        extra["mlflow.source.git.commit"] = version[:40]
+    client.log_batch(run_id, tags=[RunTag(k, str(v)) for k, v in extra.items()])
+
+
 def _finish(client: MlflowClient, run_id: str, status: str) -> None:
     if status not in END_STATUSES:
         raise ValueError(f"status must be one of {', '.join(END_STATUSES)}, got {status!r}")
@@ -81,13 +90,12 @@ def _finish(client: MlflowClient, run_id: str, status: str) -> None:
     client.set_terminated(run_id, status)
 
 
-def close_trial(
-    uri: str, experiment_id: str, parent_run_id: str, trial_id: str, status: str, reason: str
-) -> bool:
+def close_trial(target: TrackingTarget, trial_id: str, status: str, reason: str) -> bool:
     """Close a trial's run that its workers could not close (stopped early by the scheduler, or
     killed); a run already ended is left alone. Returns whether a run was closed."""
-    client = MlflowClient(uri)
-    run = _find_run(client, experiment_id, {PARENT_TAG: parent_run_id, TRIAL_TAG: trial_id})
+    client = MlflowClient(target.uri)
+    tags = {PARENT_TAG: target.parent_run_id, TRIAL_TAG: trial_id}
+    run = _find_run(client, target.experiment_id, tags)
     if run is None or run.info.status in END_STATUSES:
         return False
     client.set_tag(run.info.run_id, "supcon.end_reason", reason)
@@ -96,13 +104,26 @@ def close_trial(
 
 
 class SweepRun:
-    """The parent MLflow run of a sweep, found again by its ``supcon.sweep`` tag on resume."""
+    """The parent MLflow run of a sweep, found again by its ``supcon.sweep`` tag on resume.
 
-    def __init__(self, client: MlflowClient, uri: str, experiment_id: str, run_id: str) -> None:
+    ``target`` is where the sweep's trials log (the store, the experiment, this run).
+    """
+
+    def __init__(self, client: MlflowClient, target: TrackingTarget) -> None:
         self.client = client
-        self.uri = uri
-        self.experiment_id = experiment_id
-        self.run_id = run_id
+        self.target = target
+
+    @property
+    def uri(self) -> str:
+        return self.target.uri
+
+    @property
+    def experiment_id(self) -> str:
+        return self.target.experiment_id
+
+    @property
+    def run_id(self) -> str:
+        return self.target.parent_run_id
 
     @classmethod
     def start(
@@ -111,11 +132,13 @@ class SweepRun:
         experiment: str,
         sweep_name: str,
         *,
+        searcher: str,
         params: dict[str, Any],
         tags: dict[str, str],
         space_text: str | None,
     ) -> SweepRun:
-        """Create the parent run, or continue the un-deleted one tagged with ``sweep_name``.
+        """Create the parent run, or continue the un-deleted one tagged with ``sweep_name``;
+        log ``searcher`` and ``params`` as its params.
 
         New experiments on a SQLite store keep artifacts in ``mlartifacts/`` beside the database.
         """
@@ -133,15 +156,11 @@ class SweepRun:
             run_id = client.create_run(
                 experiment_id, tags=run_tags, run_name=sweep_name
             ).info.run_id
-        version = code_version()
-        extra = {CODE_TAG: version, **tags}
-        if len(version) >= 40 and version[:40].isalnum():
-            extra["mlflow.source.git.commit"] = version[:40]
-        client.log_batch(run_id, tags=[RunTag(k, str(v)) for k, v in extra.items()])
-        _log_params(client, run_id, params)
+        _log_code_version(client, run_id, tags)
+        _log_params(client, run_id, {"searcher": searcher, **params})
         if space_text is not None:
             client.log_text(run_id, space_text, "search_space.yaml")
-        return cls(client, uri, experiment_id, run_id)
+        return cls(client, TrackingTarget(uri, experiment, experiment_id, run_id, searcher))
 
     def finish(self, status: str = "FINISHED") -> None:
         _finish(self.client, self.run_id, status)
@@ -194,20 +213,19 @@ class TrialTracker:
     @classmethod
     def open(
         cls,
-        uri: str,
-        experiment_id: str,
-        parent_run_id: str,
+        target: TrackingTarget,
         trial_id: str,
         params: dict[str, Any],
         spool: Path | None = None,
         patience: float = 300,
     ) -> TrialTracker:
-        """Continue the child run of (``parent_run_id``, ``trial_id``) or create it; log the
-        flattened trainer config (dotted paths) as params."""
-        client = MlflowClient(uri)
+        """Continue the child run of ``trial_id`` under the target's parent run, or create it;
+        log the flattened trainer config (dotted paths) as params."""
+        client = MlflowClient(target.uri)
+        experiment_id = target.experiment_id
 
         def attempt() -> str:
-            tags = {PARENT_TAG: parent_run_id, TRIAL_TAG: trial_id}
+            tags = {PARENT_TAG: target.parent_run_id, TRIAL_TAG: trial_id}
             found = _find_run(client, experiment_id, tags)
             if found is not None:
                 run_id = found.info.run_id

@@ -18,7 +18,6 @@ import yaml
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
-DEFAULT_EXPERIMENT = "supcon-sweep"
 SWEEP_TAG = "supcon.sweep"
 TRIAL_TAG = "supcon.trial_id"
 STATUS_TAG = "supcon.status"

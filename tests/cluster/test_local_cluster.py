@@ -20,9 +20,10 @@ from mlflow.tracking import MlflowClient
 
 from orchestrator import local_cluster as lc
 from orchestrator.cli import main
+from orchestrator.settings import DEFAULT_EXPERIMENT
 from tests.helpers import data_overrides, wait_for
 
-pytestmark = [pytest.mark.cluster, pytest.mark.ray]
+pytestmark = [pytest.mark.cluster, pytest.mark.ray, pytest.mark.slow]
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -106,7 +107,7 @@ def _wait_job(cluster: lc.Cluster, job_id: str, timeout: float = 900) -> str:
 
 def _children(uri: str) -> list:
     client = MlflowClient(uri)
-    exp = client.get_experiment_by_name("supcon-sweep")
+    exp = client.get_experiment_by_name(DEFAULT_EXPERIMENT)
     if exp is None:
         return []
     return [
@@ -217,7 +218,10 @@ def test_node_loss_resumes_the_trial_on_the_remaining_node(
 def test_down_stops_exactly_what_up_started(cluster: lc.Cluster) -> None:
     bystander = subprocess.Popen(["sleep", "120"])
     try:
-        roots = [psutil.Process(p.pid) for p in cluster.procs if lc._handle(p) is not None]
+        folder = Path(cluster.folder)  # the state as it is now (earlier tests restart parts)
+        running = lc.status(folder)["processes"]
+        procs = lc.Cluster.load(folder).procs
+        roots = [psutil.Process(p.pid) for p in procs if running[p.name]["alive"]]
         tree = roots + [c for r in roots for c in r.children(recursive=True)]
         assert main(["cluster", "local", "down", "--folder", cluster.folder]) == 0
         _, alive = psutil.wait_procs(tree, timeout=20)

@@ -13,9 +13,10 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from orchestrator.cli import main
+from orchestrator.settings import DEFAULT_EXPERIMENT
 from tests.helpers import sweep_args, wait_for
 
-pytestmark = pytest.mark.ray
+pytestmark = [pytest.mark.ray, pytest.mark.slow]
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -29,7 +30,7 @@ def _registered(out: Path) -> bool:
 
 def _runs(out: Path):
     client = MlflowClient(f"sqlite:///{out / 'mlflow.db'}")
-    exp = client.get_experiment_by_name("supcon-sweep")
+    exp = client.get_experiment_by_name(DEFAULT_EXPERIMENT)
     return client.search_runs([exp.experiment_id]) if exp else []
 
 

@@ -17,6 +17,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from orchestrator.cli import main
+from orchestrator.settings import DEFAULT_EXPERIMENT
 from orchestrator.tracking import (
     SweepRun,
     TrackingError,
@@ -50,9 +51,7 @@ def _final(eer: float) -> dict[str, float]:
 
 def _trial(parent: SweepRun, trial_id: str, temperature: float, eer: float, **kw) -> str:
     status = kw.pop("status", "FINISHED")
-    tracker = TrialTracker.open(
-        parent.uri, parent.experiment_id, parent.run_id, trial_id, _config(temperature, **kw)
-    )
+    tracker = TrialTracker.open(parent.target, trial_id, _config(temperature, **kw))
     for epoch in range(2):
         tracker.log_metrics({"encoder/dev/eer": eer + 0.1 * (2 - epoch)}, step=epoch)
     tracker.log_metrics(_final(eer), step=2)
@@ -61,16 +60,17 @@ def _trial(parent: SweepRun, trial_id: str, temperature: float, eer: float, **kw
     return tracker.run_id
 
 
-def _sweep(uri: str, name: str, experiment: str = "supcon-sweep") -> SweepRun:
+def _sweep(uri: str, name: str, experiment: str = DEFAULT_EXPERIMENT) -> SweepRun:
     params = {
         "space": "default.yaml",
         "num_samples": 3,
-        "searcher": "optuna-tpe",
         "scheduler": "asha",
         "metric": "encoder/dev/eer",
         "mode": "min",
     }
-    return SweepRun.start(uri, experiment, name, params=params, tags={}, space_text=SPACE)
+    return SweepRun.start(
+        uri, experiment, name, searcher="optuna-tpe", params=params, tags={}, space_text=SPACE
+    )
 
 
 @pytest.fixture(scope="module")
@@ -99,13 +99,13 @@ def _uri(out: Path) -> str:
 
 def test_query_best_orders_filters_and_parses(store: Path) -> None:
     uri = _uri(store)
-    rows = query_best(uri, "supcon-sweep", METRIC, "min", top=10)
+    rows = query_best(uri, DEFAULT_EXPERIMENT, METRIC, "min", top=10)
     assert [r["trial_id"] for r in rows] == ["t_b", "t_a", "t_other", "t_c"]
     assert [r["metrics"][METRIC] for r in rows] == pytest.approx([0.10, 0.20, 0.25, 0.30])
-    worst = query_best(uri, "supcon-sweep", METRIC, "max", top=2)
+    worst = query_best(uri, DEFAULT_EXPERIMENT, METRIC, "max", top=2)
     assert [r["trial_id"] for r in worst] == ["t_c", "t_other"]
     one_sweep = query_best(
-        uri, "supcon-sweep", METRIC, top=2, parent_run_id=_sweep(uri, "s1").run_id
+        uri, DEFAULT_EXPERIMENT, METRIC, top=2, parent_run_id=_sweep(uri, "s1").run_id
     )
     assert [r["trial_id"] for r in one_sweep] == ["t_b", "t_a"]
     params = rows[0]["params"]
@@ -122,6 +122,8 @@ def test_parent_and_child_runs(store: Path) -> None:
     parent = _sweep(_uri(store), "s1")
     run = client.get_run(parent.run_id)
     assert run.info.run_name == "s1" and run.data.params["num_samples"] == "3"
+    assert run.data.params["searcher"] == "optuna-tpe" == parent.target.searcher
+    assert (parent.target.uri, parent.target.experiment) == (_uri(store), DEFAULT_EXPERIMENT)
     assert run.data.tags["supcon.code_version"]
     assert [a.path for a in client.list_artifacts(parent.run_id)] == ["search_space.yaml"]
     assert (store / "mlartifacts").is_dir()  # the embedded store's artifacts live beside it
@@ -145,10 +147,10 @@ def test_resume_continues_the_same_runs(store: Path, tmp_path: Path, caplog) -> 
     assert second.run_id == first.run_id
     assert _sweep(uri, "another", experiment="resume").run_id != first.run_id
     params = _config(0.2)
-    tracker = TrialTracker.open(uri, first.experiment_id, first.run_id, "t1", params)
+    tracker = TrialTracker.open(first.target, "t1", params)
     tracker.log_metrics({"encoder/dev/eer": 0.4}, step=0)
     tracker.finish("FAILED")
-    again = TrialTracker.open(uri, first.experiment_id, first.run_id, "t1", params)
+    again = TrialTracker.open(second.target, "t1", params)
     assert again.run_id == tracker.run_id
     with caplog.at_level(logging.WARNING, logger="orchestrator.tracking"):
         again.log_metrics({"encoder/dev/eer": 0.3, "encoder/dev/loss": math.inf}, step=1)
@@ -171,13 +173,11 @@ def test_resume_continues_the_same_runs(store: Path, tmp_path: Path, caplog) -> 
 
 @pytest.fixture
 def fluent_uri(monkeypatch: pytest.MonkeyPatch):
-    """Restore MLflow's global tracking URI (``set_tracking_uri`` also sets the env var)."""
-    from mlflow.tracking._tracking_service import utils
-
+    """Leave MLflow's global tracking URI unset afterwards (``set_tracking_uri`` also sets the
+    env var, which monkeypatch restores)."""
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    before = utils._tracking_uri
     yield
-    mlflow.set_tracking_uri(before)
+    mlflow.set_tracking_uri(None)  # type: ignore[arg-type]  # None: back to "not set"
 
 
 def test_logging_with_an_active_run(store: Path, fluent_uri) -> None:
@@ -185,7 +185,7 @@ def test_logging_with_an_active_run(store: Path, fluent_uri) -> None:
     mlflow.set_tracking_uri(uri)
     with mlflow.start_run(run_name="outer") as active:
         parent = _sweep(uri, "inside", experiment="active")
-        tracker = TrialTracker.open(uri, parent.experiment_id, parent.run_id, "t9", _config(0.1))
+        tracker = TrialTracker.open(parent.target, "t9", _config(0.1))
         tracker.log_metrics({"encoder/dev/eer": 0.25}, step=0)
         tracker.finish("FINISHED")
         parent.finish("FINISHED")
@@ -252,13 +252,14 @@ def test_best_json_and_export(store: Path, tmp_path: Path, capsys, monkeypatch) 
 
 
 def test_best_errors(store: Path, tmp_path: Path, capsys) -> None:
+    """What ``best`` is asked for does not exist: bad input, exit status 2."""
     uri = _uri(store)
-    assert main(["best", "--tracking-uri", uri, "--experiment", "nope"]) == 1
+    assert main(["best", "--tracking-uri", uri, "--experiment", "nope"]) == 2
     err = capsys.readouterr().err
-    assert "nope" in err and "supcon-sweep" in err and str(store / "mlflow.db") in err
-    assert main(["best", "--tracking-uri", uri, "--metric", "eval/absent/eer"]) == 1
+    assert "nope" in err and DEFAULT_EXPERIMENT in err and str(store / "mlflow.db") in err
+    assert main(["best", "--tracking-uri", uri, "--metric", "eval/absent/eer"]) == 2
     assert "no finished trial" in capsys.readouterr().err
-    assert main(["best", "--out", str(tmp_path), "--tracking-uri", _uri(tmp_path)]) == 1
+    assert main(["best", "--out", str(tmp_path), "--tracking-uri", _uri(tmp_path)]) == 2
     assert "no MLflow store" in capsys.readouterr().err
     assert not (tmp_path / "mlflow.db").exists()
 
@@ -282,13 +283,7 @@ def test_trial_metrics_survive_an_mlflow_outage(store: Path, tmp_path: Path, mon
         down = MlflowClient(f"http://127.0.0.1:{s.getsockname()[1]}")
     parent = _sweep(_uri(store), "s_outage")
     tracker = TrialTracker.open(
-        parent.uri,
-        parent.experiment_id,
-        parent.run_id,
-        "t_outage",
-        {},
-        spool=tmp_path / "unsent.jsonl",
-        patience=1.0,
+        parent.target, "t_outage", {}, spool=tmp_path / "unsent.jsonl", patience=1.0
     )
     up = tracker.client
     tracker.log_metrics({"encoder/dev/eer": 0.3}, step=0)

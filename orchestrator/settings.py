@@ -1,0 +1,179 @@
+"""The orchestrator's typed state: where a sweep tracks to, the sweep's settings, one trial's spec.
+
+All three are frozen. A value that learns something (the sweep's MLflow parent run, once it
+exists) becomes a new value through ``dataclasses.replace``, never a dict that grows keys on the
+way. They cross the Ray boundary as themselves (Ray pickles them into the trial drivers and the
+Train workers). ``SweepSettings`` is also saved as JSON beside the Tune experiment, which is what
+``supcon-sweep resume`` reads back.
+
+Nothing here imports Ray, MLflow or torch: the CLI builds these before starting anything.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Any
+
+from trainer.config import TrainerConfig, apply_overrides, validate_tree
+
+DEFAULT_EXPERIMENT = "supcon-sweep"
+SETTINGS_FILE = "sweep_settings.json"
+
+
+@dataclass(frozen=True)
+class TrackingTarget:
+    """Where a sweep's trials log: the MLflow store and experiment, and the sweep's parent run.
+
+    Made by the parent-run step (:meth:`orchestrator.tracking.SweepRun.start`); ``searcher`` is
+    the one logged on the parent run, which ``resume`` logs again unchanged.
+    """
+
+    uri: str
+    experiment: str
+    experiment_id: str
+    parent_run_id: str
+    searcher: str
+
+
+@dataclass(frozen=True)
+class SweepSettings:
+    """Everything a sweep's trial drivers need, saved beside the Tune experiment for ``resume``.
+
+    ``tracking_uri`` and ``experiment`` name the store before the parent run exists; ``tracking``
+    is the :class:`TrackingTarget` once it does (``replace(settings, tracking=target)``).
+    ``base`` is the trainer config every trial starts from, the space's fixed keys applied.
+    """
+
+    name: str
+    base: TrainerConfig
+    space_path: str
+    metric: str
+    mode: str
+    num_samples: int
+    max_concurrent: int
+    scheduler: str
+    workers_per_trial: int
+    cpus_per_worker: float
+    gpus_per_trial: int
+    max_failures: int
+    seed: int
+    out_dir: str
+    tracking_uri: str
+    experiment: str
+    tracking: TrackingTarget | None = None
+    storage: str = ""  # Tune results and Train checkpoints: a shared path or URI; "" = out_dir
+    placement: str = "PACK"
+
+    def __post_init__(self) -> None:
+        t = self.tracking
+        if t is not None and (t.uri, t.experiment) != (self.tracking_uri, self.experiment):
+            raise ValueError(
+                f"tracking target {t.uri} / {t.experiment} is not the sweep's store "
+                f"{self.tracking_uri} / {self.experiment}"
+            )
+
+    @property
+    def target(self) -> TrackingTarget:
+        """The tracking target; only settings that went through the parent-run step have one."""
+        if self.tracking is None:
+            raise RuntimeError(f"sweep {self.name}: its MLflow parent run is not started yet")
+        return self.tracking
+
+    @property
+    def storage_root(self) -> str:
+        return (self.storage or self.out_dir).rstrip("/")
+
+    @property
+    def tune_dir(self) -> str:
+        return f"{self.storage_root}/tune"
+
+    @property
+    def train_dir(self) -> str:
+        return f"{self.storage_root}/train"
+
+    @property
+    def trials_dir(self) -> str:
+        """Each trial's local outputs (config, scores, plots), under ``out_dir``."""
+        return str(Path(self.out_dir) / "trials")
+
+    def to_json(self) -> str:
+        raw = {f.name: getattr(self, f.name) for f in fields(self)}
+        raw["base"] = self.base.model_dump(mode="json")
+        raw["tracking"] = asdict(self.tracking) if self.tracking is not None else None
+        return json.dumps(raw, indent=2)
+
+    @classmethod
+    def from_json(cls, text: str) -> SweepSettings:
+        """The settings :meth:`to_json` wrote; ``TypeError``, ``ValueError`` or ``ConfigError``
+        (a ``ValueError``) for anything else."""
+        raw = json.loads(text)
+        if not isinstance(raw, dict):
+            raise ValueError("expected a JSON object")
+        raw["base"] = validate_tree(raw["base"])
+        if raw.get("tracking") is not None:
+            raw["tracking"] = TrackingTarget(**raw["tracking"])
+        return cls(**raw)
+
+    def save(self) -> None:
+        """Write ``TUNE_DIR/NAME/sweep_settings.json`` (a path or a URI such as ``s3://``)."""
+        write_text(f"{self.tune_dir}/{self.name}/{SETTINGS_FILE}", self.to_json())
+
+    @classmethod
+    def load(cls, folder: str) -> SweepSettings:
+        """The settings saved in a sweep's Tune folder; ``FileNotFoundError`` names the file."""
+        return cls.from_json(read_text(f"{folder.rstrip('/')}/{SETTINGS_FILE}"))
+
+
+@dataclass(frozen=True)
+class TrialSpec:
+    """What every worker of one trial's Ray Train run is given.
+
+    The trial's config is ``base`` with ``params`` (the searcher's point, dotted config paths)
+    applied; its local outputs go to ``trials_dir/trial_id``. ``driver_started`` is the
+    ``time.time()`` at which the trial's driver built the run (the launch latency starts there).
+    """
+
+    base: TrainerConfig
+    params: Mapping[str, Any]
+    trial_id: str
+    trials_dir: str
+    tracking: TrackingTarget
+    driver_started: float
+
+    @property
+    def out_dir(self) -> Path:
+        return Path(self.trials_dir) / self.trial_id
+
+    def config(self) -> TrainerConfig:
+        return apply_overrides(self.base, self.params)
+
+
+def _fs(uri: str) -> tuple[Any, str]:
+    """The pyarrow filesystem of a local path or a URI (s3://, gs://, ...), as Ray Tune reads
+    it, and the path on it."""
+    import pyarrow.fs
+
+    if "://" not in uri:
+        return pyarrow.fs.LocalFileSystem(), str(Path(uri).resolve())
+    return pyarrow.fs.FileSystem.from_uri(uri)
+
+
+def write_text(uri: str, text: str) -> None:
+    fs, path = _fs(uri)
+    fs.create_dir(path.rpartition("/")[0], recursive=True)
+    with fs.open_output_stream(path) as out:
+        out.write(text.encode())
+
+
+def read_text(uri: str) -> str:
+    """The text at ``uri``; FileNotFoundError names it when it does not exist."""
+    import pyarrow.fs
+
+    fs, path = _fs(uri)
+    if fs.get_file_info(path).type != pyarrow.fs.FileType.File:
+        raise FileNotFoundError(uri)
+    with fs.open_input_stream(path) as src:
+        return src.read().decode()

@@ -1,0 +1,82 @@
+"""The per-worker reporter of a trial, on a real SQLite MLflow store without a Ray context: every
+rank reports to Ray the same number of times (a barrier), and only rank 0 writes to MLflow."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+from orchestrator.ray_trial import make_reporter
+from orchestrator.settings import TrialSpec
+from orchestrator.tracking import SweepRun
+from trainer.config import load_config
+
+EPOCHS = 3
+
+
+def _spec(tmp_path: Path) -> TrialSpec:
+    parent = SweepRun.start(
+        f"sqlite:///{tmp_path / 'mlflow.db'}",
+        "ranks",
+        "s",
+        searcher="grid",
+        params={},
+        tags={},
+        space_text=None,
+    )
+    return TrialSpec(
+        base=load_config(),
+        params={"loss.temperature": 0.2},
+        trial_id="t0",
+        trials_dir=str(tmp_path / "trials"),
+        tracking=parent.target,
+        driver_started=time.time(),
+    )
+
+
+def _run_rank(spec: TrialSpec, world_rank: int) -> list[dict]:
+    """What one rank's worker does with its reporter; returns what it sent to Ray."""
+    sent: list[dict] = []
+    reporter = make_reporter(
+        spec, spec.config(), world_rank, 0.5, send=lambda m, checkpoint=None: sent.append(m)
+    )
+    for epoch in range(EPOCHS):
+        metrics = {"encoder/dev/eer": 0.3 - 0.05 * epoch, "encoder/train/loss": 2.0 - epoch}
+        reporter.report(metrics, epoch=epoch, step=2 * (epoch + 1), checkpoint=None)
+    reporter.final({"encoder/dev/eer": 0.2, "eval/pooled_mean/eer": 0.25}, [])
+    reporter.finish("FINISHED")
+    return sent
+
+
+def _runs(spec: TrialSpec) -> list:
+    return MlflowClient(spec.tracking.uri).search_runs([spec.tracking.experiment_id])
+
+
+@pytest.fixture
+def quiet_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Rank 0 sets MLflow's HTTP retry variables if unset; keep them out of other tests."""
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "20")
+
+
+@pytest.mark.usefixtures("quiet_env")
+def test_only_rank_0_writes_to_mlflow(tmp_path: Path) -> None:
+    spec = _spec(tmp_path)
+    (parent,) = _runs(spec)
+    sent_by_1 = _run_rank(spec, 1)
+    assert [r.info.run_id for r in _runs(spec)] == [parent.info.run_id]  # no run, no metric
+    assert MlflowClient(spec.tracking.uri).get_run(parent.info.run_id).data.metrics == {}
+    sent_by_0 = _run_rank(spec, 0)
+    assert len(sent_by_0) == len(sent_by_1) == EPOCHS + 1  # Ray's report is a barrier
+    assert sent_by_0 == sent_by_1
+    (child,) = [r for r in _runs(spec) if r.info.run_id != parent.info.run_id]
+    assert child.data.tags["mlflow.parentRunId"] == parent.info.run_id
+    assert child.data.tags["supcon.trial_id"] == "t0" and child.info.status == "FINISHED"
+    assert child.data.params["loss.temperature"] == "0.2"
+    client = MlflowClient(spec.tracking.uri)
+    history = client.get_metric_history(child.info.run_id, "encoder/dev/eer")
+    assert [m.step for m in history] == [*range(EPOCHS), EPOCHS]  # each epoch once, then final
+    assert child.data.metrics["time/launch_s"] == 0.5

@@ -1,0 +1,90 @@
+"""The orchestrator's typed state: frozen values that round-trip through JSON (``resume``) and
+pickle (the Ray boundary) unchanged. No Ray, no MLflow."""
+
+from __future__ import annotations
+
+import json
+import pickle
+from dataclasses import FrozenInstanceError, replace
+from pathlib import Path
+
+import pytest
+
+from orchestrator.settings import (
+    DEFAULT_EXPERIMENT,
+    SETTINGS_FILE,
+    SweepSettings,
+    TrackingTarget,
+    TrialSpec,
+)
+from trainer.config import load_config
+
+
+def _settings(out: Path) -> SweepSettings:
+    return SweepSettings(
+        name="s",
+        base=load_config(overrides=["loss.temperature=0.2", "stage1.weight_decay=1e-5"]),
+        space_path="/spaces/default.yaml",
+        metric="encoder/dev/eer",
+        mode="min",
+        num_samples=3,
+        max_concurrent=2,
+        scheduler="asha",
+        workers_per_trial=2,
+        cpus_per_worker=0.5,
+        gpus_per_trial=0,
+        max_failures=1,
+        seed=7,
+        out_dir=str(out),
+        tracking_uri=f"sqlite:///{out / 'mlflow.db'}",
+        experiment=DEFAULT_EXPERIMENT,
+    )
+
+
+def _target(settings: SweepSettings) -> TrackingTarget:
+    return TrackingTarget(settings.tracking_uri, settings.experiment, "1", "abc123", "optuna-tpe")
+
+
+def test_settings_round_trip_through_the_sweep_folder(tmp_path: Path) -> None:
+    before = _settings(tmp_path)
+    after = replace(before, tracking=_target(before), storage=str(tmp_path / "shared"))
+    for settings in (before, after):
+        settings.save()
+        folder = f"{settings.tune_dir}/{settings.name}"
+        assert SweepSettings.load(folder) == settings
+    saved = json.loads((tmp_path / "shared" / "tune" / "s" / SETTINGS_FILE).read_text())
+    assert saved["tracking"]["parent_run_id"] == "abc123"
+    assert saved["base"]["stage1"]["weight_decay"] == 1e-5
+    with pytest.raises(FileNotFoundError, match="nowhere"):
+        SweepSettings.load(str(tmp_path / "nowhere"))
+
+
+def test_settings_cross_the_ray_boundary_as_themselves(tmp_path: Path) -> None:
+    settings = replace(_settings(tmp_path), tracking=_target(_settings(tmp_path)))
+    spec = TrialSpec(
+        base=settings.base,
+        params={"loss.temperature": 0.05, "queue.size": 8},
+        trial_id="t1",
+        trials_dir=settings.trials_dir,
+        tracking=settings.target,
+        driver_started=1.0,
+    )
+    assert pickle.loads(pickle.dumps(settings)) == settings
+    assert pickle.loads(pickle.dumps(spec)) == spec
+    cfg = spec.config()
+    assert (cfg.loss.temperature, cfg.queue.size, cfg.stage1.weight_decay) == (0.05, 8, 1e-5)
+    assert spec.out_dir == tmp_path / "trials" / "t1"
+
+
+def test_settings_are_frozen_and_gain_their_target_by_replace(tmp_path: Path) -> None:
+    settings = _settings(tmp_path)
+    with pytest.raises(FrozenInstanceError):
+        settings.name = "other"  # type: ignore[misc]
+    with pytest.raises(RuntimeError, match="parent run is not started"):
+        _ = settings.target
+    target = _target(settings)
+    assert replace(settings, tracking=target).target is target
+    assert settings.tracking is None  # the original is unchanged
+    elsewhere = replace(target, uri="sqlite:////elsewhere.db")
+    with pytest.raises(ValueError, match="is not the sweep's store"):
+        replace(settings, tracking=elsewhere)
