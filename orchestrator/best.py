@@ -9,6 +9,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from orchestrator.options import EXIT_STATUS, add_tracking_args, bad_input
 from trainer.config import ConfigError
 
 # The swept knobs, always shown; any other param that differs among the shown runs joins them.
@@ -24,8 +25,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
             "each run logged) and print their swept parameters and EERs. --export writes the "
             "best trial's config for `supcon-sweep trial --config FILE`."
         ),
+        epilog=f"{EXIT_STATUS} No finished trial that has --metric counts as a run not found.",
     )
-    p.add_argument("--experiment", default="supcon-sweep", help="MLflow experiment")
+    add_tracking_args(p)
     p.add_argument(
         "--metric",
         default="eval/pooled_mean/eer",
@@ -33,16 +35,6 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--mode", choices=("min", "max"), default="min")
     p.add_argument("--top", type=int, default=5, help="how many trials (default 5)")
-    p.add_argument(
-        "--tracking-uri",
-        help="MLflow URI (default MLFLOW_TRACKING_URI, else sqlite:///OUT/mlflow.db)",
-    )
-    p.add_argument(
-        "--out",
-        type=Path,
-        default=Path("runs"),
-        help="the sweep's output folder, where the embedded store lives (default runs)",
-    )
     p.add_argument("--json", action="store_true", help="print the runs as JSON")
     p.add_argument("--export", type=Path, metavar="FILE", help="write the best trial's config")
     p.set_defaults(handler=_best)
@@ -120,39 +112,42 @@ def print_table(rows: Sequence[dict[str, Any]], metric: str) -> None:
         print("  ".join(cells).rstrip())
 
 
-def _best(args: argparse.Namespace) -> int:
+def _query(args: argparse.Namespace) -> list[dict[str, Any]]:
+    """The best rows; TrackingError when the store, the experiment or such a trial is missing."""
     from orchestrator.tracking import (
         TrackingError,
         check_reachable,
-        export_config,
         query_best,
         resolve_tracking_uri,
         safe_uri,
     )
 
+    uri = resolve_tracking_uri(args.tracking_uri, args.out)
+    check_reachable(uri)
+    rows = query_best(uri, args.experiment, args.metric, args.mode, args.top)
+    if not rows:
+        raise TrackingError(
+            f"no finished trial in experiment {args.experiment!r} of {safe_uri(uri)} "
+            f"has the metric {args.metric}"
+        )
+    return rows
+
+
+def _best(args: argparse.Namespace) -> int:
     if args.top < 1:
-        print("error: --top must be at least 1", file=sys.stderr)
-        return 2
+        return bad_input("--top must be at least 1")
     if args.metric.startswith("eval/"):
         print(
             f"note: {args.metric} is a test-set metric; choosing a trial by it makes its test "
             "EER optimistic (the sweep itself selects on a dev metric)",
             file=sys.stderr,
         )
-    uri = resolve_tracking_uri(args.tracking_uri, args.out)
+    from orchestrator.tracking import TrackingError, export_config
+
     try:
-        check_reachable(uri)
-        rows = query_best(uri, args.experiment, args.metric, args.mode, args.top)
+        rows = _query(args)
     except TrackingError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 1
-    if not rows:
-        print(
-            f"error: no finished trial in experiment {args.experiment!r} of {safe_uri(uri)} "
-            f"has the metric {args.metric}",
-            file=sys.stderr,
-        )
-        return 1
+        return bad_input(err)
     if args.json:
         print(json.dumps(rows, indent=2, default=str))
     else:
@@ -161,8 +156,7 @@ def _best(args: argparse.Namespace) -> int:
         try:
             path = export_config(rows[0], args.export)
         except ConfigError as err:
-            print(f"error: trial {rows[0]['trial_id']} has no valid config: {err}", file=sys.stderr)
-            return 1
+            return bad_input(f"trial {rows[0]['trial_id']} has no valid config: {err}")
         print(
             f"wrote the config of trial {rows[0]['trial_id']} to {path.resolve()}; rerun it with "
             f"supcon-sweep trial --config {path}",

@@ -7,7 +7,13 @@ import json
 import sys
 from pathlib import Path
 
+from orchestrator.options import EXIT_FAILED, EXIT_STATUS, bad_input
+
 DEFAULT_FOLDER = Path("runs") / "cluster"
+_EPILOG = (
+    f"{EXIT_STATUS} `up` exits 1 when a process does not start; `status` exits 1 when a "
+    "process that `up` started has died, 2 when there is no cluster in FOLDER."
+)
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -16,6 +22,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         help="a local multi-node Ray cluster with an MLflow server (rehearsal of the cloud flow)",
         description="Cluster helpers. `cluster local` runs the cloud flow on this machine: a "
         "Ray head, more Ray nodes joined to it, and an MLflow server, all on 127.0.0.1.",
+        epilog=_EPILOG,
     )
     where = cluster.add_subparsers(dest="where", required=True, metavar="WHERE")
     local = where.add_parser(
@@ -28,6 +35,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
             "processes. down: stop exactly the processes `up` started. Then: supcon-sweep "
             "submit --address DASHBOARD ...; supcon-sweep best --tracking-uri MLFLOW."
         ),
+        epilog=_EPILOG,
     )
     local.add_argument("action", choices=("up", "down", "status"))
     local.add_argument(
@@ -71,11 +79,13 @@ def _local(args: argparse.Namespace) -> int:
         elif args.action == "status":
             info = lc.status(args.folder)
             _print_status(info, args.json)
-            return 0 if all(p["alive"] for p in info["processes"].values()) else 1
+            return 0 if all(p["alive"] for p in info["processes"].values()) else EXIT_FAILED
         else:
             stopped = lc.down(args.folder)
             print(f"stopped: {', '.join(stopped) or 'nothing was running'}")
-    except lc.ClusterError as err:
+    except lc.StartError as err:
         print(f"error: {err}", file=sys.stderr)
-        return 2
+        return EXIT_FAILED
+    except lc.ClusterError as err:
+        return bad_input(err)
     return 0

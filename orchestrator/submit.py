@@ -13,6 +13,13 @@ import shlex
 import sys
 from pathlib import Path
 
+from orchestrator.options import (
+    DEFAULT_JOB_SERVER,
+    EXIT_FAILED,
+    EXIT_STATUS,
+    add_ray_args,
+    bad_input,
+)
 from orchestrator.sweep_cli import add_sweep_arguments
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -28,8 +35,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
             "e.g. http://127.0.0.1:8265 through `ray dashboard cluster.yaml`). Prints the job "
             "id; --follow streams the job's logs until it ends."
         ),
+        epilog=f"{EXIT_STATUS} Without --follow, 0 once the job is submitted.",
     )
     add_sweep_arguments(submit)
+    add_ray_args(submit, job_server=True)
     submit.add_argument("--follow", action="store_true", help="stream the job's logs")
     submit.set_defaults(handler=_submit)
 
@@ -54,24 +63,20 @@ def _submit(args: argparse.Namespace) -> int:
     from ray.exceptions import AuthenticationError
     from ray.job_submission import JobStatus, JobSubmissionClient
 
-    address = args.address or "http://127.0.0.1:8265"
+    address = args.address or DEFAULT_JOB_SERVER
     try:
         client = JobSubmissionClient(address)
     except AuthenticationError as err:
-        print(
-            f"error: the Ray job server at {address} refused the token: {err}\nSet "
-            "RAY_AUTH_TOKEN_PATH to the cluster's token file (cluster/README.md).",
-            file=sys.stderr,
+        return bad_input(
+            f"the Ray job server at {address} refused the token: {err}\nSet "
+            "RAY_AUTH_TOKEN_PATH to the cluster's token file (cluster/README.md)."
         )
-        return 2
     except (ConnectionError, RuntimeError, ValueError) as err:
-        print(
-            f"error: cannot reach the Ray job server at {address}: {err}\n"
+        return bad_input(
+            f"cannot reach the Ray job server at {address}: {err}\n"
             "Is the cluster up (ray up cluster/cluster.yaml), and the dashboard forwarded "
-            "(ray dashboard cluster/cluster.yaml)?",
-            file=sys.stderr,
+            "(ray dashboard cluster/cluster.yaml)?"
         )
-        return 2
     job_id = client.submit_job(
         entrypoint=entrypoint(args),
         runtime_env={"working_dir": str(ROOT), "excludes": EXCLUDES},
@@ -87,4 +92,4 @@ def _submit(args: argparse.Namespace) -> int:
     asyncio.run(follow())
     status = client.get_job_status(job_id)
     print(f"\njob {job_id}: {status}", file=sys.stderr)
-    return 0 if status == JobStatus.SUCCEEDED else 1
+    return 0 if status == JobStatus.SUCCEEDED else EXIT_FAILED

@@ -1,20 +1,38 @@
-"""``supcon-sweep sweep`` and ``supcon-sweep resume``."""
+"""``supcon-sweep sweep`` and ``supcon-sweep resume``.
+
+Arguments, the config and the search space are checked first, with nothing heavy imported;
+then the MLflow store and the Ray cluster are reached; only then does any work start.
+"""
 
 from __future__ import annotations
 
 import argparse
 import sys
 import time
-from dataclasses import replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from trainer.config import ConfigError, load_config, resolve_roots
+from orchestrator.options import (
+    EXIT_FAILED,
+    EXIT_STATUS,
+    add_ray_args,
+    add_tracking_args,
+    bad_input,
+    check_ray_address,
+)
+from orchestrator.settings import SETTINGS_FILE, SweepSettings
+from search_spaces import SearchSpace, SpaceError, load_space
+from trainer.config import ConfigError, TrainerConfig, apply_overrides, load_config, resolve_roots
 from trainer.defaults import DEFAULT_DATA, ensure_synthetic
+
+if TYPE_CHECKING:
+    from ray.tune import ResultGrid
 
 DEFAULT_SPACE = Path(__file__).resolve().parents[1] / "search_spaces" / "default.yaml"
 
 
 def add_sweep_arguments(p: argparse.ArgumentParser) -> None:
+    """The sweep's own options and the tracking ones (``submit`` passes them all on)."""
     p.add_argument(
         "--space",
         type=Path,
@@ -38,6 +56,14 @@ def add_sweep_arguments(p: argparse.ArgumentParser) -> None:
         help="objective (default encoder/dev/eer, a dev-set metric reported per epoch)",
     )
     p.add_argument("--mode", choices=("min", "max"), default="min")
+    p.add_argument("--seed", type=int, default=0, help="searcher seed")
+    p.add_argument("--name", help="sweep name (default sweep-YYYYmmdd-HHMMSS)")
+    add_tracking_args(p)
+    _add_trial_resources(p)
+    p.add_argument("overrides", nargs="*", metavar="key=value", help="base config overrides")
+
+
+def _add_trial_resources(p: argparse.ArgumentParser) -> None:
     p.add_argument("--workers-per-trial", type=int, default=2, help="Ray Train workers (DDP ranks)")
     p.add_argument("--gpus-per-trial", type=int, default=0, help="0 runs gloo on CPUs")
     p.add_argument("--cpus-per-worker", type=float, default=1.0)
@@ -46,20 +72,6 @@ def add_sweep_arguments(p: argparse.ArgumentParser) -> None:
         type=int,
         default=2,
         help="worker-group restarts from the last checkpoint per trial",
-    )
-    p.add_argument("--seed", type=int, default=0, help="searcher seed")
-    p.add_argument("--name", help="sweep name (default sweep-YYYYmmdd-HHMMSS)")
-    p.add_argument("--address", help="Ray cluster address (default: a local Ray instance)")
-    p.add_argument(
-        "--tracking-uri",
-        help="MLflow URI (default MLFLOW_TRACKING_URI, else sqlite:///OUT/mlflow.db)",
-    )
-    p.add_argument("--experiment", default="supcon-sweep", help="MLflow experiment")
-    p.add_argument(
-        "--out",
-        type=Path,
-        default=Path("runs"),
-        help="local outputs: mlflow.db, mlartifacts/, tune/, train/, trials/",
     )
     p.add_argument(
         "--storage",
@@ -73,7 +85,6 @@ def add_sweep_arguments(p: argparse.ArgumentParser) -> None:
         help="a trial's workers on as few nodes as possible (pack, the default: fast NVLink "
         "collectives) or one per node where possible (spread)",
     )
-    p.add_argument("overrides", nargs="*", metavar="key=value", help="base config overrides")
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -86,33 +97,32 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
             "picks the parameters; every sweep and trial is an MLflow run. Local Ray and SQLite "
             "MLflow under --out by default."
         ),
+        epilog=EXIT_STATUS,
     )
     add_sweep_arguments(sweep)
+    add_ray_args(sweep)
     sweep.set_defaults(handler=_sweep)
     resume = subparsers.add_parser(
         "resume",
         help="resume an interrupted sweep from its Tune folder",
         description="Restore a sweep (Tuner.restore): finished trials are kept, unfinished ones "
-        "restart from their checkpoints, the searcher continues from its saved state.",
+        "restart from their checkpoints, the searcher continues from its saved state. The "
+        "sweep's MLflow store and experiment are the ones it was started with.",
+        epilog=EXIT_STATUS,
     )
     resume.add_argument(
         "folder", help="the sweep's folder: OUT/tune/NAME, or STORAGE/tune/NAME (path or URI)"
     )
-    resume.add_argument("--address", help="Ray cluster address (default: a local Ray instance)")
+    add_ray_args(resume)
     resume.set_defaults(handler=_resume)
 
 
-def _settings(args: argparse.Namespace):
-    from orchestrator.sweep import SweepSettings
-    from orchestrator.tracking import check_reachable, resolve_tracking_uri
-    from search_spaces import apply_params, load_space
-
+def _validated(args: argparse.Namespace) -> tuple[TrainerConfig, SearchSpace]:
+    """The base config and the space, checked; ConfigError or SpaceError names what is wrong."""
     cfg = load_config(args.config, [*args.overrides, "runtime.progress=false"])
     if cfg.runtime.threads is None:
-        cfg = apply_params(cfg, {"runtime.threads": max(1, int(args.cpus_per_worker))})
+        cfg = apply_overrides(cfg, {"runtime.threads": max(1, int(args.cpus_per_worker))})
     cfg = resolve_roots(cfg)
-    if args.config is None:
-        ensure_synthetic(cfg, DEFAULT_DATA)
     space = load_space(args.space, cfg)
     if args.scheduler == "asha" and not args.metric.startswith("encoder/"):
         raise ConfigError(
@@ -125,12 +135,19 @@ def _settings(args: argparse.Namespace):
             "test EER optimistic (prefer a dev metric)",
             file=sys.stderr,
         )
+    return cfg, space
+
+
+def _settings(args: argparse.Namespace, cfg: TrainerConfig, space: SearchSpace) -> SweepSettings:
+    """The sweep's settings, its MLflow store checked reachable (TrackingError if not)."""
+    from orchestrator.tracking import check_reachable, resolve_tracking_uri
+
     out = args.out.resolve()
     uri = resolve_tracking_uri(args.tracking_uri, out)
     check_reachable(uri)
-    settings = SweepSettings(
+    return SweepSettings(
         name=args.name or time.strftime("sweep-%Y%m%d-%H%M%S"),
-        base=apply_params(cfg, space.fixed()).model_dump(mode="json"),
+        base=apply_overrides(cfg, space.fixed()),
         space_path=str(args.space.resolve()),
         metric=args.metric,
         mode=args.mode,
@@ -143,11 +160,11 @@ def _settings(args: argparse.Namespace):
         max_failures=args.max_failures,
         seed=args.seed,
         out_dir=str(out),
-        mlflow={"uri": uri, "experiment": args.experiment},
+        tracking_uri=uri,
+        experiment=args.experiment,
         storage=_storage(args.storage),
         placement=args.placement.upper(),
     )
-    return space, settings
 
 
 def _storage(storage: str | None) -> str:
@@ -157,17 +174,14 @@ def _storage(storage: str | None) -> str:
     return str(Path(storage).resolve())
 
 
-def _print_best(settings, results) -> None:
+def _outcome(settings: SweepSettings, results: ResultGrid) -> int:
+    """Print the sweep's best trials; 1 when every trial failed (nothing to choose from)."""
     from orchestrator.best import print_table
     from orchestrator.tracking import query_best, safe_uri
 
+    target = settings.target
     rows = query_best(
-        settings.mlflow["uri"],
-        settings.mlflow["experiment"],
-        metric=settings.metric,
-        mode=settings.mode,
-        top=5,
-        parent_run_id=settings.mlflow.get("parent_run_id"),
+        target.uri, target.experiment, settings.metric, settings.mode, 5, target.parent_run_id
     )
     errors = len(results.errors)
     print(
@@ -177,91 +191,53 @@ def _print_best(settings, results) -> None:
     print_table(rows, settings.metric)
     print(
         f"\nTune results: {settings.tune_dir}/{settings.name}"
-        f"\nMLflow: {safe_uri(settings.mlflow['uri'])}"
-        f"  (supcon-sweep best --experiment {settings.mlflow['experiment']})"
+        f"\nMLflow: {safe_uri(target.uri)}"
+        f"  (supcon-sweep best --experiment {target.experiment})"
     )
-
-
-def _sweep(args: argparse.Namespace) -> int:
-    from orchestrator.sweep import run_sweep, start_ray
-    from orchestrator.tracking import TrackingError
-    from search_spaces import SpaceError
-
-    try:
-        space, settings = _settings(args)
-        start_ray(args.address, args.max_concurrent)
-        results = run_sweep(space, settings)
-    except (ConfigError, SpaceError, TrackingError, ConnectionError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    _print_best(settings, results)
+    if errors and errors == len(results):
+        print(f"error: every trial of sweep {settings.name} failed", file=sys.stderr)
+        return EXIT_FAILED
     return 0
 
 
-def _resume(args: argparse.Namespace) -> int:
-    from orchestrator.sweep import SETTINGS, SweepSettings, resume_sweep, start_ray
+def _sweep(args: argparse.Namespace) -> int:
+    try:
+        cfg, space = _validated(args)
+    except (ConfigError, SpaceError) as err:
+        return bad_input(err)
+    from orchestrator.tracking import TrackingError
 
+    try:
+        settings = _settings(args, cfg, space)
+        check_ray_address(args.address)
+        from orchestrator.sweep import run_sweep, start_ray
+
+        start_ray(args.address, args.max_concurrent)
+        if args.config is None:
+            ensure_synthetic(cfg, DEFAULT_DATA)
+        settings, results = run_sweep(space, settings)
+    except (TrackingError, ConnectionError) as err:
+        return bad_input(err)
+    return _outcome(settings, results)
+
+
+def _resume(args: argparse.Namespace) -> int:
     folder = args.folder if "://" in args.folder else str(Path(args.folder).resolve())
     try:
         settings = SweepSettings.load(folder)
     except FileNotFoundError:
-        print(f"error: {folder} is not a sweep folder (no {SETTINGS})", file=sys.stderr)
-        return 2
-    start_ray(args.address, settings.max_concurrent)
-    results = resume_sweep(folder, replace(settings))
-    _print_best(settings, results)
-    return 0
-
-
-def add_trial_ray_arguments(trial: argparse.ArgumentParser) -> None:
-    """``supcon-sweep trial --ray``: the trainer's trial command, run through Ray Train."""
-    group = trial.add_argument_group("through Ray Train (the code path of a sweep trial)")
-    group.add_argument("--ray", action="store_true", help="run the trial as a Ray Train run")
-    group.add_argument("--workers", type=int, default=2, help="Ray Train workers (DDP ranks)")
-    group.add_argument("--gpus", type=int, default=0, help="GPUs for the trial (0: gloo on CPU)")
-    group.add_argument("--cpus-per-worker", type=float, default=1.0)
-    group.add_argument("--address", help="Ray cluster address (default: a local Ray instance)")
-    group.add_argument("--tracking-uri", help="MLflow URI (default sqlite:///runs/mlflow.db)")
-    group.add_argument("--experiment", default="supcon-sweep", help="MLflow experiment")
-    plain = trial.get_default("handler")
-    trial.set_defaults(handler=lambda args: _trial_on_ray(args) if args.ray else plain(args))
-
-
-def _trial_on_ray(args: argparse.Namespace) -> int:
-    from orchestrator.sweep import SweepSettings, run_single_trial, start_ray
-    from orchestrator.tracking import TrackingError, check_reachable, resolve_tracking_uri
+        return bad_input(f"{folder} is not a sweep folder (no {SETTINGS_FILE})")
+    except (TypeError, ValueError, KeyError) as err:
+        return bad_input(f"{folder}/{SETTINGS_FILE} is not readable by this version: {err}")
+    from orchestrator.tracking import TrackingError, check_reachable
 
     try:
-        cfg = resolve_roots(load_config(args.config, [*args.overrides, "runtime.progress=false"]))
-        if args.config is None:
-            ensure_synthetic(cfg, DEFAULT_DATA)
-        out = args.out.resolve()
-        uri = resolve_tracking_uri(args.tracking_uri, Path("runs"))
-        check_reachable(uri)
-        settings = SweepSettings(
-            name=time.strftime("trial-%Y%m%d-%H%M%S"),
-            base=cfg.model_dump(mode="json"),
-            space_path="",
-            metric="encoder/dev/eer",
-            mode="min",
-            num_samples=1,
-            max_concurrent=1,
-            scheduler="none",
-            workers_per_trial=args.workers,
-            cpus_per_worker=args.cpus_per_worker,
-            gpus_per_trial=args.gpus,
-            max_failures=0,
-            seed=cfg.seed,
-            out_dir=str(out),
-            mlflow={"uri": uri, "experiment": args.experiment},
-        )
-        start_ray(args.address, 1)
-        metrics = run_single_trial(settings)
-    except (ConfigError, TrackingError, ConnectionError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    eers = {k: v for k, v in metrics.items() if k.endswith("/eer") and k.count("/") == 2}
-    for key, value in sorted(eers.items()):
-        print(f"{key:<28} {100 * value:6.2f} %")
-    print(f"outputs in {out / 'trials' / settings.name}")
-    return 0
+        check_reachable(settings.tracking_uri)
+        check_ray_address(args.address)
+        from orchestrator.sweep import resume_sweep, start_ray
+
+        start_ray(args.address, settings.max_concurrent)
+        settings, results = resume_sweep(folder, settings)
+    except (TrackingError, ConnectionError) as err:
+        return bad_input(err)
+    return _outcome(settings, results)

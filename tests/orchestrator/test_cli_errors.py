@@ -1,16 +1,81 @@
-"""Bad input to the sweep commands fails before any trial starts, with a clear message."""
+"""Bad input to the sweep commands fails before any trial starts, with a clear message and exit
+status 2; every command's help states the exit-status policy and shares one text per option.
+Nothing here starts Ray."""
 
 from __future__ import annotations
 
+import json
 import shlex
 import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from orchestrator.cli import build_parser, main
+from orchestrator.settings import SETTINGS_FILE
 from orchestrator.submit import entrypoint
 
 ROOT = Path(__file__).resolve().parents[2]
+COMMANDS = (
+    [],
+    ["trial"],
+    ["sweep"],
+    ["resume"],
+    ["submit"],
+    ["best"],
+    ["cluster"],
+    ["cluster", "local"],
+)
+POLICY = "Exit status: 0 done; 1 the work ran and failed"
+TRACKING_URI_HELP = "MLflow tracking URI (default MLFLOW_TRACKING_URI, else sqlite:///{}/mlflow.db)"
+EXPERIMENT_HELP = "MLflow experiment (default supcon-sweep)"
+ADDRESS_HELP = "Ray cluster to join: HOST:PORT, ray://HOST:PORT or auto (default: start a local"
+
+
+def _help(argv: list[str], capsys: pytest.CaptureFixture[str]) -> str:
+    """The ``--help`` text of ``argv``, whitespace normalised (argparse wraps to the terminal)."""
+    with pytest.raises(SystemExit) as done:
+        main([*argv, "--help"])
+    assert done.value.code == 0
+    return " ".join(capsys.readouterr().out.split())
+
+
+@pytest.mark.parametrize("argv", COMMANDS, ids=lambda a: " ".join(a) or "supcon-sweep")
+def test_every_help_states_the_exit_status_policy(argv: list[str], capsys) -> None:
+    text = _help(argv, capsys)
+    assert POLICY in text and "2 bad input or a service that cannot be reached" in text
+
+
+def test_shared_options_have_one_help_text(capsys) -> None:
+    helps = {name: _help([name], capsys) for name in ("sweep", "submit", "best", "trial")}
+    for name in ("sweep", "submit", "best"):
+        assert TRACKING_URI_HELP.format("OUT") in helps[name], name
+        assert EXPERIMENT_HELP in helps[name], name
+    assert TRACKING_URI_HELP.format("runs") in helps["trial"]  # trial's --out is not the store's
+    assert EXPERIMENT_HELP in helps["trial"]
+    for name in ("sweep", "trial"):
+        assert ADDRESS_HELP in helps[name], name
+    assert ADDRESS_HELP in _help(["resume"], capsys)
+    assert "job server" in helps["submit"] and ADDRESS_HELP not in helps["submit"]
+
+
+def test_trial_on_ray_checks_its_input_before_starting_ray(tmp_path: Path, capsys) -> None:
+    assert main(["trial", "--ray", "--out", str(tmp_path), "loss.temprature=0.1"]) == 2
+    assert "loss.temprature: unknown key" in capsys.readouterr().err
+    argv = ["trial", "--ray", "--out", str(tmp_path), "--tracking-uri", "http://127.0.0.1:9"]
+    assert main(argv) == 2
+    assert "127.0.0.1:9" in capsys.readouterr().err
+    assert not (tmp_path / "trials").exists()
+
+
+def test_resume_needs_a_sweep_folder_of_this_version(tmp_path: Path, capsys) -> None:
+    assert main(["resume", str(tmp_path)]) == 2
+    assert f"is not a sweep folder (no {SETTINGS_FILE})" in capsys.readouterr().err
+    old = {"name": "s", "mlflow": {"uri": "sqlite:///x.db", "experiment": "supcon-sweep"}}
+    (tmp_path / SETTINGS_FILE).write_text(json.dumps(old))
+    assert main(["resume", str(tmp_path)]) == 2
+    assert "not readable by this version" in capsys.readouterr().err
 
 
 def test_unreachable_mlflow_fails_before_launching(tmp_path: Path, capsys) -> None:

@@ -1,0 +1,109 @@
+"""``supcon-sweep trial``: one trial, in this process (the trainer's own command) or, with
+``--ray``, as a Ray Train run: the code path of a sweep trial, tracked in MLflow as a one-trial
+sweep."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+
+from orchestrator.options import (
+    DEFAULT_OUT,
+    EXIT_FAILED,
+    EXIT_STATUS,
+    add_ray_args,
+    add_tracking_args,
+    bad_input,
+    check_ray_address,
+)
+from orchestrator.settings import SweepSettings
+from trainer import cli as trainer_cli
+from trainer.config import ConfigError, TrainerConfig, load_config, resolve_roots
+from trainer.defaults import DEFAULT_DATA, ensure_synthetic
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    trial = subparsers.add_parser(
+        "trial",
+        help="run one trial: stage 1, stage 2, evaluation (locally, or through Ray Train)",
+        description=(
+            "Run one trial of the two-stage trainer in this process (or as DDP under torchrun). "
+            "With no arguments: the local default on the synthetic corpus, generated into "
+            "runs/data if missing. With --ray: the same trial as a Ray Train run over --workers "
+            "workers, tracked in MLflow like a sweep of one trial."
+        ),
+        epilog=EXIT_STATUS,
+    )
+    trainer_cli.add_arguments(trial)
+    group = trial.add_argument_group("through Ray Train (the code path of a sweep trial)")
+    group.add_argument("--ray", action="store_true", help="run the trial as a Ray Train run")
+    group.add_argument("--workers", type=int, default=2, help="Ray Train workers (DDP ranks)")
+    group.add_argument("--gpus", type=int, default=0, help="GPUs for the trial (0: gloo on CPU)")
+    group.add_argument("--cpus-per-worker", type=float, default=1.0)
+    add_ray_args(group)
+    add_tracking_args(group, out=False)
+    trial.set_defaults(handler=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    """The ``trial`` handler: through Ray Train with ``--ray``, else the trainer's own."""
+    return _on_ray(args) if args.ray else trainer_cli.run(args)
+
+
+def _settings(args: argparse.Namespace, cfg: TrainerConfig) -> SweepSettings:
+    """A sweep of this one trial, named ``trial-YYYYmmdd-HHMMSS``."""
+    from orchestrator.tracking import resolve_tracking_uri
+
+    return SweepSettings(
+        name=time.strftime("trial-%Y%m%d-%H%M%S"),
+        base=cfg,
+        space_path="",
+        metric="encoder/dev/eer",
+        mode="min",
+        num_samples=1,
+        max_concurrent=1,
+        scheduler="none",
+        workers_per_trial=args.workers,
+        cpus_per_worker=args.cpus_per_worker,
+        gpus_per_trial=args.gpus,
+        max_failures=0,
+        seed=cfg.seed,
+        out_dir=str(args.out.resolve()),
+        tracking_uri=resolve_tracking_uri(args.tracking_uri, DEFAULT_OUT),
+        experiment=args.experiment,
+    )
+
+
+def _on_ray(args: argparse.Namespace) -> int:
+    try:
+        cfg = resolve_roots(load_config(args.config, [*args.overrides, "runtime.progress=false"]))
+    except ConfigError as err:
+        return bad_input(err)
+    from orchestrator.tracking import TrackingError, check_reachable
+
+    settings = _settings(args, cfg)
+    try:
+        check_reachable(settings.tracking_uri)
+        check_ray_address(args.address)
+    except (TrackingError, ConnectionError) as err:
+        return bad_input(err)
+    from ray.train import TrainingFailedError
+
+    from orchestrator.sweep import run_single_trial, start_ray
+
+    try:
+        start_ray(args.address, 1)
+        if args.config is None:
+            ensure_synthetic(cfg, DEFAULT_DATA)
+        metrics = run_single_trial(settings)
+    except (TrackingError, ConnectionError) as err:
+        return bad_input(err)
+    except TrainingFailedError as err:
+        print(f"error: trial {settings.name} failed: {err}", file=sys.stderr)
+        return EXIT_FAILED
+    eers = {k: v for k, v in metrics.items() if k.endswith("/eer") and k.count("/") == 2}
+    for key, value in sorted(eers.items()):
+        print(f"{key:<28} {100 * value:6.2f} %")
+    print(f"outputs in {settings.trials_dir}/{settings.name}")
+    return 0
