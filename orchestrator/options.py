@@ -11,11 +11,13 @@ from pathlib import Path
 
 from orchestrator.settings import DEFAULT_EXPERIMENT
 
+# One exit policy for every command: the trainer's, re-exported.
+from trainer.cli import EXIT_BAD_INPUT as EXIT_BAD_INPUT
+from trainer.cli import EXIT_FAILED as EXIT_FAILED
+
 DEFAULT_OUT = Path("runs")
 DEFAULT_JOB_SERVER = "http://127.0.0.1:8265"
 
-EXIT_FAILED = 1  # the work ran and failed
-EXIT_BAD_INPUT = 2  # bad input, or a service that cannot be reached
 EXIT_STATUS = (
     "Exit status: 0 done; 1 the work ran and failed (a trial, a sweep in which every trial "
     "failed, a followed job); 2 bad input or a service that cannot be reached (arguments, "

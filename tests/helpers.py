@@ -12,7 +12,6 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 SMOKE_SPACE = ROOT / "search_spaces" / "smoke.yaml"
-EXPERIMENT = "supcon-sweep"
 
 
 def free_port() -> int:
