@@ -23,9 +23,10 @@ sweep: $(STAMP)
 test: $(STAMP)
 	$(BIN)/python -m pytest
 
-# The tests that need no Ray, no cluster and no multi-process DDP: under 2 minutes on 2 cores.
+# The tests that need no Ray, no cluster, no multi-process DDP and no slow subprocess trial
+# (the kill-and-resume test): under 2 minutes on 2 cores.
 test-fast: $(STAMP)
-	$(BIN)/python -m pytest -m "not ray and not cluster and not dist"
+	$(BIN)/python -m pytest -m "not ray and not cluster and not dist and not slow"
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
