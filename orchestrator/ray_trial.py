@@ -58,7 +58,10 @@ class RayReporter:
             self.tracker.log_artifacts([p for p in artifacts if p.suffix != ".tsv"])
             self.tracker.log_artifacts([p for p in artifacts if p.suffix == ".tsv"], "scores")
         finite = {k: v for k, v in metrics.items() if math.isfinite(v)}
-        self.send({**finite, "epoch": self.epoch, "done": 1.0})
+        # No Tune-reserved key (``done`` above all): Tune would end the trial at this report,
+        # tearing the workers down before rank 0 marks the run FINISHED. The trial ends when its
+        # driver's fit() returns, after every worker has returned.
+        self.send({**finite, "epoch": self.epoch})
 
     def tag(self, key: str, value: str) -> None:
         if self.tracker is not None:

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 from mlflow.tracking import MlflowClient
+from ray.tune import result as tune_result
 
 from orchestrator.ray_trial import make_reporter
 from orchestrator.settings import TrialSpec
@@ -80,3 +81,23 @@ def test_only_rank_0_writes_to_mlflow(tmp_path: Path) -> None:
     history = client.get_metric_history(child.info.run_id, "encoder/dev/eer")
     assert [m.step for m in history] == [*range(EPOCHS), EPOCHS]  # each epoch once, then final
     assert child.data.metrics["time/launch_s"] == 0.5
+
+
+# Keys Tune fills in or acts on: a report carrying one would end or confuse the trial.
+TUNE_RESERVED = {
+    tune_result.DONE,
+    tune_result.SHOULD_CHECKPOINT,
+    tune_result.TRIAL_ID,
+    tune_result.EXPERIMENT_TAG,
+    *tune_result.AUTO_RESULT_KEYS,
+    *tune_result.DEBUG_METRICS,
+}
+
+
+@pytest.mark.usefixtures("quiet_env")
+def test_reports_carry_no_tune_reserved_key(tmp_path: Path) -> None:
+    """A ``done`` in the final report let Tune end the trial before rank 0 closed its MLflow
+    run, which was then marked KILLED and dropped from ``best``."""
+    sent = _run_rank(_spec(tmp_path), 0)
+    assert all(TUNE_RESERVED.isdisjoint(report) for report in sent)
+    assert sent[-1]["epoch"] == EPOCHS - 1 and "eval/pooled_mean/eer" in sent[-1]
