@@ -78,6 +78,10 @@ class DataConfig(_Strict):
 
 
 class Stage1Config(_Strict):
+    """Stage-1 training. ``monitor_subset: N`` computes the per-epoch dev monitor (dev loss, dev
+    EER) on a fixed class-balanced subset of N dev clips (the same clips every epoch and every
+    trial); ``null`` uses the whole dev set. The stage-2 dev EER always uses the whole dev set."""
+
     epochs: int = Field(default=100, ge=1)
     lr_encoder: float = Field(default=1e-5, ge=0.0)
     lr_head: float = Field(default=5e-4, ge=0.0)
@@ -88,6 +92,7 @@ class Stage1Config(_Strict):
     schedule: Literal["constant", "cosine"] = "constant"
     monitor: Literal["dev_loss", "dev_eer"] = "dev_loss"
     patience: int | None = Field(default=10, ge=1)
+    monitor_subset: int | None = Field(default=None, ge=2)
 
 
 class Stage2Config(_Strict):

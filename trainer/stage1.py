@@ -24,7 +24,8 @@ from trainer.contrastive import contrastive_step
 from trainer.data.corpora import CorpusSplit
 from trainer.data.dataset import AudioDataset, make_loader
 from trainer.data.rawboost import RawBoost
-from trainer.data.sampler import BalancedBatchSampler
+from trainer.data.records import Utterance
+from trainer.data.sampler import BalancedBatchSampler, balanced_subset
 from trainer.embed import embed
 from trainer.loss import supcon_loss
 from trainer.metrics import compute_eer
@@ -176,6 +177,16 @@ class Stepper:
         return loss.item(), z.detach()
 
 
+def _monitor_clips(dev: CorpusSplit, cfg: TrainerConfig) -> list[Utterance]:
+    """The dev clips of the per-epoch monitor: ``stage1.monitor_subset`` of them, or all."""
+    size = cfg.stage1.monitor_subset
+    if size is None:
+        return list(dev.utterances)
+    chosen = balanced_subset([u.is_bonafide for u in dev.utterances], size, cfg.seed)
+    log.info("stage-1 dev monitor on %d of %d dev clips", len(chosen), len(dev.utterances))
+    return [dev.utterances[i] for i in chosen]
+
+
 class Stage1:
     """Stage-1 training of ``model`` on the ``train`` split, validated on ``dev`` every epoch.
 
@@ -194,7 +205,8 @@ class Stage1:
         out_dir: Path,
         reporter: Reporter,
     ) -> None:
-        self.cfg, self.model, self.rt, self.dev = cfg, model, rt, dev
+        self.cfg, self.model, self.rt = cfg, model, rt
+        self.monitor = _monitor_clips(dev, cfg)
         self.ckpt_dir = out_dir / "checkpoints" / "last"
         self.reporter = reporter
         self.sampler = BalancedBatchSampler(
@@ -312,7 +324,7 @@ class Stage1:
 
     def _dev_metrics(self, centroid: torch.Tensor) -> dict[str, float]:
         """Dev SupCon loss (no queue) and the EER of the cosine to the train ``centroid`` (D,)."""
-        cfg, dev = self.cfg, self.dev.utterances
+        cfg, dev = self.cfg, self.monitor
         z = embed(
             self.model,
             dev,

@@ -91,3 +91,20 @@ class BalancedBatchSampler:
                 SampleKey(int(i), self.epoch, self.world_rank, b * width + j)
                 for j, i in enumerate(batch)
             ]
+
+
+def balanced_subset(is_bonafide: Sequence[bool], size: int, seed: int) -> list[int]:
+    """Sorted indices of a fixed, class-balanced subset of ``size`` clips: half bona fide, half
+    spoof (a class with fewer clips than its half is taken whole and the other fills up), drawn
+    without replacement by ``seed`` alone, so every epoch and every trial of a sweep sees the
+    same clips. ``size`` at least the set's length returns every index."""
+    flags = np.asarray(is_bonafide, dtype=bool)  # (N,)
+    if size >= len(flags):
+        return list(range(len(flags)))
+    bona, spoof = np.flatnonzero(flags), np.flatnonzero(~flags)
+    n_bona = min(len(bona), max(size // 2, size - len(spoof)))
+    rng = np.random.default_rng(seed)
+    chosen = np.concatenate(
+        [rng.choice(bona, n_bona, replace=False), rng.choice(spoof, size - n_bona, replace=False)]
+    )
+    return sorted(chosen.tolist())

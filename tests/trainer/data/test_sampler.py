@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from trainer.data.config import SamplerConfig
-from trainer.data.sampler import BalancedBatchSampler
+from trainer.data.sampler import BalancedBatchSampler, balanced_subset
 
 # 10% bona fide, as ASVspoof 2019 LA train.
 FLAGS = [i % 10 == 0 for i in range(400)]
@@ -60,3 +60,18 @@ def test_bad_settings_fail_clearly() -> None:
         BalancedBatchSampler([True, True], SamplerConfig(batch_size=2))
     with pytest.raises(ValueError, match="world_rank 2 outside world_size 2"):
         BalancedBatchSampler(FLAGS, SamplerConfig(), world_size=2, world_rank=2)
+
+
+def test_monitor_subset_is_balanced_fixed_and_seeded() -> None:
+    """ASVspoof 2019 LA dev's mix (about 10% bona fide): a 5,000-clip monitor takes every bona
+    fide clip and as many spoofs, the same clips on every call with the seed."""
+    flags = np.zeros(24_844, dtype=bool)
+    flags[:2_548] = True
+    chosen = balanced_subset(flags, 5_096, seed=0)
+    assert len(chosen) == len(set(chosen)) == 5_096 and chosen == sorted(chosen)
+    assert flags[chosen].sum() == 2_548  # all bona fide, as many spoof
+    assert balanced_subset(flags, 5_096, seed=0) == chosen
+    assert balanced_subset(flags, 5_096, seed=1) != chosen
+    small = balanced_subset(flags, 1_000, seed=0)
+    assert flags[small].sum() == 500 and len(small) == 1_000
+    assert balanced_subset(flags, 30_000, seed=0) == list(range(24_844))  # the whole set
