@@ -47,18 +47,29 @@ def set_rng_state(state: dict[str, Any]) -> None:
 def save(folder: Path, *, state: dict[str, Any], model: dict, best_model: dict) -> Path:
     """Write the checkpoint to a fresh sibling folder, then swap it in for ``folder``.
 
-    A save that raises part-way (an unpicklable object, a full disk) leaves the previous checkpoint
-    in ``folder`` as it was and removes its staging folder; so does a kill while the files are
+    ``state`` holds the resolved config under ``"config"`` (see :func:`saved_config`). Atomic as
+    :func:`write_folder` says.
+    """
+    return write_folder(folder, {STATE: state, MODEL: model, BEST: best_model})
+
+
+def write_folder(folder: Path, files: dict[str, Any]) -> Path:
+    """Write ``files`` (name -> a ``str``, written as UTF-8 text, or anything ``torch.save``
+    takes) into a fresh sibling of ``folder``, then swap it in for ``folder``.
+
+    A write that raises part-way (an unpicklable object, a full disk) leaves the previous
+    ``folder`` as it was and removes its staging folder; so does a kill while the files are
     written (the hidden staging folder then stays). Only a kill between the two renames leaves no
-    ``folder`` (the previous checkpoint is then ``.{name}.old``, removed by the next save).
-    ``state`` holds the resolved config under ``"config"`` (see :func:`saved_config`).
+    ``folder`` (the previous one is then ``.{name}.old``, removed by the next write).
     """
     folder.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
     try:
-        torch.save(state, staging / STATE)
-        torch.save(model, staging / MODEL)
-        torch.save(best_model, staging / BEST)
+        for name, content in files.items():
+            if isinstance(content, str):
+                (staging / name).write_text(content, encoding="utf-8")
+            else:
+                torch.save(content, staging / name)
         old = folder.with_name(f".{folder.name}.old")
         shutil.rmtree(old, ignore_errors=True)  # left by a run killed mid-swap; blocks the rename
         if folder.exists():

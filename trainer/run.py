@@ -18,8 +18,15 @@ import torch
 from trainer import checkpoint, distributed
 from trainer.config import ConfigError, TrainerConfig, to_yaml
 from trainer.data.corpora import CorpusSplit, read_corpus
-from trainer.embed import embed
-from trainer.metrics import SetResult, class_scores, evaluate, pooled_all, pooled_mean, write_scores
+from trainer.evaluate import (
+    CLASSIFIER,
+    MODEL_DIR,
+    FinalModel,
+    SetScores,
+    embed_split,
+    pooled_metrics,
+)
+from trainer.metrics import class_scores, write_scores
 from trainer.model import SupConModel
 from trainer.plots import curves_plot, det_plot
 from trainer.reporting import JsonlReporter, Reporter
@@ -35,22 +42,14 @@ class TrialData:
     eval: dict[str, CorpusSplit]
 
 
-@dataclass(frozen=True)
-class Evaluation:
-    """The classifier's scores by set (``dev`` and every evaluation set, in protocol order), the
-    per-set results of the evaluation sets, and the ``eval/*`` metrics."""
-
-    scores: dict[str, np.ndarray]
-    results: dict[str, SetResult]
-    metrics: dict[str, float]
-
-
-def load_data(cfg: TrainerConfig) -> TrialData:
-    """Read every split once (missing files and bad protocols fail here, before any training)."""
+def load_data(cfg: TrainerConfig, with_eval: bool = True) -> TrialData:
+    """Read every split once (missing files and bad protocols fail here, before any training);
+    the evaluation sets only ``with_eval``."""
+    sets = cfg.data.eval.items() if with_eval else ()
     return TrialData(
         train=read_corpus(cfg.data.train),
         dev=read_corpus(cfg.data.dev),
-        eval={name: read_corpus(ds) for name, ds in cfg.data.eval.items()},
+        eval={name: read_corpus(ds) for name, ds in sets},
     )
 
 
@@ -92,21 +91,6 @@ class Trial:
     reporter: Reporter
     started: float  # time.monotonic() when the trial began
 
-    def _embed(self, split: CorpusSplit, desc: str) -> torch.Tensor:
-        c = self.cfg
-        return embed(
-            self.model,
-            split.utterances,
-            c.data.eval_crop,
-            device=self.rt.device,
-            precision=self.rt.autocast(),
-            batch_size=c.data.eval_batch_size,
-            num_workers=c.data.num_workers,
-            seed=c.seed,
-            desc=desc,
-            progress=self.rt.show_progress,
-        )
-
     def _resume_from(self, resume: Path | None, resume_local: bool) -> Path | None:
         if resume is None and resume_local:
             resume = self.out / "checkpoints" / "last"
@@ -131,22 +115,27 @@ class Trial:
         encoder = stage1.run(self._resume_from(resume, resume_local))
         self.model.load_state_dict(encoder.best_state)
         freeze(self.model)
-        train_z = self._embed(self.data.train, "embed train")  # (N_train, D)
-        dev_z = self._embed(self.data.dev, "embed dev")  # (N_dev, D)
+        c, d, rt = self.cfg, self.data, self.rt
+        train_z = embed_split(self.model, d.train, c, rt, "embed train")  # (N_train, D)
+        dev_z = embed_split(self.model, d.dev, c, rt, "embed dev")  # (N_dev, D)
         stage2 = self._stage2(train_z, dev_z)
-        evaluation = self._evaluate(stage2.classifier, dev_z)
+        final = FinalModel(c, self.model, stage2.classifier)
+        evaluated = [final.score_set(name, split, rt) for name, split in d.eval.items()]
         metrics = _stage1_summary(encoder.progress)
         metrics |= {
             "classifier/dev/eer": stage2.dev_eer,
             "classifier/best_epoch": float(stage2.best_epoch),
         }
-        metrics |= evaluation.metrics
+        for scored in evaluated:
+            metrics |= scored.metrics()
+        metrics |= pooled_metrics(evaluated)
         first_step = encoder.first_step_at or time.monotonic()
         metrics |= {
             "time/setup_s": first_step - self.started,
             "time/trial_s": time.monotonic() - self.started,
         }
-        artifacts = self._write(metrics, encoder.progress, stage2, evaluation)
+        dev_scores = final.scores(dev_z)  # (N_dev,)
+        artifacts = self._write(metrics, encoder.progress, stage2, final, dev_scores, evaluated)
         self.reporter.final(metrics, artifacts)
         return metrics
 
@@ -156,44 +145,26 @@ class Trial:
             train_z, _targets(d.train), dev_z, _targets(d.dev), c.stage2, seed=c.seed
         )
 
-    def _evaluate(self, classifier: torch.nn.Linear, dev_z: torch.Tensor) -> Evaluation:
-        with torch.no_grad():
-            scores = {"dev": classifier(dev_z).squeeze(1).numpy()}
-            for name, split in self.data.eval.items():
-                z = self._embed(split, f"eval {name}")
-                scores[name] = classifier(z).squeeze(1).numpy()
-        results = {
-            name: evaluate(split.utterances, scores[name], name)
-            for name, split in self.data.eval.items()
-        }
-        metrics: dict[str, float] = {}
-        for name, result in results.items():
-            metrics |= result.metrics(f"eval/{name}")
-        if results:
-            metrics["eval/pooled_mean/eer"] = pooled_mean(list(results.values()))
-            metrics["eval/pooled_all/eer"] = pooled_all(
-                [class_scores(s.utterances, scores[n]) for n, s in self.data.eval.items()]
-            )
-        return Evaluation(scores, results, metrics)
-
     def _write(
         self,
         metrics: dict[str, float],
         progress: Progress,
         stage2: Stage2Result,
-        evaluation: Evaluation,
+        final: FinalModel,
+        dev_scores: np.ndarray,
+        evaluated: list[SetScores],
     ) -> list[Path]:
+        """Rank 0 writes the final model (``model/``), the score files, ``metrics.json`` and the
+        plots; returns the files to log as artifacts (the classifier, not the encoder: that
+        stays in the model folder)."""
         if not distributed.is_main():
             return []
-        out, scores = self.out, evaluation.scores
+        out = self.out
+        model_dir = final.save(out / MODEL_DIR)
         scores_dir = out / "scores"
         scores_dir.mkdir(exist_ok=True)
-        splits = {"dev": self.data.dev, **self.data.eval}
-        files = [
-            write_scores(scores_dir / f"{name}.tsv", split.utterances, scores[name])
-            for name, split in splits.items()
-        ]
-        torch.save(stage2.classifier.state_dict(), out / "classifier.pt")
+        files = [write_scores(scores_dir / "dev.tsv", self.data.dev.utterances, dev_scores)]
+        files += [scored.write(scores_dir) for scored in evaluated]
         (out / "metrics.json").write_text(json.dumps(metrics, indent=2, sort_keys=True) + "\n")
         (out / "stage2_history.json").write_text(json.dumps(stage2.history) + "\n")
         plots = [
@@ -203,17 +174,29 @@ class Trial:
                 out / "stage1_curves.png",
             )
         ]
-        if evaluation.results:
-            sets = {n: class_scores(s.utterances, scores[n]) for n, s in splits.items()}
+        if evaluated:
+            sets = {"dev": class_scores(self.data.dev.utterances, dev_scores)}
+            sets |= {scored.name: scored.by_class() for scored in evaluated}
             plots.append(det_plot(sets, out / "det.png"))
-        return [out / "config.yaml", out / "metrics.json", *files, *plots]
+        return [
+            out / "config.yaml",
+            out / "metrics.json",
+            model_dir / CLASSIFIER,
+            *files,
+            *plots,
+        ]
 
 
-def prepare_trial(cfg: TrainerConfig, out_dir: Path, reporter: Reporter | None = None) -> Trial:
+def prepare_trial(
+    cfg: TrainerConfig,
+    out_dir: Path,
+    reporter: Reporter | None = None,
+    with_eval: bool = True,
+) -> Trial:
     """Everything before training, in order: join the launcher's process group, resolve the
     device and seed every RNG, create ``out_dir`` and write ``config.yaml`` (rank 0), read every
-    corpus (bad corpora fail here) and build the model. ``reporter`` defaults to a
-    :class:`~trainer.reporting.JsonlReporter` on ``out_dir``."""
+    corpus (bad corpora fail here; the evaluation sets only ``with_eval``) and build the model.
+    ``reporter`` defaults to a :class:`~trainer.reporting.JsonlReporter` on ``out_dir``."""
     started = time.monotonic()
     distributed.init_from_env()
     rt = setup(cfg.runtime, cfg.seed)
@@ -222,7 +205,7 @@ def prepare_trial(cfg: TrainerConfig, out_dir: Path, reporter: Reporter | None =
         (out_dir / "config.yaml").write_text(to_yaml(cfg), encoding="utf-8")
     distributed.barrier()
     reporter = reporter or JsonlReporter(out_dir, main=distributed.is_main())
-    data = load_data(cfg)
+    data = load_data(cfg, with_eval)
     model = SupConModel(cfg.model).to(rt.device)
     return Trial(cfg, out_dir, rt, data, model, reporter, started)
 
@@ -233,6 +216,9 @@ def run_trial(
     reporter: Reporter | None = None,
     resume: Path | None = None,
     resume_local: bool = True,
+    with_eval: bool = True,
 ) -> dict[str, float]:
-    """Run stage 1, stage 2 and evaluation; returns the final metrics (same on every rank)."""
-    return prepare_trial(cfg, out_dir, reporter).run(resume, resume_local)
+    """Run stage 1, stage 2 and the dev evaluation, then (``with_eval``) score every evaluation
+    set; returns the final metrics (same on every rank). The final model is saved in
+    ``out_dir/model`` either way, so :mod:`trainer.evaluate` can score the sets later."""
+    return prepare_trial(cfg, out_dir, reporter, with_eval).run(resume, resume_local)

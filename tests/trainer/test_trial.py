@@ -18,8 +18,11 @@ import torch
 from tests.helpers import ROOT, free_port, micro
 from trainer.cli import main
 from trainer.config import load_config
+from trainer.data.corpora import read_corpus
+from trainer.evaluate import MODEL_FILES, ModelNotFoundError, load_model
 from trainer.metrics import read_scores
-from trainer.run import prepare_trial
+from trainer.run import prepare_trial, run_trial
+from trainer.runtime import setup
 
 
 def test_cli_trial_writes_everything(synth_root: Path, tmp_path: Path, capsys) -> None:
@@ -44,11 +47,35 @@ def test_cli_trial_writes_everything(synth_root: Path, tmp_path: Path, capsys) -
     assert len(read_scores(out / "scores" / "asv19.tsv")) == 68
     assert (out / "checkpoints" / "last" / "state.pt").is_file()
     assert (out / "det.png").stat().st_size > 0 and (out / "config.yaml").is_file()
+    assert sorted(p.name for p in (out / "model").iterdir()) == sorted(MODEL_FILES)
     epochs = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [e["epoch"] for e in epochs] == [0, 1, 2]
     assert (
         epochs[0]["encoder/train/queue_fill"] == 0 and epochs[2]["encoder/train/queue_fill"] == 24
     )
+
+
+def test_the_saved_model_scores_a_set_as_the_trial_did(synth_root: Path, tmp_path: Path) -> None:
+    """A trial run without its evaluation sets (as a sweep runs it) saves a final model that
+    scores them later exactly as an evaluating trial scores them, and stage 1's dev monitor
+    on a fixed subset does not touch the stage-2 dev EER's whole dev set."""
+    overrides = [*micro(synth_root, epochs=1), "stage1.monitor_subset=20"]
+    cfg = load_config(None, overrides)
+    evaluated = run_trial(cfg, tmp_path / "with")
+    skipped = run_trial(cfg, tmp_path / "without", with_eval=False)
+    assert not any(k.startswith("eval/") for k in skipped)
+    assert skipped["classifier/dev/eer"] == evaluated["classifier/dev/eer"]
+    assert len(read_scores(tmp_path / "without" / "scores" / "dev.tsv")) > 20
+    final = load_model(tmp_path / "without" / "model", torch.device("cpu"))
+    rt = setup(final.cfg.runtime, final.cfg.seed)
+    split = read_corpus(final.cfg.data.eval["asv19"])
+    later = final.score_set("asv19", split, rt)
+    saved = read_scores(tmp_path / "with" / "scores" / "asv19.tsv")
+    assert later.scores.tolist() == [saved[u.utt_id] for u in split.utterances]
+    assert later.metrics() == {k: v for k, v in evaluated.items() if k.startswith("eval/asv19/")}
+    (tmp_path / "without" / "model" / "model.pt").unlink()
+    with pytest.raises(ModelNotFoundError, match=r"missing model\.pt"):
+        load_model(tmp_path / "without" / "model", torch.device("cpu"))
 
 
 def test_stage2_leaves_encoder_and_head_bit_identical(synth_root: Path, tmp_path: Path) -> None:

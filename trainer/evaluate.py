@@ -1,0 +1,141 @@
+"""A trial's final model, and scoring it on the evaluation sets.
+
+The final model folder (``OUT/model/``) holds what a later evaluation needs and nothing more:
+the stage-1 best weights of encoder + head (``model.pt``), the stage-2 classifier
+(``classifier.pt``) and the resolved trainer config (``config.yaml``). Optimiser state lives
+only in the resume checkpoint.
+
+Scoring embeds a set sharded over the ranks (every rank gets every score, see
+:func:`trainer.embed.embed`), so one process and N processes run the same code. Each set's
+metrics come from :func:`trainer.metrics.evaluate`; the pooled figures from every set scored.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from trainer import checkpoint
+from trainer.config import TrainerConfig, load_config, to_yaml
+from trainer.data.corpora import CorpusSplit
+from trainer.embed import embed
+from trainer.metrics import SetResult, class_scores, evaluate, pooled_all, pooled_mean, write_scores
+from trainer.model import SupConModel
+from trainer.runtime import Runtime
+from trainer.stage2 import freeze
+
+MODEL_DIR = "model"
+WEIGHTS = "model.pt"
+CLASSIFIER = "classifier.pt"
+CONFIG = "config.yaml"
+MODEL_FILES = (WEIGHTS, CLASSIFIER, CONFIG)
+
+
+class ModelNotFoundError(FileNotFoundError):
+    """A folder does not hold a trained model; the message names the folder and what is missing."""
+
+
+def embed_split(
+    model: nn.Module, split: CorpusSplit, cfg: TrainerConfig, rt: Runtime, desc: str
+) -> torch.Tensor:
+    """(N, D) embeddings of ``split`` with the config's evaluation crop and batch size."""
+    return embed(
+        model,
+        split.utterances,
+        cfg.data.eval_crop,
+        device=rt.device,
+        precision=rt.autocast(),
+        batch_size=cfg.data.eval_batch_size,
+        num_workers=cfg.data.num_workers,
+        seed=cfg.seed,
+        desc=desc,
+        progress=rt.show_progress,
+    )
+
+
+@dataclass(frozen=True, eq=False)
+class FinalModel:
+    """The frozen encoder + head and the linear classifier on top (on CPU); a higher score is
+    more bona fide."""
+
+    cfg: TrainerConfig
+    model: SupConModel
+    classifier: nn.Linear
+
+    def save(self, folder: Path) -> Path:
+        """Write the model folder atomically (see :func:`trainer.checkpoint.write_folder`)."""
+        files = {
+            WEIGHTS: self.model.state_dict(),
+            CLASSIFIER: self.classifier.state_dict(),
+            CONFIG: to_yaml(self.cfg),
+        }
+        return checkpoint.write_folder(folder, files)
+
+    def scores(self, z: torch.Tensor) -> np.ndarray:
+        """(N,) classifier logits of embeddings ``z`` (N, D)."""
+        with torch.no_grad():
+            return self.classifier(z).squeeze(1).numpy()
+
+    def score_set(self, name: str, split: CorpusSplit, rt: Runtime) -> SetScores:
+        z = embed_split(self.model, split, self.cfg, rt, f"eval {name}")  # (N, D)
+        scores = self.scores(z)
+        return SetScores(name, split, scores, evaluate(split.utterances, scores, name))
+
+
+def load_model(folder: Path, device: torch.device) -> FinalModel:
+    """The model a trial saved in ``folder``, frozen, its encoder on ``device``.
+
+    A pretrained encoder is built from ``model.pretrained`` as in training (the weights then
+    replaced by the saved ones), so the node needs that source as training did.
+    """
+    missing = [name for name in MODEL_FILES if not (folder / name).is_file()]
+    if missing:
+        raise ModelNotFoundError(f"{folder}: no trained model (missing {', '.join(missing)})")
+    cfg = load_config(folder / CONFIG)
+    model = SupConModel(cfg.model)
+    model.load_state_dict(torch.load(folder / WEIGHTS, map_location="cpu", weights_only=True))
+    freeze(model)
+    classifier = nn.Linear(cfg.model.embedding_dim, 1)
+    classifier.load_state_dict(
+        torch.load(folder / CLASSIFIER, map_location="cpu", weights_only=True)
+    )
+    classifier.requires_grad_(False)
+    return FinalModel(cfg, model.to(device), classifier)
+
+
+@dataclass(frozen=True, eq=False)
+class SetScores:
+    """One evaluation set scored: its scores (N,) in protocol order and its EERs."""
+
+    name: str
+    split: CorpusSplit
+    scores: np.ndarray
+    result: SetResult
+
+    def metrics(self) -> dict[str, float]:
+        """``eval/<set>/eer`` and the per-attack ``eval/<set>/eer_<attack>``."""
+        return self.result.metrics(f"eval/{self.name}")
+
+    def write(self, folder: Path) -> Path:
+        """The score file ``folder/<set>.tsv`` (see :func:`trainer.metrics.write_scores`)."""
+        folder.mkdir(parents=True, exist_ok=True)
+        return write_scores(folder / f"{self.name}.tsv", self.split.utterances, self.scores)
+
+    def by_class(self) -> tuple[np.ndarray, np.ndarray]:
+        return class_scores(self.split.utterances, self.scores)
+
+
+def pooled_metrics(sets: Sequence[SetScores]) -> dict[str, float]:
+    """``eval/pooled_mean/eer`` (mean of the sets' EERs, the paper's figure) and
+    ``eval/pooled_all/eer`` (one threshold over all scores) over ``sets``; {} for none."""
+    if not sets:
+        return {}
+    return {
+        "eval/pooled_mean/eer": pooled_mean([s.result for s in sets]),
+        "eval/pooled_all/eer": pooled_all([s.by_class() for s in sets]),
+    }
