@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import shutil
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -18,8 +19,10 @@ from pathlib import Path
 import ray.train
 
 from orchestrator.settings import TrialSpec
-from orchestrator.tracking import TrialTracker
+from orchestrator.storage import upload_folder
+from orchestrator.tracking import MODEL_TAG, RESOURCES_TAG, TrialTracker
 from trainer.config import TrainerConfig, flatten
+from trainer.evaluate import MODEL_DIR
 from trainer.run import run_trial
 
 log = logging.getLogger(__name__)
@@ -110,6 +113,14 @@ def _restore(out_dir: Path, world_rank: int) -> tuple[Path | None, str | None]:
     return Path(restored.to_directory(str(local))), Path(restored.path).name
 
 
+def _publish_model(spec: TrialSpec, reporter: RayReporter) -> None:
+    """Rank 0: copy the final model to the sweep's storage, then tag the run with where it is
+    (a run tagged so always has the whole model there)."""
+    uri = upload_folder(spec.out_dir / MODEL_DIR, spec.model_uri)
+    reporter.tag(MODEL_TAG, uri)
+    log.info("trial %s: final model in %s", spec.trial_id, uri)
+
+
 def train_worker(config: dict[str, TrialSpec]) -> None:
     """Ray Train's ``train_loop_per_worker``; ``config[SPEC_KEY]`` comes from the trial driver."""
     spec = config[SPEC_KEY]
@@ -118,11 +129,19 @@ def train_worker(config: dict[str, TrialSpec]) -> None:
     cfg = spec.config()
     resume, resumed_from = _restore(spec.out_dir, world_rank)
     reporter = make_reporter(spec, cfg, world_rank, launch_s)
+    reporter.tag(RESOURCES_TAG, spec.resources.to_json())
     if resumed_from is not None:
         reporter.tag("supcon.resumed_from", resumed_from)
     try:
-        run_trial(cfg, spec.out_dir, reporter, resume=resume, resume_local=False)
+        run_trial(
+            cfg, spec.out_dir, reporter, resume=resume, resume_local=False, with_eval=spec.with_eval
+        )
+        if world_rank == 0:
+            _publish_model(spec, reporter)
     except BaseException:
         reporter.finish("FAILED")
         raise
+    # Ray's storage keeps the one checkpoint resume needs; this node's copies (rank 0's last
+    # save, each rank's restored copy) are several GB apiece for XLS-R and nothing reads them.
+    shutil.rmtree(spec.out_dir / "checkpoints", ignore_errors=True)
     reporter.finish("FINISHED")

@@ -17,6 +17,7 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
+from orchestrator.storage import read_text, write_text
 from trainer.config import TrainerConfig, apply_overrides, validate_tree
 
 DEFAULT_EXPERIMENT = "supcon-sweep"
@@ -39,12 +40,32 @@ class TrackingTarget:
 
 
 @dataclass(frozen=True)
+class TrialResources:
+    """What one trial's Ray Train run holds: ``workers`` DDP ranks of ``cpus_per_worker`` CPUs
+    each, and ``gpus`` GPUs in all (0: gloo on CPUs). Recorded on the trial's MLflow run, so a
+    later evaluation of the trial runs on the same resources."""
+
+    workers: int
+    gpus: int
+    cpus_per_worker: float
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> TrialResources:
+        return cls(**json.loads(text))
+
+
+@dataclass(frozen=True)
 class SweepSettings:
     """Everything a sweep's trial drivers need, saved beside the Tune experiment for ``resume``.
 
     ``tracking_uri`` and ``experiment`` name the store before the parent run exists; ``tracking``
     is the :class:`TrackingTarget` once it does (``replace(settings, tracking=target)``).
     ``base`` is the trainer config every trial starts from, the space's fixed keys applied.
+    ``eval_top_k``: how many of the best finished trials are scored on the evaluation sets
+    once the search ends (``None``: every finished trial; 0: none).
     """
 
     name: str
@@ -66,6 +87,7 @@ class SweepSettings:
     tracking: TrackingTarget | None = None
     storage: str = ""  # Tune results and Train checkpoints: a shared path or URI; "" = out_dir
     placement: str = "PACK"
+    eval_top_k: int | None = 3
 
     def __post_init__(self) -> None:
         t = self.tracking
@@ -93,6 +115,15 @@ class SweepSettings:
     @property
     def train_dir(self) -> str:
         return f"{self.storage_root}/train"
+
+    @property
+    def models_dir(self) -> str:
+        """Each finished trial's final model, ``MODELS_DIR/TRIAL``, reachable from every node."""
+        return f"{self.storage_root}/models"
+
+    @property
+    def resources(self) -> TrialResources:
+        return TrialResources(self.workers_per_trial, self.gpus_per_trial, self.cpus_per_worker)
 
     @property
     def trials_dir(self) -> str:
@@ -132,48 +163,29 @@ class TrialSpec:
     """What every worker of one trial's Ray Train run is given.
 
     The trial's config is ``base`` with ``params`` (the searcher's point, dotted config paths)
-    applied; its local outputs go to ``trials_dir/trial_id``. ``driver_started`` is the
-    ``time.time()`` at which the trial's driver built the run (the launch latency starts there).
+    applied; its local outputs go to ``trials_dir/trial_id`` and its final model to
+    ``models_dir/trial_id``. ``driver_started`` is the ``time.time()`` at which the trial's
+    driver built the run (the launch latency starts there). ``with_eval``: whether the trial
+    itself scores the evaluation sets (a sweep leaves that to its top trials, afterwards).
     """
 
     base: TrainerConfig
     params: Mapping[str, Any]
     trial_id: str
     trials_dir: str
+    models_dir: str
     tracking: TrackingTarget
+    resources: TrialResources
     driver_started: float
+    with_eval: bool = True
 
     @property
     def out_dir(self) -> Path:
         return Path(self.trials_dir) / self.trial_id
 
+    @property
+    def model_uri(self) -> str:
+        return f"{self.models_dir}/{self.trial_id}"
+
     def config(self) -> TrainerConfig:
         return apply_overrides(self.base, self.params)
-
-
-def _fs(uri: str) -> tuple[Any, str]:
-    """The pyarrow filesystem of a local path or a URI (s3://, gs://, ...), as Ray Tune reads
-    it, and the path on it."""
-    import pyarrow.fs
-
-    if "://" not in uri:
-        return pyarrow.fs.LocalFileSystem(), str(Path(uri).resolve())
-    return pyarrow.fs.FileSystem.from_uri(uri)
-
-
-def write_text(uri: str, text: str) -> None:
-    fs, path = _fs(uri)
-    fs.create_dir(path.rpartition("/")[0], recursive=True)
-    with fs.open_output_stream(path) as out:
-        out.write(text.encode())
-
-
-def read_text(uri: str) -> str:
-    """The text at ``uri``; FileNotFoundError names it when it does not exist."""
-    import pyarrow.fs
-
-    fs, path = _fs(uri)
-    if fs.get_file_info(path).type != pyarrow.fs.FileType.File:
-        raise FileNotFoundError(uri)
-    with fs.open_input_stream(path) as src:
-        return src.read().decode()

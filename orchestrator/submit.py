@@ -48,6 +48,8 @@ def entrypoint(args: argparse.Namespace) -> str:
     words = ["supcon-sweep", "sweep", "--address", "auto"]
     skip = {"handler", "command", "follow", "address", "overrides"}
     for key, value in vars(args).items():
+        if key == "eval_top_k" and value is None:
+            value = "all"
         if key in skip or value is None:
             continue
         if isinstance(value, Path) and value.resolve().is_relative_to(ROOT):

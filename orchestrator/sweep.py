@@ -17,7 +17,7 @@ from typing import Any
 
 import ray
 from ray import tune
-from ray.train import FailureConfig, ScalingConfig
+from ray.train import CheckpointConfig, FailureConfig, ScalingConfig
 from ray.train.torch import TorchConfig, TorchTrainer
 from ray.tune.integration.ray_train import TuneReportCallback
 from ray.tune.schedulers import ASHAScheduler
@@ -27,6 +27,7 @@ from orchestrator.options import check_ray_address
 from orchestrator.ray_trial import SPEC_KEY, train_worker
 from orchestrator.resources import DRIVER_RESOURCE
 from orchestrator.settings import SweepSettings, TrackingTarget, TrialSpec
+from orchestrator.storage import prune_unregistered_checkpoints
 from orchestrator.tracking import SweepRun, close_trial, query_best
 from search_spaces import SearchSpace
 
@@ -36,9 +37,18 @@ GRID_KEY = "grid_point"
 
 
 def torch_trainer(
-    settings: SweepSettings, trial_id: str, params: dict[str, Any], callbacks: list
+    settings: SweepSettings,
+    trial_id: str,
+    params: dict[str, Any],
+    callbacks: list,
+    *,
+    with_eval: bool,
 ) -> TorchTrainer:
-    """The Ray Train run of one trial, named after it so that a rerun resumes from its storage."""
+    """The Ray Train run of one trial, named after it so that a rerun resumes from its storage.
+
+    Storage keeps one reported checkpoint (Ray deletes the older one as each new one lands):
+    the latest, which holds the best weights too, is all that resume needs.
+    """
     gpus = settings.gpus_per_trial
     workers = settings.workers_per_trial
     per_worker = {"CPU": settings.cpus_per_worker}
@@ -49,8 +59,11 @@ def torch_trainer(
         params=params,
         trial_id=trial_id,
         trials_dir=settings.trials_dir,
+        models_dir=settings.models_dir,
         tracking=settings.target,
+        resources=settings.resources,
         driver_started=time.time(),
+        with_eval=with_eval,
     )
     return TorchTrainer(
         train_worker,
@@ -68,15 +81,25 @@ def torch_trainer(
             storage_path=settings.train_dir,
             callbacks=callbacks,
             failure_config=FailureConfig(max_failures=settings.max_failures),
+            checkpoint_config=CheckpointConfig(num_to_keep=1),
         ),
     )
+
+
+def _fit(trainer: TorchTrainer, settings: SweepSettings, trial_id: str) -> None:
+    """Run the trial's Train run; then drop the checkpoints a dead worker group left behind."""
+    trainer.fit()
+    stale = prune_unregistered_checkpoints(f"{settings.train_dir}/{trial_id}")
+    if stale:
+        log.info("trial %s: deleted %d unregistered checkpoint(s)", trial_id, len(stale))
 
 
 def _trial_driver(config: dict[str, Any], settings: SweepSettings) -> None:
     """One Tune trial: its TorchTrainer, with every report forwarded to Tune."""
     params = config.get(GRID_KEY, config)
     trial_id = tune.get_context().get_trial_id()
-    torch_trainer(settings, trial_id, params, [TuneReportCallback()]).fit()
+    callbacks = [TuneReportCallback()]
+    _fit(torch_trainer(settings, trial_id, params, callbacks, with_eval=False), settings, trial_id)
 
 
 def run_single_trial(settings: SweepSettings) -> dict[str, Any]:
@@ -93,7 +116,9 @@ def run_single_trial(settings: SweepSettings) -> dict[str, Any]:
     )
     settings = replace(settings, tracking=parent.target)
     try:
-        torch_trainer(settings, settings.name, {}, []).fit()
+        _fit(
+            torch_trainer(settings, settings.name, {}, [], with_eval=True), settings, settings.name
+        )
     except BaseException:
         parent.finish("FAILED")
         raise
@@ -216,33 +241,80 @@ def _parent_run(settings: SweepSettings, searcher: str) -> SweepRun:
     )
 
 
-def _tracked_fit(parent: SweepRun, tuner: tune.Tuner) -> tune.ResultGrid:
+def evaluate_top(settings: SweepSettings) -> dict[str, str]:
+    """Score the sweep's best ``eval_top_k`` finished trials (by its objective) on the
+    evaluation sets, concurrently, each with its trial's resources; sets a trial already has
+    are skipped. Returns trial id -> error for those that could not be evaluated."""
+    from orchestrator.evaluation import EvaluationError, plan
+    from orchestrator.ray_eval import evaluate_on_ray
+
+    k, target = settings.eval_top_k, settings.target
+    if k == 0:
+        return {}
+    rows = query_best(
+        target.uri,
+        target.experiment,
+        settings.metric,
+        settings.mode,
+        k or 10**6,
+        target.parent_run_id,
+    )
+    jobs, failures = [], {}
+    for row in rows:
+        try:
+            job = plan(target.uri, row["run_id"])
+        except EvaluationError as err:
+            failures[row["trial_id"]] = str(err)
+            continue
+        if job is not None:
+            jobs.append(job)
+    if jobs:
+        names = ", ".join(job.trial_id for job in jobs)
+        log.info("scoring the evaluation sets of the best %d trial(s): %s", len(jobs), names)
+    outcome = evaluate_on_ray(jobs)
+    failures |= {job.trial_id: outcome[job.run_id] for job in jobs if outcome[job.run_id]}
+    return failures
+
+
+def _tracked_fit(
+    parent: SweepRun, tuner: tune.Tuner, settings: SweepSettings
+) -> tuple[tune.ResultGrid, dict[str, str]]:
+    """Run the search, then score its best trials on the evaluation sets; the parent run ends
+    FINISHED (FAILED when a trial failed), or KILLED when interrupted."""
     os.environ.setdefault("TUNE_DISABLE_STRICT_METRIC_CHECKING", "1")
     try:
         results = tuner.fit()
+        failures = evaluate_top(settings)
     except BaseException:
         parent.finish("KILLED")
         raise
+    parent.tag("supcon.eval_failures", str(len(failures)))
     parent.finish("FINISHED" if not results.errors else "FAILED")
-    return results
+    return results, failures
 
 
-def run_sweep(space: SearchSpace, settings: SweepSettings) -> tuple[SweepSettings, tune.ResultGrid]:
+def run_sweep(
+    space: SearchSpace, settings: SweepSettings
+) -> tuple[SweepSettings, tune.ResultGrid, dict[str, str]]:
     """Start the sweep's parent run, save the settings (with their tracking target) beside the
-    Tune experiment, and run it. Returns those settings and Tune's results."""
+    Tune experiment, run it and score its best trials. Returns those settings, Tune's results
+    and the trials whose evaluation failed (trial id -> error)."""
     parent = _parent_run(settings, "grid" if space.is_grid else "optuna-tpe")
     settings = replace(settings, tracking=parent.target)
     settings.save()
-    return settings, _tracked_fit(parent, build_tuner(space, settings))
+    return settings, *_tracked_fit(parent, build_tuner(space, settings), settings)
 
 
-def resume_sweep(folder: str, settings: SweepSettings) -> tuple[SweepSettings, tune.ResultGrid]:
+def resume_sweep(
+    folder: str, settings: SweepSettings
+) -> tuple[SweepSettings, tune.ResultGrid, dict[str, str]]:
     """``Tuner.restore``: finished trials stay, unfinished and errored ones restart from their
     checkpoints (their Train runs resume by name), the searcher continues from its state, and
-    the same MLflow parent and trial runs continue."""
+    the same MLflow parent and trial runs continue; then the best trials are scored (sets
+    already scored are not scored again)."""
     parent = _parent_run(settings, settings.target.searcher)
     settings = replace(settings, tracking=parent.target)
     tuner = tune.Tuner.restore(
         folder, trainable=trainable(settings), resume_unfinished=True, resume_errored=True
     )
-    return settings, _tracked_fit(parent, tuner)
+    return settings, *_tracked_fit(parent, tuner, settings)

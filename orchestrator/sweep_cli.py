@@ -57,10 +57,34 @@ def add_sweep_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--mode", choices=("min", "max"), default="min")
     p.add_argument("--seed", type=int, default=0, help="searcher seed")
+    p.add_argument(
+        "--eval-top-k",
+        type=eval_top_k,
+        default=3,
+        metavar="K",
+        help="once the search ends, score the best K finished trials (by the objective) on the "
+        "evaluation sets: an integer (default 3; 0 none) or 'all'. Trials themselves stop at the "
+        "dev evaluation; `supcon-sweep evaluate --run-id RUN` scores any other later",
+    )
     p.add_argument("--name", help="sweep name (default sweep-YYYYmmdd-HHMMSS)")
     add_tracking_args(p)
     _add_trial_resources(p)
     p.add_argument("overrides", nargs="*", metavar="key=value", help="base config overrides")
+
+
+def eval_top_k(text: str) -> int | None:
+    """``--eval-top-k``: a whole number >= 0, or ``all`` (None)."""
+    if text.strip().lower() == "all":
+        return None
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected a whole number or 'all', got {text!r}"
+        ) from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more (or 'all'), got {value}")
+    return value
 
 
 def _add_trial_resources(p: argparse.ArgumentParser) -> None:
@@ -164,6 +188,7 @@ def _settings(args: argparse.Namespace, cfg: TrainerConfig, space: SearchSpace) 
         experiment=args.experiment,
         storage=_storage(args.storage),
         placement=args.placement.upper(),
+        eval_top_k=args.eval_top_k,
     )
 
 
@@ -174,8 +199,9 @@ def _storage(storage: str | None) -> str:
     return str(Path(storage).resolve())
 
 
-def _outcome(settings: SweepSettings, results: ResultGrid) -> int:
-    """Print the sweep's best trials; 1 when every trial failed (nothing to choose from)."""
+def _outcome(settings: SweepSettings, results: ResultGrid, eval_failures: dict[str, str]) -> int:
+    """Print the sweep's best trials; 1 when every trial failed (nothing to choose from) or a
+    best trial could not be scored on the evaluation sets."""
     from orchestrator.best import print_table
     from orchestrator.tracking import query_best, safe_uri
 
@@ -184,9 +210,10 @@ def _outcome(settings: SweepSettings, results: ResultGrid) -> int:
         target.uri, target.experiment, settings.metric, settings.mode, 5, target.parent_run_id
     )
     errors = len(results.errors)
+    k = "all" if settings.eval_top_k is None else settings.eval_top_k
     print(
         f"\nsweep {settings.name}: {len(results)} trial(s), {errors} failed; "
-        f"best by {settings.metric} ({settings.mode}):"
+        f"best by {settings.metric} ({settings.mode}), test sets scored for the top {k}:"
     )
     print_table(rows, settings.metric)
     print(
@@ -194,10 +221,12 @@ def _outcome(settings: SweepSettings, results: ResultGrid) -> int:
         f"\nMLflow: {safe_uri(target.uri)}"
         f"  (supcon-sweep best --experiment {target.experiment})"
     )
+    for trial_id, error in eval_failures.items():
+        print(f"error: evaluation of trial {trial_id} failed: {error}", file=sys.stderr)
     if errors and errors == len(results):
         print(f"error: every trial of sweep {settings.name} failed", file=sys.stderr)
         return EXIT_FAILED
-    return 0
+    return EXIT_FAILED if eval_failures else 0
 
 
 def _sweep(args: argparse.Namespace) -> int:
@@ -215,10 +244,10 @@ def _sweep(args: argparse.Namespace) -> int:
         start_ray(args.address, args.max_concurrent)
         if args.config is None:
             ensure_synthetic(cfg, DEFAULT_DATA)
-        settings, results = run_sweep(space, settings)
+        settings, results, eval_failures = run_sweep(space, settings)
     except (TrackingError, ConnectionError) as err:
         return bad_input(err)
-    return _outcome(settings, results)
+    return _outcome(settings, results, eval_failures)
 
 
 def _resume(args: argparse.Namespace) -> int:
@@ -237,7 +266,7 @@ def _resume(args: argparse.Namespace) -> int:
         from orchestrator.sweep import resume_sweep, start_ray
 
         start_ray(args.address, settings.max_concurrent)
-        settings, results = resume_sweep(folder, settings)
+        settings, results, eval_failures = resume_sweep(folder, settings)
     except (TrackingError, ConnectionError) as err:
         return bad_input(err)
-    return _outcome(settings, results)
+    return _outcome(settings, results, eval_failures)

@@ -29,6 +29,12 @@ def wait_for(predicate: Callable[[], object], timeout: float, what: str) -> None
         time.sleep(0.5)
 
 
+def checkpoint_dirs(train_dir: Path) -> list[Path]:
+    """The checkpoint folders Ray Train keeps in a storage's ``train/`` (``TRIAL/checkpoint_*``,
+    not its ``checkpoint_manager_snapshot.json``)."""
+    return [p for p in train_dir.glob("*/checkpoint_*") if p.is_dir()]
+
+
 def data_overrides(synth_root: Path, epochs: int = 3) -> list[str]:
     """Trainer overrides for a trial that takes seconds on the synthetic corpus: tiny model,
     half-second crops, two batches per epoch, two evaluation sets."""
@@ -60,7 +66,8 @@ def micro(synth_root: Path, epochs: int = 3) -> list[str]:
 
 
 def sweep_args(out: Path, synth_root: Path, *extra: str) -> list[str]:
-    """``supcon-sweep sweep`` arguments for the 2-trial smoke sweep, 2 gloo workers per trial."""
+    """``supcon-sweep sweep`` arguments for the 2-trial smoke sweep, 2 gloo workers per trial,
+    no test-set scoring afterwards (``extra`` may ask for it: the last ``--eval-top-k`` wins)."""
     return [
         "sweep",
         "--space",
@@ -77,6 +84,8 @@ def sweep_args(out: Path, synth_root: Path, *extra: str) -> list[str]:
         "none",
         "--name",
         "smoke",
+        "--eval-top-k",
+        "0",
         *extra,
         *data_overrides(synth_root),
     ]

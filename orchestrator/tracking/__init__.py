@@ -10,9 +10,16 @@ Non-finite metric values are not logged (a warning names them): MLflow would kee
 latest value, which then hides the run's real result from searches ordered by that metric.
 """
 
-from orchestrator.tracking.query import export_config, query_best
+from orchestrator.tracking.query import (
+    export_config,
+    find_experiment,
+    query_best,
+    sweep_objective,
+)
 from orchestrator.tracking.runs import SweepRun, TrialTracker, close_trial
 from orchestrator.tracking.store import (
+    MODEL_TAG,
+    RESOURCES_TAG,
     TrackingError,
     artifact_root,
     check_reachable,
@@ -23,6 +30,8 @@ from orchestrator.tracking.store import (
 )
 
 __all__ = [
+    "MODEL_TAG",
+    "RESOURCES_TAG",
     "SweepRun",
     "TrackingError",
     "TrialTracker",
@@ -32,7 +41,9 @@ __all__ = [
     "decode_param",
     "encode_param",
     "export_config",
+    "find_experiment",
     "query_best",
     "resolve_tracking_uri",
     "safe_uri",
+    "sweep_objective",
 ]

@@ -13,6 +13,7 @@ from mlflow.tracking import MlflowClient
 
 from orchestrator.tracking.store import (
     PARENT_TAG,
+    SWEEP_TAG,
     TRIAL_TAG,
     TrackingError,
     _quoted,
@@ -23,7 +24,8 @@ from orchestrator.tracking.store import (
 from trainer.config import apply_overrides, to_yaml
 
 
-def _experiment_id(client: MlflowClient, uri: str, experiment: str) -> str:
+def find_experiment(client: MlflowClient, uri: str, experiment: str) -> str:
+    """The id of the live experiment ``experiment``; TrackingError lists the existing ones."""
     exp = client.get_experiment_by_name(experiment)
     if exp is None or exp.lifecycle_stage == "deleted":
         names = sorted(e.name for e in client.search_experiments())
@@ -53,7 +55,7 @@ def query_best(
     if db is not None and not db.is_file():
         raise TrackingError(f"no MLflow store at {db} (run a sweep, or pass --tracking-uri/--out)")
     client = MlflowClient(uri)
-    experiment_id = _experiment_id(client, uri, experiment)
+    experiment_id = find_experiment(client, uri, experiment)
     where = f"attributes.status = 'FINISHED' and tags.`{TRIAL_TAG}` IS NOT NULL"
     if parent_run_id:
         where += f" and tags.`{PARENT_TAG}` = {_quoted(parent_run_id)}"
@@ -68,7 +70,7 @@ def query_best(
             [experiment_id],
             where,
             ViewType.ACTIVE_ONLY,
-            max_results=max(top, 100),
+            max_results=min(max(top, 100), 1000),
             order_by=order,
             page_token=token,
         )
@@ -80,6 +82,32 @@ def query_best(
         if not token:
             break
     return rows
+
+
+DEFAULT_OBJECTIVE = ("encoder/dev/eer", "min")
+
+
+def sweep_objective(uri: str, experiment: str) -> tuple[str, str]:
+    """The (metric, mode) the experiment's sweeps selected on, from their parent runs' params;
+    ``encoder/dev/eer``, ``min`` when there is none or they differ."""
+    db = _sqlite_path(uri)
+    if db is not None and not db.is_file():
+        return (
+            DEFAULT_OBJECTIVE  # query_best says the store is missing; creating it would hide that
+        )
+    client = MlflowClient(uri)
+    exp = client.get_experiment_by_name(experiment)
+    if exp is None:
+        return DEFAULT_OBJECTIVE
+    parents = client.search_runs(
+        [exp.experiment_id], f"tags.`{SWEEP_TAG}` IS NOT NULL", ViewType.ACTIVE_ONLY, 1000
+    )
+    found = {
+        (decode_param(r.data.params["metric"]), decode_param(r.data.params.get("mode", "min")))
+        for r in parents
+        if "metric" in r.data.params
+    }
+    return found.pop() if len(found) == 1 else DEFAULT_OBJECTIVE
 
 
 def _row(run: Any) -> dict[str, Any]:

@@ -162,6 +162,9 @@ class SweepRun:
             client.log_text(run_id, space_text, "search_space.yaml")
         return cls(client, TrackingTarget(uri, experiment, experiment_id, run_id, searcher))
 
+    def tag(self, key: str, value: str) -> None:
+        self.client.set_tag(self.run_id, key, value)
+
     def finish(self, status: str = "FINISHED") -> None:
         _finish(self.client, self.run_id, status)
 

@@ -23,6 +23,8 @@ TRIAL_TAG = "supcon.trial_id"
 STATUS_TAG = "supcon.status"
 CODE_TAG = "supcon.code_version"
 PARENT_TAG = "mlflow.parentRunId"
+MODEL_TAG = "supcon.model_uri"  # where a finished trial's final model is (path or URI)
+RESOURCES_TAG = "supcon.resources"  # the trial's Ray resources (TrialResources as JSON)
 END_STATUSES = ("FINISHED", "FAILED", "KILLED")
 _ROOT = Path(__file__).resolve().parents[2]
 

@@ -3,9 +3,12 @@ costs 5-15 s), in token-auth mode like a real cluster."""
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import pytest
 
-from tests.helpers import use_ray_token_auth
+from tests.helpers import sweep_args, use_ray_token_auth
 
 use_ray_token_auth()
 
@@ -26,3 +29,26 @@ def ray_session():
     )
     yield ray
     ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def smoke_sweep(ray_session, synth_root: Path, tmp_path_factory) -> Path:
+    """``OUT`` of the 2-trial smoke sweep (2 gloo workers per trial), its best trial alone
+    scored on the evaluation sets (``--eval-top-k 1``); shared by the sweep and evaluate tests.
+
+    The evaluate tests score the other trial later, so what the sweep itself logged is kept in
+    ``OUT/after_sweep.json``: trial run id -> its metric keys when the sweep ended."""
+    from mlflow.tracking import MlflowClient
+
+    from orchestrator.cli import main
+
+    out = tmp_path_factory.mktemp("sweep")
+    assert main(sweep_args(out, synth_root, "--eval-top-k", "1")) == 0
+    client = MlflowClient(f"sqlite:///{out / 'mlflow.db'}")
+    runs = client.search_runs(
+        [client.get_experiment_by_name("supcon-sweep").experiment_id],
+        "tags.`supcon.trial_id` IS NOT NULL",
+    )
+    keys = {r.info.run_id: sorted(r.data.metrics) for r in runs}
+    (out / "after_sweep.json").write_text(json.dumps(keys))
+    return out

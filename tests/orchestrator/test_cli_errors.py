@@ -24,6 +24,7 @@ COMMANDS = (
     ["resume"],
     ["submit"],
     ["best"],
+    ["evaluate"],
     ["cluster"],
     ["cluster", "local"],
 )

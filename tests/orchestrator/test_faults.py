@@ -14,7 +14,7 @@ from mlflow.tracking import MlflowClient
 
 from orchestrator.cli import main
 from orchestrator.settings import DEFAULT_EXPERIMENT
-from tests.helpers import sweep_args, wait_for
+from tests.helpers import checkpoint_dirs, sweep_args, wait_for
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 ROOT = Path(__file__).resolve().parents[2]
@@ -54,7 +54,7 @@ def test_killed_worker_restarts_from_checkpoint(ray_session, synth_root: Path, t
     sweep.join(timeout=600)
     assert codes == [0]
     child = next(r for r in _runs(tmp_path) if "mlflow.parentRunId" in r.data.tags)
-    assert child.info.status == "FINISHED" and "eval/pooled_mean/eer" in child.data.metrics
+    assert child.info.status == "FINISHED" and "classifier/dev/eer" in child.data.metrics
     steps = [
         m.step
         for m in MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}").get_metric_history(
@@ -64,6 +64,33 @@ def test_killed_worker_restarts_from_checkpoint(ray_session, synth_root: Path, t
     assert steps.count(0) == 1 and 5 in steps  # resumed, not restarted from scratch
     # ... from Ray's checkpoint in the run's storage (any node reaches it), not a local folder
     assert child.data.tags["supcon.resumed_from"].startswith("checkpoint_")
+    # Storage holds one checkpoint and the final model, as the README says.
+    trial_id = child.data.tags["supcon.trial_id"]
+    assert [p.parent.name for p in checkpoint_dirs(tmp_path / "train")] == [trial_id]
+    assert sorted(p.name for p in (tmp_path / "models").iterdir()) == [trial_id]
+    _assert_same_as_uninterrupted(tmp_path, child)
+
+
+def _assert_same_as_uninterrupted(out: Path, resumed) -> None:
+    """The same trial run again without a kill (``trial --ray`` on its exported config, 2
+    workers) ends with the same metrics and bit-identical final weights."""
+    import torch
+
+    config = out / "exported.yaml"
+    assert main(["best", "--out", str(out), "--top", "1", "--export", str(config)]) == 0
+    ref = out / "uninterrupted"
+    argv = ["trial", "--ray", "--config", str(config), "--workers", "2", "--cpus-per-worker"]
+    assert (
+        main([*argv, "0.5", "--tracking-uri", f"sqlite:///{ref / 'mlflow.db'}", "--out", str(ref)])
+        == 0
+    )
+    (again,) = [r for r in _runs(ref) if "mlflow.parentRunId" in r.data.tags]
+    for key, value in resumed.data.metrics.items():
+        if key.startswith(("encoder/", "classifier/")):
+            assert again.data.metrics[key] == pytest.approx(value, rel=1e-6, abs=1e-9), key
+    mine = torch.load(Path(resumed.data.tags["supcon.model_uri"]) / "model.pt")
+    theirs = torch.load(Path(again.data.tags["supcon.model_uri"]) / "model.pt")
+    assert all(torch.equal(mine[k], theirs[k]) for k in mine)
 
 
 def test_killed_driver_resumes_without_duplicate_runs(ray_session, synth_root: Path, tmp_path):

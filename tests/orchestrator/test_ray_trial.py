@@ -11,7 +11,7 @@ from mlflow.tracking import MlflowClient
 from ray.tune import result as tune_result
 
 from orchestrator.ray_trial import make_reporter
-from orchestrator.settings import TrialSpec
+from orchestrator.settings import TrialResources, TrialSpec
 from orchestrator.tracking import SweepRun
 from trainer.config import load_config
 
@@ -33,7 +33,9 @@ def _spec(tmp_path: Path) -> TrialSpec:
         params={"loss.temperature": 0.2},
         trial_id="t0",
         trials_dir=str(tmp_path / "trials"),
+        models_dir=str(tmp_path / "models"),
         tracking=parent.target,
+        resources=TrialResources(2, 0, 1.0),
         driver_started=time.time(),
     )
 

@@ -66,7 +66,9 @@ def test_settings_cross_the_ray_boundary_as_themselves(tmp_path: Path) -> None:
         params={"loss.temperature": 0.05, "queue.size": 8},
         trial_id="t1",
         trials_dir=settings.trials_dir,
+        models_dir=settings.models_dir,
         tracking=settings.target,
+        resources=settings.resources,
         driver_started=1.0,
     )
     assert pickle.loads(pickle.dumps(settings)) == settings
@@ -74,6 +76,7 @@ def test_settings_cross_the_ray_boundary_as_themselves(tmp_path: Path) -> None:
     cfg = spec.config()
     assert (cfg.loss.temperature, cfg.queue.size, cfg.stage1.weight_decay) == (0.05, 8, 1e-5)
     assert spec.out_dir == tmp_path / "trials" / "t1"
+    assert spec.model_uri == f"{settings.storage_root}/models/t1"
 
 
 def test_settings_are_frozen_and_gain_their_target_by_replace(tmp_path: Path) -> None:

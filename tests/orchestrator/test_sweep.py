@@ -14,23 +14,19 @@ from mlflow.tracking import MlflowClient
 from orchestrator.cli import main
 from orchestrator.settings import DEFAULT_EXPERIMENT
 from orchestrator.tracking import query_best
-from tests.helpers import data_overrides, sweep_args
+from tests.helpers import checkpoint_dirs, data_overrides, sweep_args
+from trainer.evaluate import MODEL_FILES
+
+PARENT_TAG = "mlflow.parentRunId"
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 EPOCHS = 3  # stage-1 epochs of the smoke sweep (data_overrides' default)
 
 
-@pytest.fixture(scope="module")
-def smoke_sweep(ray_session, synth_root: Path, tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("sweep")
-    assert main(sweep_args(out, synth_root)) == 0
-    return out
-
-
-def _assert_one_point_per_epoch(client: MlflowClient, run_id: str) -> None:
-    """Each metric of the run has at most one point per step: epochs 0..EPOCHS-1, and the
-    final summary at step EPOCHS. A second rank logging would write every point twice."""
-    keys = client.get_run(run_id).data.metrics
+def _assert_one_point_per_epoch(client: MlflowClient, run_id: str, keys: list[str]) -> None:
+    """Each metric the sweep logged (``keys``) has at most one point per step: epochs
+    0..EPOCHS-1, and the final summary at step EPOCHS. A second rank logging would write every
+    point twice. (A later ``evaluate --force`` may add points; it is not the sweep's.)"""
     per_epoch = [k for k in keys if k.startswith("encoder/train/")]
     assert per_epoch, f"no per-epoch training metric among {sorted(keys)}"
     for key in keys:
@@ -42,34 +38,77 @@ def _assert_one_point_per_epoch(client: MlflowClient, run_id: str) -> None:
         assert set(range(EPOCHS)) <= set(steps), f"{key} misses an epoch: {steps}"
 
 
+def _children(out: Path) -> list:
+    client = MlflowClient(f"sqlite:///{out / 'mlflow.db'}")
+    exp = client.get_experiment_by_name(DEFAULT_EXPERIMENT)
+    return [r for r in client.search_runs([exp.experiment_id]) if PARENT_TAG in r.data.tags]
+
+
 def test_sweep_tracks_parent_and_nested_trials(smoke_sweep: Path) -> None:
     uri = f"sqlite:///{smoke_sweep / 'mlflow.db'}"
     client = MlflowClient(uri)
     exp = client.get_experiment_by_name(DEFAULT_EXPERIMENT)
     runs = client.search_runs([exp.experiment_id])
-    parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
-    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parents[0].info.run_id]
+    parents = [r for r in runs if PARENT_TAG not in r.data.tags]
+    children = [r for r in runs if r.data.tags.get(PARENT_TAG) == parents[0].info.run_id]
     assert len(parents) == 1 and len(children) == 2
+    after_sweep = json.loads((smoke_sweep / "after_sweep.json").read_text())
     temps = sorted(float(c.data.params["loss.temperature"]) for c in children)
     assert temps == [0.1, 0.3]
     for child in children:
         assert child.info.status == "FINISHED"
         history = client.get_metric_history(child.info.run_id, "encoder/dev/eer")
         assert [m.step for m in history][:3] == [0, 1, 2]
-        _assert_one_point_per_epoch(client, child.info.run_id)
-        assert "eval/pooled_mean/eer" in child.data.metrics
+        _assert_one_point_per_epoch(client, child.info.run_id, after_sweep[child.info.run_id])
         artifacts = {a.path for a in client.list_artifacts(child.info.run_id)}
-        assert {"config.yaml", "det.png", "scores"} <= artifacts
+        assert {"config.yaml", "classifier.pt", "scores"} <= artifacts
+    assert parents[0].data.tags["supcon.eval_failures"] == "0"
+
+
+def test_only_the_best_trial_is_scored_on_the_test_sets(smoke_sweep: Path) -> None:
+    """``--eval-top-k 1``: the best trial by the objective gets the test-set metrics, score
+    files and DET plot in its own run, logged at the step of its final summary; the other has
+    none, but its final model is in storage for a later ``evaluate``."""
+    uri = f"sqlite:///{smoke_sweep / 'mlflow.db'}"
+    client = MlflowClient(uri)
+    (best,) = query_best(uri, DEFAULT_EXPERIMENT, "encoder/dev/eer", top=1)
+    children = {r.info.run_id: r for r in _children(smoke_sweep)}
+    tested = children.pop(best["run_id"])
+    (untested,) = children.values()
+    for key in ("eval/asv19/eer", "eval/itw/eer", "eval/asv19/eer_A07", "eval/pooled_mean/eer"):
+        assert 0.0 <= tested.data.metrics[key] <= 1.0, key
+        (point,) = client.get_metric_history(tested.info.run_id, key)
+        assert point.step == EPOCHS
+    after_sweep = json.loads((smoke_sweep / "after_sweep.json").read_text())
+    assert any(k.startswith("eval/") for k in after_sweep[tested.info.run_id])
+    assert not any(k.startswith("eval/") for k in after_sweep[untested.info.run_id])
+    scores = {a.path for a in client.list_artifacts(tested.info.run_id, "scores")}
+    assert scores == {"scores/dev.tsv", "scores/asv19.tsv", "scores/itw.tsv"}
+    assert "det.png" in {a.path for a in client.list_artifacts(tested.info.run_id)}
+    for run in (tested, untested):
+        model = Path(run.data.tags["supcon.model_uri"])
+        assert model == smoke_sweep / "models" / run.data.tags["supcon.trial_id"]
+        assert sorted(p.name for p in model.iterdir()) == sorted(MODEL_FILES)
+        assert json.loads(run.data.tags["supcon.resources"])["workers"] == 2
+
+
+def test_storage_keeps_one_checkpoint_per_trial(smoke_sweep: Path) -> None:
+    """Ray Train keeps one reported checkpoint in storage; the trials' local copies are gone."""
+    for run in _children(smoke_sweep):
+        trial_id = run.data.tags["supcon.trial_id"]
+        kept = [p for p in checkpoint_dirs(smoke_sweep / "train") if p.parent.name == trial_id]
+        assert len(kept) == 1
+        assert not (smoke_sweep / "trials" / trial_id / "checkpoints").exists()
 
 
 def test_best_returns_the_lowest(smoke_sweep: Path, capsys) -> None:
     uri = f"sqlite:///{smoke_sweep / 'mlflow.db'}"
-    rows = query_best(uri, DEFAULT_EXPERIMENT, metric="eval/pooled_mean/eer", mode="min", top=2)
-    values = [r["metrics"]["eval/pooled_mean/eer"] for r in rows]
+    rows = query_best(uri, DEFAULT_EXPERIMENT, metric="encoder/dev/eer", mode="min", top=2)
+    values = [r["metrics"]["encoder/dev/eer"] for r in rows]
     assert len(rows) == 2 and values == sorted(values)
     assert main(["best", "--out", str(smoke_sweep), "--json"]) == 0
     listed = json.loads(capsys.readouterr().out)
-    assert listed[0]["run_id"] == rows[0]["run_id"]
+    assert [r["run_id"] for r in listed] == [r["run_id"] for r in rows]
 
 
 def test_sweep_with_an_active_mlflow_run(
@@ -89,7 +128,8 @@ def test_sweep_with_an_active_mlflow_run(
     rows = query_best(ours, DEFAULT_EXPERIMENT, metric="encoder/dev/eer", top=5)
     assert len(rows) == 2
     assert (shared / "tune" / "smoke" / "sweep_settings.json").is_file()
-    assert len(list((shared / "train").glob("*/checkpoint_*"))) >= 2
+    assert len(checkpoint_dirs(shared / "train")) == 2  # one per trial
+    assert len(list((shared / "models").iterdir())) == 2
     assert not (tmp_path / "tune").exists() and not (tmp_path / "train").exists()
 
 

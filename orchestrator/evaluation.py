@@ -1,0 +1,223 @@
+"""Scoring finished trials on the evaluation (test) sets, after the fact, into their own runs.
+
+A sweep's trials stop at the dev evaluation; selection never reads a test figure. Once the
+search ends, the best ``--eval-top-k`` finished trials are scored here, and ``supcon-sweep
+evaluate`` scores any finished trial later. Each evaluation loads the trial's final model from
+its storage (tag ``supcon.model_uri``), scores the requested sets, and logs into the trial's
+existing MLflow run with the keys a trial logs itself (``eval/<set>/eer``, per attack, the
+pooled figures), the score files and the DET plot. The run's status is not touched.
+
+Nothing is half-logged: a set's score file is uploaded first, then all of its metrics in one
+batch, so a set that fails leaves no ``eval/<set>/*`` metric; the error names the set. The
+pooled figures cover every configured set and are logged only by an evaluation that scored
+all of them.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from mlflow.entities import Metric
+from mlflow.exceptions import MlflowException
+from mlflow.tracking import MlflowClient
+
+from orchestrator.settings import TrialResources
+from orchestrator.storage import local_folder, missing_files
+from orchestrator.tracking import (
+    MODEL_TAG,
+    RESOURCES_TAG,
+    TrackingError,
+    decode_param,
+    safe_uri,
+)
+from trainer.config import ConfigError, apply_overrides, load_config
+from trainer.evaluate import MODEL_FILES
+
+log = logging.getLogger(__name__)
+
+JOB_KEY = "job"  # the one entry of the evaluation's train_loop_config
+
+
+class EvaluationError(ValueError):
+    """A run cannot be evaluated as asked (bad input); the message names the run and why."""
+
+
+class SetFailedError(RuntimeError):
+    """Scoring an evaluation set failed (the work ran and failed); the message names the set."""
+
+
+@dataclass(frozen=True)
+class EvalJob:
+    """One run to evaluate: which sets, from which model, into which MLflow run.
+
+    ``pooled``: the sets are every configured set, so the pooled figures are logged too.
+    ``step``: the step of the run's final summary, at which the metrics are logged.
+    """
+
+    run_id: str
+    trial_id: str
+    tracking_uri: str
+    model_uri: str
+    sets: tuple[str, ...]
+    pooled: bool
+    step: int
+    resources: TrialResources
+
+    @property
+    def storage_root(self) -> str:
+        """``STORAGE`` of ``STORAGE/models/TRIAL``: where the evaluation's Ray run is kept."""
+        return self.model_uri.rstrip("/").rsplit("/", 2)[0]
+
+
+def _get_run(client: MlflowClient, uri: str, run_id: str):
+    try:
+        return client.get_run(run_id)
+    except MlflowException as err:
+        if err.error_code == "RESOURCE_DOES_NOT_EXIST":
+            raise EvaluationError(f"no MLflow run {run_id} in {safe_uri(uri)}") from None
+        raise TrackingError(f"MLflow at {safe_uri(uri)}: {str(err)[:200]}") from None
+
+
+def _configured_sets(run) -> list[str]:
+    """The evaluation sets of the trial's config, rebuilt from its params."""
+    params = {k: v for k, v in run.data.params.items() if "." in k}
+    try:
+        cfg = apply_overrides({}, {k: decode_param(v) for k, v in params.items()})
+    except ConfigError as err:
+        raise EvaluationError(f"run {run.info.run_id} has no valid trainer config: {err}") from None
+    return list(cfg.data.eval)
+
+
+def _final_step(client: MlflowClient, run_id: str) -> int:
+    history = client.get_metric_history(run_id, "classifier/dev/eer")
+    return max((m.step for m in history), default=0)
+
+
+def plan(
+    uri: str,
+    run_id: str,
+    sets: Sequence[str] | None = None,
+    *,
+    force: bool = False,
+    experiment_id: str | None = None,
+) -> EvalJob | None:
+    """The evaluation of run ``run_id`` on ``sets`` (default: every configured set), or None
+    when every asked set is already evaluated (and not ``force``).
+
+    :class:`EvaluationError` names what is wrong: an unknown run, a run of another experiment
+    (``experiment_id``), a run still running or not finished, one without a stored model or
+    whose model is gone from storage, an unknown set.
+    """
+    client = MlflowClient(uri)
+    run = _get_run(client, uri, run_id)
+    if experiment_id is not None and run.info.experiment_id != experiment_id:
+        theirs = client.get_experiment(run.info.experiment_id).name
+        ours = client.get_experiment(experiment_id).name
+        raise EvaluationError(
+            f"run {run_id} is in experiment {theirs!r}, not {ours!r} (pass --experiment {theirs})"
+        )
+    status = run.info.status
+    if status != "FINISHED":
+        raise EvaluationError(
+            f"run {run_id} is {status}: only a finished trial has a final model to evaluate"
+        )
+    model_uri = run.data.tags.get(MODEL_TAG)
+    if not model_uri:
+        raise EvaluationError(
+            f"run {run_id} has no stored model (no {MODEL_TAG} tag): it is not a trial run of a "
+            "sweep, or was trained by an older version"
+        )
+    missing = missing_files(model_uri, MODEL_FILES)
+    if missing:
+        raise EvaluationError(
+            f"run {run_id}: its model storage {model_uri} is gone or incomplete "
+            f"(missing {', '.join(missing)})"
+        )
+    configured = _configured_sets(run)
+    asked = list(sets) if sets else configured
+    unknown = [s for s in asked if s not in configured]
+    if unknown:
+        raise EvaluationError(
+            f"run {run_id} has no evaluation set {', '.join(unknown)}; its sets: "
+            f"{', '.join(configured) or '(none)'}"
+        )
+    done = {s for s in asked if f"eval/{s}/eer" in run.data.metrics}
+    todo = tuple(s for s in asked if force or s not in done)
+    if todo and not sets and "eval/pooled_mean/eer" not in run.data.metrics:
+        todo = tuple(configured)  # the pooled figures need every set's scores in one go
+    if not todo:
+        return None
+    resources = run.data.tags.get(RESOURCES_TAG)
+    return EvalJob(
+        run_id=run_id,
+        trial_id=run.data.tags.get("supcon.trial_id", run_id),
+        tracking_uri=uri,
+        model_uri=model_uri,
+        sets=todo,
+        pooled=set(todo) == set(configured),
+        step=_final_step(client, run_id),
+        resources=TrialResources.from_json(resources) if resources else TrialResources(1, 0, 1.0),
+    )
+
+
+class RunLogger:
+    """Rank 0's writes into the evaluated run: a set's score file, then its metrics in one
+    batch; the pooled figures and the DET plot at the end."""
+
+    def __init__(self, job: EvalJob) -> None:
+        self.job = job
+        self.client = MlflowClient(job.tracking_uri)
+
+    def log_set(self, metrics: dict[str, float], score_file: Path) -> None:
+        self.client.log_artifact(self.job.run_id, str(score_file), "scores")
+        self.log_metrics(metrics)
+
+    def log_metrics(self, metrics: dict[str, float]) -> None:
+        now = int(time.time() * 1000)
+        batch = [Metric(k, float(v), now, self.job.step) for k, v in metrics.items()]
+        self.client.log_batch(self.job.run_id, metrics=batch, synchronous=True)
+
+    def log_file(self, path: Path) -> None:
+        self.client.log_artifact(self.job.run_id, str(path))
+
+
+def run_job(job: EvalJob, scratch: Path, *, progress: bool = False) -> dict[str, float]:
+    """Score ``job.sets`` in this process, or as one rank of the evaluation's process group
+    (rank 0 logs); returns the metrics logged. :class:`SetFailedError` names a set that
+    failed; the sets before it stay logged."""
+    from trainer import distributed
+    from trainer.data.corpora import read_corpus
+    from trainer.evaluate import CONFIG, load_model, pooled_metrics
+    from trainer.plots import det_plot
+    from trainer.runtime import setup
+
+    distributed.init_from_env()
+    folder = local_folder(job.model_uri, scratch / "model")
+    cfg = load_config(folder / CONFIG, [f"runtime.progress={str(progress).lower()}"])
+    rt = setup(cfg.runtime, cfg.seed)
+    final = load_model(folder, rt.device)
+    logger = RunLogger(job) if distributed.is_main() else None
+    logged: dict[str, float] = {}
+    scored = []
+    for name in job.sets:
+        try:
+            split = read_corpus(cfg.data.eval[name])
+            result = final.score_set(name, split, rt)
+            if logger is not None:
+                logger.log_set(result.metrics(), result.write(scratch / "scores"))
+        except Exception as err:
+            raise SetFailedError(f"run {job.run_id}: evaluation set {name} failed: {err}") from err
+        scored.append(result)
+        logged |= result.metrics()
+        log.info("run %s: %s EER %.2f %%", job.run_id, name, 100 * result.result.eer)
+    if job.pooled:
+        logged |= pooled_metrics(scored)
+        if logger is not None:
+            logger.log_metrics(pooled_metrics(scored))
+    if logger is not None and scored:
+        logger.log_file(det_plot({s.name: s.by_class() for s in scored}, scratch / "det.png"))
+    return logged
