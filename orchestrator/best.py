@@ -22,18 +22,21 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         help="list the best finished trials tracked in MLflow; export the best one's config",
         description=(
             "Rank the finished trial runs of an MLflow experiment by a metric (the last value "
-            "each run logged) and print their swept parameters and EERs. --export writes the "
-            "best trial's config for `supcon-sweep trial --config FILE`."
+            "each run logged; by default the sweeps' own objective, a dev metric) and print "
+            "their swept parameters and EERs. Test-set columns show the trials that were scored "
+            "on the evaluation sets (a sweep scores its top --eval-top-k; `supcon-sweep "
+            "evaluate` any other); n/e marks those that were not. --export writes the best "
+            "trial's config for `supcon-sweep trial --config FILE`."
         ),
         epilog=f"{EXIT_STATUS} No finished trial that has --metric counts as a run not found.",
     )
     add_tracking_args(p)
     p.add_argument(
         "--metric",
-        default="eval/pooled_mean/eer",
-        help="ranking metric (default eval/pooled_mean/eer, a test-set metric)",
+        help="ranking metric (default: the objective the experiment's sweeps selected on, "
+        "encoder/dev/eer unless they said otherwise)",
     )
-    p.add_argument("--mode", choices=("min", "max"), default="min")
+    p.add_argument("--mode", choices=("min", "max"), help="min or max (default: the sweeps')")
     p.add_argument("--top", type=int, default=5, help="how many trials (default 5)")
     p.add_argument("--json", action="store_true", help="print the runs as JSON")
     p.add_argument("--export", type=Path, metavar="FILE", help="write the best trial's config")
@@ -82,9 +85,14 @@ def _is_eer(key: str) -> bool:
     return key.endswith("/eer")
 
 
-def _metric(key: str, value: float | None) -> str:
+NOT_EVALUATED = "n/e"
+
+
+def _metric(key: str, row: dict[str, Any]) -> str:
+    value = row["metrics"].get(key)
     if value is None:
-        return "-"
+        tested = any(k.startswith("eval/") for k in row["metrics"])
+        return NOT_EVALUATED if key.startswith("eval/") and not tested else "-"
     return f"{100 * value:.2f}" if _is_eer(key) else f"{value:.4g}"
 
 
@@ -101,7 +109,7 @@ def print_table(rows: Sequence[dict[str, Any]], metric: str) -> None:
             str(i),
             r["trial_id"],
             *(_fmt(r["params"].get(k)) for k in params),
-            *(_metric(k, r["metrics"].get(k)) for k, _ in eers),
+            *(_metric(k, r) for k, _ in eers),
         ]
         for i, r in enumerate(rows, 1)
     ]
@@ -110,6 +118,11 @@ def print_table(rows: Sequence[dict[str, Any]], metric: str) -> None:
         pairs = enumerate(zip(row, widths, strict=True))
         cells = [c.ljust(w) if i < 2 else c.rjust(w) for i, (c, w) in pairs]
         print("  ".join(cells).rstrip())
+    if any(NOT_EVALUATED in row for row in table):
+        print(
+            f"{NOT_EVALUATED}: not scored on the evaluation sets "
+            "(supcon-sweep evaluate --run-id RUN scores it)"
+        )
 
 
 def _query(args: argparse.Namespace) -> list[dict[str, Any]]:
@@ -120,10 +133,15 @@ def _query(args: argparse.Namespace) -> list[dict[str, Any]]:
         query_best,
         resolve_tracking_uri,
         safe_uri,
+        sweep_objective,
     )
 
     uri = resolve_tracking_uri(args.tracking_uri, args.out)
     check_reachable(uri)
+    if args.metric is None:
+        args.metric, mode = sweep_objective(uri, args.experiment)
+        args.mode = args.mode or mode
+    args.mode = args.mode or "min"
     rows = query_best(uri, args.experiment, args.metric, args.mode, args.top)
     if not rows:
         raise TrackingError(
@@ -136,18 +154,19 @@ def _query(args: argparse.Namespace) -> list[dict[str, Any]]:
 def _best(args: argparse.Namespace) -> int:
     if args.top < 1:
         return bad_input("--top must be at least 1")
-    if args.metric.startswith("eval/"):
-        print(
-            f"note: {args.metric} is a test-set metric; choosing a trial by it makes its test "
-            "EER optimistic (the sweep itself selects on a dev metric)",
-            file=sys.stderr,
-        )
     from orchestrator.tracking import TrackingError, export_config
 
     try:
         rows = _query(args)
     except TrackingError as err:
         return bad_input(err)
+    if args.metric.startswith("eval/"):
+        print(
+            f"note: {args.metric} is a test-set metric; choosing a trial by it makes its test "
+            "EER optimistic (the sweep itself selects on a dev metric), and only the trials "
+            "scored on the test sets take part",
+            file=sys.stderr,
+        )
     if args.json:
         print(json.dumps(rows, indent=2, default=str))
     else:

@@ -245,10 +245,37 @@ def test_best_json_and_export(store: Path, tmp_path: Path, capsys, monkeypatch) 
     out, err = capsys.readouterr()
     rows = json.loads(out)
     assert [r["trial_id"] for r in rows] == ["t_b", "t_a", "t_other"]
-    assert "test-set" in err and str(target.resolve()) in err
+    assert "test-set" not in err and str(target.resolve()) in err  # the sweeps' dev objective
+    assert main(["best", "--out", str(store), "--json", "--metric", METRIC]) == 0
+    assert "test-set" in capsys.readouterr().err
     cfg = load_config(target)
     assert cfg.loss.temperature == rows[0]["params"]["loss.temperature"] == 0.3
     assert cfg.stage1.weight_decay == 1e-5
+
+
+def test_best_ranks_by_the_sweep_objective_and_marks_untested_trials(
+    tmp_path: Path, capsys
+) -> None:
+    """A sweep that selected on classifier/dev/eer and scored only its best trial on the test
+    sets: ``best`` ranks by that objective and marks the other trial's test columns n/e."""
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    params = {"metric": "classifier/dev/eer", "mode": "min"}
+    sweep = SweepRun.start(
+        uri, DEFAULT_EXPERIMENT, "s", searcher="grid", params=params, tags={}, space_text=None
+    )
+    for trial_id, dev, tested in (("t_tested", 0.05, True), ("t_untested", 0.08, False)):
+        tracker = TrialTracker.open(sweep.target, trial_id, _config(0.1))
+        # the encoder's dev EER ranks the other way round: it is not the objective here
+        tracker.log_metrics({"classifier/dev/eer": dev, "encoder/dev/eer": 0.3 - dev}, step=0)
+        if tested:
+            tracker.log_metrics({"eval/asv19/eer": 0.12, "eval/itw/eer": 0.3}, step=0)
+        tracker.finish()
+    sweep.finish()
+    assert main(["best", "--tracking-uri", uri]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[1].split()[:2] == ["1", "t_tested"] and "12.00" in out[1].split()
+    assert out[2].split()[:2] == ["2", "t_untested"] and out[2].split().count("n/e") == 2
+    assert out[-1].startswith("n/e: not scored on the evaluation sets")
 
 
 def test_best_errors(store: Path, tmp_path: Path, capsys) -> None:
