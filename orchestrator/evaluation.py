@@ -34,6 +34,7 @@ from orchestrator.tracking import (
     decode_param,
     safe_uri,
 )
+from orchestrator.tracking.store import TRIAL_TAG
 from trainer.config import ConfigError, apply_overrides, load_config
 from trainer.evaluate import MODEL_FILES
 
@@ -92,6 +93,23 @@ def _configured_sets(run) -> list[str]:
     return list(cfg.data.eval)
 
 
+def _stored_model(run) -> str:
+    """Where the run's final model is; EvaluationError when it has none or it is gone."""
+    run_id, model_uri = run.info.run_id, run.data.tags.get(MODEL_TAG)
+    if not model_uri:
+        raise EvaluationError(
+            f"run {run_id} has no stored model (no {MODEL_TAG} tag): it is not a trial run of a "
+            "sweep, or was trained by an older version"
+        )
+    missing = missing_files(model_uri, MODEL_FILES)
+    if missing:
+        raise EvaluationError(
+            f"run {run_id}: its model storage {model_uri} is gone or incomplete "
+            f"(missing {', '.join(missing)})"
+        )
+    return model_uri
+
+
 def _final_step(client: MlflowClient, run_id: str) -> int:
     history = client.get_metric_history(run_id, "classifier/dev/eer")
     return max((m.step for m in history), default=0)
@@ -125,18 +143,7 @@ def plan(
         raise EvaluationError(
             f"run {run_id} is {status}: only a finished trial has a final model to evaluate"
         )
-    model_uri = run.data.tags.get(MODEL_TAG)
-    if not model_uri:
-        raise EvaluationError(
-            f"run {run_id} has no stored model (no {MODEL_TAG} tag): it is not a trial run of a "
-            "sweep, or was trained by an older version"
-        )
-    missing = missing_files(model_uri, MODEL_FILES)
-    if missing:
-        raise EvaluationError(
-            f"run {run_id}: its model storage {model_uri} is gone or incomplete "
-            f"(missing {', '.join(missing)})"
-        )
+    model_uri = _stored_model(run)
     configured = _configured_sets(run)
     asked = list(sets) if sets else configured
     unknown = [s for s in asked if s not in configured]
@@ -154,7 +161,7 @@ def plan(
     resources = run.data.tags.get(RESOURCES_TAG)
     return EvalJob(
         run_id=run_id,
-        trial_id=run.data.tags.get("supcon.trial_id", run_id),
+        trial_id=run.data.tags.get(TRIAL_TAG, run_id),
         tracking_uri=uri,
         model_uri=model_uri,
         sets=todo,

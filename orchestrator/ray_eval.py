@@ -15,11 +15,12 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import ray
-from ray.train import FailureConfig, ScalingConfig, TrainingFailedError
+from ray.train import FailureConfig, TrainingFailedError
 from ray.train.torch import TorchConfig, TorchTrainer
 
 from orchestrator.evaluation import JOB_KEY, EvalJob, run_job
 from orchestrator.resources import DRIVER_RESOURCE
+from orchestrator.sweep import scaling
 
 
 def eval_worker(config: dict[str, EvalJob]) -> None:
@@ -32,17 +33,11 @@ def eval_worker(config: dict[str, EvalJob]) -> None:
 
 
 def _evaluator(job: EvalJob) -> TorchTrainer:
-    res = job.resources
-    per_worker = {"CPU": res.cpus_per_worker}
-    if res.gpus:
-        per_worker["GPU"] = res.gpus / res.workers
     return TorchTrainer(
         eval_worker,
         train_loop_config={JOB_KEY: job},
-        scaling_config=ScalingConfig(
-            num_workers=res.workers, use_gpu=bool(res.gpus), resources_per_worker=per_worker
-        ),
-        torch_config=TorchConfig(backend="nccl" if res.gpus else "gloo"),
+        scaling_config=scaling(job.resources),
+        torch_config=TorchConfig(backend="nccl" if job.resources.gpus else "gloo"),
         run_config=ray.train.RunConfig(
             name=f"eval-{job.trial_id}-{time.strftime('%Y%m%d-%H%M%S')}",
             storage_path=f"{job.storage_root}/train",

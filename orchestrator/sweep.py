@@ -26,7 +26,7 @@ from ray.tune.search import ConcurrencyLimiter
 from orchestrator.options import check_ray_address
 from orchestrator.ray_trial import SPEC_KEY, train_worker
 from orchestrator.resources import DRIVER_RESOURCE
-from orchestrator.settings import SweepSettings, TrackingTarget, TrialSpec
+from orchestrator.settings import SweepSettings, TrackingTarget, TrialResources, TrialSpec
 from orchestrator.storage import prune_unregistered_checkpoints
 from orchestrator.tracking import SweepRun, close_trial, query_best
 from search_spaces import SearchSpace
@@ -34,6 +34,20 @@ from search_spaces import SearchSpace
 log = logging.getLogger(__name__)
 
 GRID_KEY = "grid_point"
+
+
+def scaling(resources: TrialResources, placement: str = "PACK") -> ScalingConfig:
+    """The worker group of a trial (or of its evaluation): ``resources.workers`` DDP ranks with
+    their CPUs and an equal share of the trial's GPUs."""
+    per_worker = {"CPU": resources.cpus_per_worker}
+    if resources.gpus:
+        per_worker["GPU"] = resources.gpus / resources.workers
+    return ScalingConfig(
+        num_workers=resources.workers,
+        use_gpu=bool(resources.gpus),
+        resources_per_worker=per_worker,
+        placement_strategy=placement,
+    )
 
 
 def torch_trainer(
@@ -49,11 +63,6 @@ def torch_trainer(
     Storage keeps one reported checkpoint (Ray deletes the older one as each new one lands):
     the latest, which holds the best weights too, is all that resume needs.
     """
-    gpus = settings.gpus_per_trial
-    workers = settings.workers_per_trial
-    per_worker = {"CPU": settings.cpus_per_worker}
-    if gpus:
-        per_worker["GPU"] = gpus / workers
     spec = TrialSpec(
         base=settings.base,
         params=params,
@@ -69,13 +78,8 @@ def torch_trainer(
         train_worker,
         # Ray Train wants a dict here (it exports it as the run's state); it holds the one spec.
         train_loop_config={SPEC_KEY: spec},
-        scaling_config=ScalingConfig(
-            num_workers=workers,
-            use_gpu=bool(gpus),
-            resources_per_worker=per_worker,
-            placement_strategy=settings.placement,
-        ),
-        torch_config=TorchConfig(backend="nccl" if gpus else "gloo"),
+        scaling_config=scaling(settings.resources, settings.placement),
+        torch_config=TorchConfig(backend="nccl" if settings.gpus_per_trial else "gloo"),
         run_config=ray.train.RunConfig(
             name=trial_id,
             storage_path=settings.train_dir,
