@@ -22,6 +22,16 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+class SpecAugmentConfig(_Strict):
+    """wav2vec2's SpecAugment time masking while fine-tuning (Park et al. 2019, as in the HF
+    ``Wav2Vec2Model``): spans of ``mask_time_length`` frames starting at a ``mask_time_prob``
+    fraction of frames are replaced by the learned ``masked_spec_embed``. ``mask_time_prob: 0``
+    turns it off. The XLS-R 300M config ships 0.075 and 10, which the authors left on."""
+
+    mask_time_prob: float = Field(default=0.0, ge=0.0, lt=1.0)
+    mask_time_length: int = Field(default=10, ge=1)
+
+
 class ModelConfig(_Strict):
     """The encoder: a hub id or local directory (``pretrained``), or a random-weight ``preset``.
 
@@ -35,6 +45,7 @@ class ModelConfig(_Strict):
     layers: Literal["mean", "last", "weighted"] = "mean"
     dropout: float = Field(default=0.1, ge=0.0, lt=1.0)
     gradient_checkpointing: bool = False
+    spec_augment: SpecAugmentConfig = SpecAugmentConfig()
 
     @model_validator(mode="after")
     def _one_source(self) -> ModelConfig:
@@ -44,8 +55,13 @@ class ModelConfig(_Strict):
 
 
 class LossConfig(_Strict):
+    """SupCon's similarity and temperature, and its in-batch contrast set: ``global`` contrasts
+    each rank's anchors with the batch gathered from every rank, ``local`` with this rank's own
+    batch only (the authors' DDP code). The queue, when on, is global either way."""
+
     similarity: Literal["cosine", "angular"] = "cosine"
     temperature: float = Field(default=0.3, gt=0.0)
+    contrast: Literal["local", "global"] = "global"
 
 
 class QueueConfig(_Strict):
@@ -104,10 +120,17 @@ class Stage2Config(_Strict):
 
 
 class RuntimeConfig(_Strict):
+    """Device and numerics of each process. ``precision`` on CUDA: ``fp32`` is true fp32 (TF32
+    off, torch's default), ``tf32`` lets matmuls and convolutions use TF32, ``bf16`` autocasts to
+    bfloat16 (with TF32 on), ``auto`` is bf16. On CPU everything is fp32. ``resume_world_size``:
+    ``same`` refuses to resume a checkpoint written by a different number of ranks (the
+    sampler's plan, the epoch length and the global batch depend on it), ``any`` allows it."""
+
     device: Literal["auto", "cpu", "cuda"] = "auto"
-    precision: Literal["auto", "fp32", "bf16"] = "auto"
+    precision: Literal["auto", "fp32", "tf32", "bf16"] = "auto"
     threads: int | None = Field(default=None, ge=1)
     progress: bool = True
+    resume_world_size: Literal["same", "any"] = "same"
 
 
 class TrainerConfig(_Strict):

@@ -47,3 +47,22 @@ def test_bf16_on_cpu_is_refused() -> None:
 def test_cuda_without_a_gpu_is_refused() -> None:
     with pytest.raises(ConfigError, match=r"runtime\.device=cuda but no CUDA device"):
         setup(RuntimeConfig(device="cuda"), seed=0)
+
+
+def test_tf32_on_cpu_is_refused() -> None:
+    with pytest.raises(ConfigError, match=r"runtime\.precision=tf32 needs CUDA"):
+        setup(RuntimeConfig(device="cpu", precision="tf32"), seed=0)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize(
+    ("precision", "tf32", "bf16"),
+    [("fp32", False, False), ("tf32", True, False), ("bf16", True, True), ("auto", True, True)],
+)
+def test_precision_sets_tf32_and_autocast_on_cuda(precision: str, tf32: bool, bf16: bool) -> None:
+    """fp32 means IEEE fp32 matmuls (the authors' runs), not TF32 behind the user's back."""
+    rt = setup(RuntimeConfig(device="cuda", precision=precision, progress=False), seed=0)
+    assert torch.backends.cuda.matmul.allow_tf32 is tf32
+    assert torch.backends.cudnn.allow_tf32 is tf32
+    assert rt.bf16 is bf16

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -83,10 +83,11 @@ class RawBoostConfig(_Strict):
     """RawBoost (Tak et al., ICASSP 2022) with the reference defaults.
 
     ``algo``: 0 none, 1 LnL, 2 ISD, 3 SSI, 4 LnL->ISD->SSI, 5 LnL->ISD, 6 LnL->SSI, 7 ISD->SSI,
-    8 LnL + ISD in parallel. Applied to each training clip with probability ``p``.
+    8 LnL + ISD in parallel, ``paper`` the authors' chain (LnL always, then SSI with probability
+    0.5, then ISD with probability 0.5). Applied to each training clip with probability ``p``.
     """
 
-    algo: int = Field(default=0, ge=0, le=8)
+    algo: Annotated[int, Field(ge=0, le=8)] | Literal["paper"] = 0
     p: float = Field(default=1.0, ge=0.0, le=1.0)
     n_bands: int = Field(default=5, ge=1)
     min_f: float = 20.0
@@ -118,12 +119,16 @@ class RawBoostConfig(_Strict):
 class SamplerConfig(_Strict):
     """Class-balanced batches: ``batch_size`` per rank, ``bonafide_fraction`` of them bona fide.
 
-    ``batches_per_epoch`` counts batches per rank; by default one epoch holds as many clips as the
-    training set (the minority class is oversampled, the majority class sub-sampled).
+    ``epoch`` says how long an epoch is. ``bonafide_pass`` (the authors'): one pass over the bona
+    fide clips, ``n_bonafide // (bona fide per batch x world size)`` batches per rank, each with a
+    fresh random draw of spoof clips. ``dataset_pass``: as many clips as the training set,
+    ``n_clips // (batch_size x world_size)`` batches per rank (the minority class oversampled).
+    Both depend on the world size. ``batches_per_epoch`` (per rank) overrides either.
     """
 
     batch_size: int = Field(default=16, ge=2)
     bonafide_fraction: float = Field(default=0.5, gt=0.0, lt=1.0)
+    epoch: Literal["bonafide_pass", "dataset_pass"] = "dataset_pass"
     batches_per_epoch: int | None = Field(default=None, ge=1)
 
     @model_validator(mode="after")
