@@ -32,6 +32,24 @@ def _class_stream(pool: np.ndarray, count: int, rng: np.random.Generator) -> np.
     return np.concatenate([rng.permutation(pool) for _ in range(passes)])[:count]
 
 
+def epoch_batches(cfg: SamplerConfig, n_bonafide: int, n_spoof: int, world_size: int) -> int:
+    """Batches per rank in one epoch when ``batches_per_epoch`` is unset, by ``cfg.epoch``.
+
+    ``bonafide_pass`` (the authors'): one pass over the minority class, ``min(n_bonafide //
+    (bona fide per batch x W), n_spoof // (spoof per batch x W))``; on ASVspoof 2019 LA train with
+    8 + 8 clips per rank and W = 2, ``2580 // 16 = 161``. ``dataset_pass``: as many clips as the
+    set, ``(n_bonafide + n_spoof) // (batch_size x W)``, 793 there. Both shrink as W grows.
+    """
+    if cfg.epoch == "bonafide_pass":
+        n_spoof_per_batch = cfg.batch_size - cfg.bonafide_per_batch
+        per_class = (
+            n_bonafide // (cfg.bonafide_per_batch * world_size),
+            n_spoof // (n_spoof_per_batch * world_size),
+        )
+        return max(1, min(per_class))
+    return max(1, (n_bonafide + n_spoof) // (cfg.batch_size * world_size))
+
+
 class BalancedBatchSampler:
     """Yields lists of :class:`SampleKey` with a fixed bona fide / spoof mix per batch.
 
@@ -62,8 +80,9 @@ class BalancedBatchSampler:
         self.world_rank = world_rank
         self.seed = seed
         self.epoch = 0
-        global_batch = cfg.batch_size * world_size
-        self.num_batches = cfg.batches_per_epoch or max(1, len(flags) // global_batch)
+        self.num_batches = cfg.batches_per_epoch or epoch_batches(
+            cfg, len(self.bonafide), len(self.spoof), world_size
+        )
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch

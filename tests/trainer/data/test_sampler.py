@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from trainer.data.config import SamplerConfig
-from trainer.data.sampler import BalancedBatchSampler, balanced_subset
+from trainer.data.sampler import BalancedBatchSampler, balanced_subset, epoch_batches
 
 # 10% bona fide, as ASVspoof 2019 LA train.
 FLAGS = [i % 10 == 0 for i in range(400)]
@@ -75,3 +75,22 @@ def test_monitor_subset_is_balanced_fixed_and_seeded() -> None:
     small = balanced_subset(flags, 1_000, seed=0)
     assert flags[small].sum() == 500 and len(small) == 1_000
     assert balanced_subset(flags, 30_000, seed=0) == list(range(24_844))  # the whole set
+
+
+def test_a_bonafide_pass_epoch_is_one_pass_over_the_bona_fide_clips() -> None:
+    # ASVspoof 2019 LA train with the authors' 8 + 8 per rank on 2 ranks: 161 steps per rank,
+    # against 793 for a pass over the whole set.
+    paper = SamplerConfig(batch_size=16, epoch="bonafide_pass")
+    assert epoch_batches(paper, 2_580, 22_800, world_size=2) == 161
+    assert epoch_batches(paper, 2_580, 22_800, world_size=4) == 80
+    whole = SamplerConfig(batch_size=16, epoch="dataset_pass")
+    assert epoch_batches(whole, 2_580, 22_800, world_size=2) == 793
+    # On the sampler: every bona fide clip once per epoch (40 of them: 2 ranks x 5 x 4).
+    cfg = SamplerConfig(batch_size=8, epoch="bonafide_pass")
+    per_rank = [list(BalancedBatchSampler(FLAGS, cfg, world_size=2, world_rank=r)) for r in (0, 1)]
+    assert {len(b) for b in per_rank} == {5}
+    bona = [k.index for rank in per_rank for batch in rank for k in batch if FLAGS[k.index]]
+    assert sorted(bona) == [i for i in range(400) if FLAGS[i]]
+    # batches_per_epoch overrides both.
+    fixed = cfg.model_copy(update={"batches_per_epoch": 3})
+    assert len(BalancedBatchSampler(FLAGS, fixed, world_size=2, world_rank=0)) == 3
