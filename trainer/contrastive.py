@@ -1,12 +1,17 @@
-"""The stage-1 loss step: SupCon of the local anchors against the gathered batch plus the queue."""
+"""The stage-1 loss step: SupCon of the local anchors against the in-batch contrast set (this
+rank's batch, or the batch gathered from every rank) plus the global queue."""
 
 from __future__ import annotations
+
+from typing import Literal
 
 import torch
 
 from trainer import distributed
 from trainer.loss import Similarity, supcon_loss
 from trainer.queue import CrossBatchQueue
+
+Contrast = Literal["local", "global"]
 
 
 def contrastive_step(
@@ -18,38 +23,55 @@ def contrastive_step(
     temperature: float,
     use_queue: bool,
     queue_positives: bool,
+    contrast: Contrast = "global",
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """SupCon loss of this rank's anchors; returns (loss, gathered z (W*B, D), labels (W*B,)).
 
     ``z_local`` (B, D) are this rank's L2-normalised embeddings, ``labels_local`` (B,) its
-    non-negative class ids. The contrast set is the batch gathered from all ranks *with* gradient,
-    followed by the queue's contents when ``use_queue`` and the queue is not empty. With
-    ``queue_positives=False`` queue entries stay in every denominator but never count as
-    positives.
+    non-negative class ids. The in-batch contrast set depends on ``contrast``:
+
+    - ``global``: the batch gathered from all ranks *with* gradient (W*B entries);
+    - ``local``: this rank's own B clips only (the authors' DDP code); no gradient crosses ranks,
+      so the batch is gathered without gradient, only to be returned for the enqueue.
+
+    The queue's contents follow either way when ``use_queue`` and the queue is not empty: the
+    queue is global in both modes. With ``queue_positives=False`` queue entries stay in every
+    denominator but never count as positives.
 
     The queue is only read: after ``loss.backward()`` the caller enqueues the two returned tensors
     (the same on every rank), so this step never sees its own batch in the queue.
 
     Under DDP each rank's loss is the mean over its own anchors and DDP averages gradients over
-    ranks, which equals the single-process mean when every rank has the same number of anchors with
-    a positive (class-balanced batches). Every rank must pass the same B.
+    ranks. ``global``: that equals the single-process gradient on the full W*B batch when every
+    rank has the same number of anchors with a positive (class-balanced batches). ``local``: each
+    rank's loss is the SupCon of its own batch (plus the queue), and the gradient is the average
+    of the W per-batch gradients; it differs from one process on the full batch, whose anchors
+    also contrast with the other ranks' clips. Every rank must pass the same B.
     """
+    if contrast not in ("local", "global"):
+        raise ValueError(f"contrast must be 'local' or 'global', got {contrast!r}")
     batch = z_local.shape[0]
-    gathered_z = distributed.gather_with_grad(z_local)  # (W*B, D)
     gathered_labels = distributed.all_gather_nograd(labels_local.long())  # (W*B,)
-    contrast, contrast_labels = gathered_z, gathered_labels
+    if contrast == "global":
+        gathered_z = distributed.gather_with_grad(z_local)  # (W*B, D)
+        in_batch, in_batch_labels = gathered_z, gathered_labels
+        offset = distributed.world_rank() * batch  # this rank's slice of the gathered batch
+    else:
+        gathered_z = distributed.all_gather_nograd(z_local)  # (W*B, D), for the enqueue only
+        in_batch, in_batch_labels = z_local, labels_local.long()
+        offset = 0
+    contrast_z, contrast_labels = in_batch, in_batch_labels
     if use_queue and len(queue) > 0:
         queue_z, queue_labels = queue.contents()  # (K, D), (K,)
         if not queue_positives:
             queue_labels = -1 - queue_labels  # ids no anchor has: negatives for everyone
-        contrast = torch.cat([gathered_z.float(), queue_z.to(gathered_z.device)])  # (W*B + K, D)
-        contrast_labels = torch.cat([gathered_labels, queue_labels.to(gathered_labels.device)])
-    offset = distributed.world_rank() * batch  # this rank's slice of the gathered batch
+        contrast_z = torch.cat([in_batch.float(), queue_z.to(in_batch.device)])  # (N + K, D)
+        contrast_labels = torch.cat([in_batch_labels, queue_labels.to(in_batch.device)])
     self_index = offset + torch.arange(batch, device=z_local.device)  # (B,)
     loss = supcon_loss(
         z_local,
         labels_local,
-        contrast,
+        contrast_z,
         contrast_labels,
         self_index,
         similarity=similarity,

@@ -1,6 +1,8 @@
 """The distributed helpers: identity in one process; with 2 gloo processes the gathered SupCon
 step (plus queue) under DDP reproduces one process on the full batch, and a gather that keeps
-only the local slice's gradient does not."""
+only the local slice's gradient does not. The local-contrast step reproduces each shard's own
+SupCon (plus the same global queue) with the per-shard gradients averaged, which the global step
+does not."""
 
 from __future__ import annotations
 
@@ -19,14 +21,22 @@ from torch.nn.parallel import DistributedDataParallel
 from tests.helpers import free_port
 from trainer import distributed
 from trainer.contrastive import contrastive_step
+from trainer.loss import supcon_loss
 from trainer.queue import CrossBatchQueue
 
 WORLD_SIZE = 2
 GLOBAL_BATCH = 8  # 4 per rank, 2 of each class
 QUEUE_SIZE = 12  # wraps on the second enqueue
 STEPS = 3
-# name -> (similarity, temperature, queue_positives)
-VARIANTS = {"cosine": ("cosine", 0.3, True), "angular": ("angular", 0.1, False)}
+# name -> (similarity, temperature, queue_positives, contrast)
+VARIANTS = {
+    "cosine": ("cosine", 0.3, True, "global"),
+    "angular": ("angular", 0.1, False, "global"),
+    "cosine_local": ("cosine", 0.3, True, "local"),
+    "angular_local": ("angular", 0.1, False, "local"),
+}
+GLOBAL_VARIANTS = [name for name, v in VARIANTS.items() if v[3] == "global"]
+LOCAL_VARIANTS = [name for name, v in VARIANTS.items() if v[3] == "local"]
 
 
 def _global_batch(step: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -36,8 +46,9 @@ def _global_batch(step: int) -> tuple[torch.Tensor, torch.Tensor]:
 
 def _train(variant: str, world_rank: int, world_size: int) -> dict[str, Any]:
     """SGD steps of Linear(16, 8) + normalise on this rank's share of each global batch; the
-    queue is filled every step and read from step 1 on. Returns per-step gradients and the queue."""
-    similarity, temperature, queue_positives = VARIANTS[variant]
+    queue is filled every step and read from step 1 on. Returns this rank's per-step losses and
+    gradients, and the queue."""
+    similarity, temperature, queue_positives, contrast = VARIANTS[variant]
     torch.manual_seed(0)
     model = torch.nn.Linear(16, 8)
     net = distributed.wrap_ddp(model, torch.device("cpu"))
@@ -46,7 +57,7 @@ def _train(variant: str, world_rank: int, world_size: int) -> dict[str, Any]:
     queue = CrossBatchQueue(QUEUE_SIZE, 8)
     per_rank = GLOBAL_BATCH // world_size
     rows = slice(world_rank * per_rank, (world_rank + 1) * per_rank)
-    grads = []
+    losses, grads = [], []
     for step in range(STEPS):
         x, labels = _global_batch(step)
         z = F.normalize(net(x[rows]), dim=1)  # (B, 8)
@@ -58,14 +69,68 @@ def _train(variant: str, world_rank: int, world_size: int) -> dict[str, Any]:
             temperature=temperature,
             use_queue=step >= 1,
             queue_positives=queue_positives,
+            contrast=contrast,
         )
         optimizer.zero_grad()
         loss.backward()
+        losses.append(loss.detach())
         grads.append(torch.cat([p.grad.flatten() for p in model.parameters()]))
         optimizer.step()
         queue.enqueue(gathered_z, gathered_labels)
     embeddings, labels = queue.contents()
-    return {"grads": torch.stack(grads), "queue_z": embeddings, "queue_labels": labels}
+    return {
+        "losses": torch.stack(losses),  # (STEPS,)
+        "grads": torch.stack(grads),  # (STEPS, P)
+        "queue_z": embeddings,
+        "queue_labels": labels,
+    }
+
+
+def _train_per_shard(variant: str) -> dict[str, Any]:
+    """The local-contrast reference in one process, from plain ``supcon_loss``: at each step every
+    shard's anchors contrast with that shard alone plus the queue; the backward runs on the mean
+    of the shard losses (DDP's gradient average) and the whole batch is enqueued. Returns the
+    per-step, per-shard losses (STEPS, W), the gradients and the queue."""
+    similarity, temperature, queue_positives, _ = VARIANTS[variant]
+    torch.manual_seed(0)
+    model = torch.nn.Linear(16, 8)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.5)
+    queue = CrossBatchQueue(QUEUE_SIZE, 8)
+    per_rank = GLOBAL_BATCH // WORLD_SIZE
+    losses, grads = [], []
+    for step in range(STEPS):
+        x, labels = _global_batch(step)
+        z = F.normalize(model(x), dim=1)  # (W*B, 8)
+        queue_z, queue_labels = queue.contents()  # empty at step 0
+        if not queue_positives:
+            queue_labels = -1 - queue_labels
+        shard_losses = []
+        for z_shard, labels_shard in zip(z.split(per_rank), labels.split(per_rank), strict=True):
+            shard_losses.append(
+                supcon_loss(
+                    z_shard,
+                    labels_shard,
+                    torch.cat([z_shard, queue_z]),  # (B + K, 8)
+                    torch.cat([labels_shard, queue_labels]),
+                    torch.arange(per_rank),
+                    similarity=similarity,
+                    temperature=temperature,
+                )
+            )
+        step_losses = torch.stack(shard_losses)  # (W,)
+        optimizer.zero_grad()
+        step_losses.mean().backward()
+        losses.append(step_losses.detach())
+        grads.append(torch.cat([p.grad.flatten() for p in model.parameters()]))
+        optimizer.step()
+        queue.enqueue(z.detach(), labels)
+    embeddings, labels = queue.contents()
+    return {
+        "losses": torch.stack(losses),  # (STEPS, W)
+        "grads": torch.stack(grads),  # (STEPS, P)
+        "queue_z": embeddings,
+        "queue_labels": labels,
+    }
 
 
 def _local_grad_only_gather(x: torch.Tensor) -> torch.Tensor:
@@ -119,15 +184,49 @@ def two_ranks(tmp_path_factory: pytest.TempPathFactory) -> list[dict[str, Any]]:
 
 
 @pytest.mark.dist
-@pytest.mark.parametrize("variant", list(VARIANTS))
+@pytest.mark.parametrize("variant", GLOBAL_VARIANTS)
 def test_ddp_gradients_match_one_process_on_the_full_batch(two_ranks, variant: str):
     single = _train(variant, world_rank=0, world_size=1)
     for rank in two_ranks:
         torch.testing.assert_close(rank[variant]["grads"], single["grads"], atol=1e-5, rtol=0)
+    # Every rank has as many anchors with a positive, so the mean of the rank losses is the
+    # full-batch loss.
+    rank_mean = torch.stack([rank[variant]["losses"] for rank in two_ranks]).mean(0)  # (STEPS,)
+    torch.testing.assert_close(rank_mean, single["losses"], atol=1e-5, rtol=0)
     torch.testing.assert_close(
         two_ranks[0][variant]["queue_z"], single["queue_z"], atol=1e-5, rtol=0
     )
     assert torch.equal(two_ranks[0][variant]["queue_labels"], single["queue_labels"])
+
+
+@pytest.mark.dist
+@pytest.mark.parametrize("variant", LOCAL_VARIANTS)
+def test_local_contrast_is_each_shards_supcon_with_averaged_gradients(two_ranks, variant: str):
+    reference = _train_per_shard(variant)
+    for world_rank, rank in enumerate(two_ranks):
+        own = reference["losses"][:, world_rank]  # (STEPS,)
+        torch.testing.assert_close(rank[variant]["losses"], own, atol=1e-5, rtol=0)
+        torch.testing.assert_close(rank[variant]["grads"], reference["grads"], atol=1e-5, rtol=0)
+        # The queue stays global: it holds both shards, as in the reference.
+        torch.testing.assert_close(
+            rank[variant]["queue_z"], reference["queue_z"], atol=1e-5, rtol=0
+        )
+        assert torch.equal(rank[variant]["queue_labels"], reference["queue_labels"])
+
+
+@pytest.mark.dist
+def test_global_contrast_is_not_the_per_shard_loss(two_ranks):
+    reference = _train_per_shard("cosine_local")
+    # Step 0: same weights, empty queue; only the in-batch contrast set differs.
+    for world_rank, rank in enumerate(two_ranks):
+        local_loss = rank["cosine_local"]["losses"][0]
+        torch.testing.assert_close(
+            local_loss, reference["losses"][0, world_rank], atol=1e-5, rtol=0
+        )
+        assert (rank["cosine"]["losses"][0] - local_loss).abs() > 0.05
+    local_grad = two_ranks[0]["cosine_local"]["grads"][0]
+    global_grad = two_ranks[0]["cosine"]["grads"][0]
+    assert (global_grad - local_grad).norm() > 0.25 * local_grad.norm()
 
 
 @pytest.mark.dist
@@ -180,9 +279,9 @@ def test_helpers_are_the_identity_without_a_process_group(monkeypatch: pytest.Mo
     distributed.destroy()
 
 
-def test_one_process_step_is_supcon_on_batch_plus_queue():
-    from trainer.loss import supcon_loss
-
+@pytest.mark.parametrize("mode", ["global", "local"])
+def test_one_process_step_is_supcon_on_batch_plus_queue(mode: str):
+    # In one process the gathered batch is the local batch: both modes are the same loss.
     z = F.normalize(torch.randn(6, 4), dim=1)
     labels = torch.tensor([0, 1, 0, 1, 0, 1])
     queue = CrossBatchQueue(5, 4)
@@ -191,7 +290,7 @@ def test_one_process_step_is_supcon_on_batch_plus_queue():
     kw = {"similarity": "cosine", "temperature": 0.2}
     for queue_positives, contrast_labels in [(True, queue_labels), (False, -1 - queue_labels)]:
         loss, gathered_z, gathered_labels = contrastive_step(
-            z, labels, queue, use_queue=True, queue_positives=queue_positives, **kw
+            z, labels, queue, use_queue=True, queue_positives=queue_positives, contrast=mode, **kw
         )
         contrast = torch.cat([z, queue_z])
         expected_labels = torch.cat([labels, contrast_labels])
@@ -199,5 +298,24 @@ def test_one_process_step_is_supcon_on_batch_plus_queue():
         torch.testing.assert_close(loss, expected, atol=0, rtol=0)
         assert torch.equal(gathered_z, z) and torch.equal(gathered_labels, labels)
     assert len(queue) == 5  # read, not filled
-    off, _, _ = contrastive_step(z, labels, queue, use_queue=False, queue_positives=True, **kw)
+    off, _, _ = contrastive_step(
+        z, labels, queue, use_queue=False, queue_positives=True, contrast=mode, **kw
+    )
     torch.testing.assert_close(off, supcon_loss(z, labels, z, labels, torch.arange(6), **kw))
+
+
+def test_local_contrast_skips_the_gather_with_gradient(monkeypatch: pytest.MonkeyPatch):
+    def no_gather_with_grad(x: torch.Tensor) -> torch.Tensor:
+        raise AssertionError("local contrast must not gather with gradient")
+
+    monkeypatch.setattr(distributed, "gather_with_grad", no_gather_with_grad)
+    z = F.normalize(torch.randn(4, 3, requires_grad=True), dim=1)
+    labels = torch.tensor([0, 1, 0, 1])
+    kw = {"similarity": "cosine", "temperature": 0.2, "use_queue": False, "queue_positives": True}
+    loss, gathered_z, _ = contrastive_step(z, labels, CrossBatchQueue(0, 3), contrast="local", **kw)
+    loss.backward()
+    assert not gathered_z.requires_grad
+    with pytest.raises(AssertionError, match="must not gather"):
+        contrastive_step(z, labels, CrossBatchQueue(0, 3), contrast="global", **kw)
+    with pytest.raises(ValueError, match="contrast must be 'local' or 'global'"):
+        contrastive_step(z, labels, CrossBatchQueue(0, 3), contrast="both", **kw)
