@@ -10,16 +10,20 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 from transformers import Wav2Vec2Config, Wav2Vec2Model
 
-from trainer.config import ModelConfig
+from trainer.config import ModelConfig, SpecAugmentConfig
 
-# DDP needs every rank to use the same parameters each step: SpecAugment (which also creates the
-# otherwise unused ``masked_spec_embed``) and LayerDrop break that, so they are off on every path.
+# DDP needs every rank to use the same parameters each step. LayerDrop skips different layers on
+# different ranks and feature masking is not part of the method, so both are off on every path;
+# these are also the settings with SpecAugment off (``masked_spec_embed`` is then not created).
+# Time masking comes from ``model.spec_augment`` (see encoder_settings), and SupConModel.forward
+# keeps ``masked_spec_embed`` in every rank's graph when it is on.
 DDP_SAFE = {
     "apply_spec_augment": False,
     "mask_time_prob": 0.0,
@@ -75,13 +79,26 @@ class ModelLoadError(ValueError):
     """Pretrained weights could not be found; the message says how to provide them."""
 
 
+def encoder_settings(spec: SpecAugmentConfig) -> dict[str, Any]:
+    """The ``Wav2Vec2Config`` overrides of every path: :data:`DDP_SAFE`, with SpecAugment's time
+    masking on iff ``spec.mask_time_prob > 0``. ``mask_time_min_masks`` keeps the encoder's own
+    value (2 in the presets and the XLS-R config)."""
+    return {
+        **DDP_SAFE,
+        "apply_spec_augment": spec.mask_time_prob > 0,
+        "mask_time_prob": spec.mask_time_prob,
+        "mask_time_length": spec.mask_time_length,
+    }
+
+
 def build_encoder(cfg: ModelConfig) -> Wav2Vec2Model:
     """A ``Wav2Vec2Model`` from ``cfg.preset`` (random weights) or ``cfg.pretrained``, DDP-safe."""
+    settings = encoder_settings(cfg.spec_augment)
     if cfg.preset is not None:
-        config = Wav2Vec2Config(**_XLSR_COMMON, **_PRESETS[cfg.preset], **DDP_SAFE)
+        config = Wav2Vec2Config(**_XLSR_COMMON, **_PRESETS[cfg.preset], **settings)
         encoder = Wav2Vec2Model(config)
     else:
-        encoder = _load_pretrained(cfg.pretrained)
+        encoder = _load_pretrained(cfg.pretrained, settings)
     _check_masking(encoder.config, cfg.pretrained or cfg.preset)
     return encoder
 
@@ -102,21 +119,21 @@ def _how_to(source: str, reason: str) -> str:
     )
 
 
-def _load_pretrained(source: str) -> Wav2Vec2Model:
+def _load_pretrained(source: str, settings: dict[str, Any]) -> Wav2Vec2Model:
     path = Path(source).expanduser()
     if path.is_dir():
-        return Wav2Vec2Model.from_pretrained(path, **DDP_SAFE)
+        return Wav2Vec2Model.from_pretrained(path, **settings)
     if source.startswith(("/", ".", "~")) or path.exists():
         raise ModelLoadError(_how_to(source, f"{path} is not a directory"))
     try:
-        return Wav2Vec2Model.from_pretrained(source, local_files_only=True, **DDP_SAFE)
+        return Wav2Vec2Model.from_pretrained(source, local_files_only=True, **settings)
     except (OSError, ValueError):
         pass  # not cached: download below unless offline
     if _offline():
         reason = "not in the Hugging Face cache and the hub is offline (HF_HUB_OFFLINE)"
         raise ModelLoadError(_how_to(source, reason))
     try:
-        return Wav2Vec2Model.from_pretrained(source, **DDP_SAFE)
+        return Wav2Vec2Model.from_pretrained(source, **settings)
     except Exception as err:  # any hub/network failure gets the same actionable message
         first_line = str(err).strip().splitlines()[0] if str(err).strip() else ""
         reason = f"download failed ({type(err).__name__}: {first_line})"
@@ -193,11 +210,20 @@ class SupConModel(nn.Module):
         XLS-R feature extractor does (``do_normalize=True``), so raw [-1, 1] audio can be fed;
         padding stays zero. With the mask, a clip's z does not depend on the padding. A clip
         shorter than the 400-sample receptive field has no frames and gets z = 0.
+
+        With ``model.spec_augment`` on and in training mode, HF's SpecAugment replaces spans of
+        frames by ``masked_spec_embed`` before the transformer; it draws the spans from the
+        frame-level attention mask, so they lie inside each clip's valid frames.
         """
         wave = waveform.float()  # (B, T)
         valid = torch.ones_like(wave) if attention_mask is None else attention_mask.to(wave)
         wave = _normalise(wave, valid)  # (B, T)
-        out = self.encoder(wave, attention_mask=attention_mask, output_hidden_states=True)
+        out = self.encoder(
+            wave,
+            attention_mask=attention_mask,
+            mask_time_indices=self._no_span_fits(wave),
+            output_hidden_states=True,
+        )
         # transformers 5 records the last layer before the final LayerNorm; use the normalised
         # output as 4.x did (and so that the final LayerNorm takes part, as DDP requires).
         states = [*out.hidden_states[:-1], out.last_hidden_state]  # L x (B, T', H)
@@ -207,7 +233,43 @@ class SupConModel(nn.Module):
         frame_mask = (steps[None, :] < lengths[:, None]).to(frames.dtype)  # (B, T')
         count = frame_mask.sum(1, keepdim=True).clamp(min=1)  # (B, 1)
         pooled = (frames * frame_mask[..., None]).sum(1) / count  # (B, D)
+        pooled = pooled + self._tie_spec_embed()
         return F.normalize(pooled.float(), dim=-1)
+
+    def _no_span_fits(self, wave: torch.Tensor) -> torch.Tensor | None:
+        """An all-False (B, T') time mask when SpecAugment is on, the encoder is training and the
+        batch has fewer frames than one masked span; ``None`` (HF draws the mask) otherwise.
+
+        HF's ``_compute_mask_indices`` raises for such a batch (``mask_length`` larger than the
+        sequence) instead of masking nothing; the empty mask masks nothing and, as HF still writes
+        ``masked_spec_embed`` through it, keeps that parameter in the graph.
+        """
+        config = self.encoder.config
+        if not (self.encoder.training and config.apply_spec_augment and config.mask_time_prob > 0):
+            return None
+        num_frames = int(self.encoder._get_feat_extract_output_lengths(torch.tensor(wave.shape[1])))
+        if num_frames >= config.mask_time_length:
+            return None
+        return torch.zeros(wave.shape[0], num_frames, dtype=torch.bool, device=wave.device)
+
+    def _tie_spec_embed(self) -> torch.Tensor | float:
+        """0 times ``masked_spec_embed`` (when it exists and grad is on), added to the output.
+
+        DDP without ``find_unused_parameters`` waits in backward for a gradient for every
+        parameter; a rank whose graph lacks one skips the bucket's all-reduce, its gradients stay
+        local and the next step raises ("Expected to have finished reduction in the prior
+        iteration") while the other rank waits in the all-reduce. HF writes the embedding into
+        the masked frames with ``hidden_states[mask] = embed`` in training mode, which reaches it
+        even when no frame is masked (an empty mask: prob rounding, clips shorter than a span),
+        but a forward in eval mode, with grad on, skips the masking altogether. This zero-weighted
+        term reaches the parameter on every path (a zero gradient where nothing was masked) at the
+        cost of one sum, so no masking case can leave it unused; find_unused_parameters would
+        instead walk the graph every step. Under no_grad (evaluation) the output is unchanged.
+        """
+        embed = getattr(self.encoder, "masked_spec_embed", None)
+        if embed is None or not torch.is_grad_enabled():
+            return 0.0
+        return 0.0 * embed.sum()
 
 
 def _normalise(wave: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
