@@ -21,6 +21,7 @@ from __future__ import annotations
 import functools
 import math
 import threading
+from typing import Literal
 
 import numpy as np
 from scipy import signal
@@ -32,6 +33,11 @@ _FREQZ_POINTS = 512
 # Smallest overlap-save block: as fast as any other size measured for the default filters (span
 # up to ~750 taps), and small enough that the K block spectra stay in cache.
 _MIN_BLOCK = 4096
+# The authors' chain, ``algo: paper`` (Sudan et al. 2026, arXiv:2604.26057): LnL always, then SSI
+# and then ISD, each on its own fair coin (github.com/JaskiratSudan/wav2vec_contr_loss,
+# stage1_utils.py, apply_rawboost_batch: ``random.random() < 0.5`` before each).
+PAPER_SSI_PROB = 0.5
+PAPER_ISD_PROB = 0.5
 
 
 def _uniform(rng: np.random.Generator, lo: float, hi: float) -> float:
@@ -249,9 +255,19 @@ _CHAINS: dict[int, tuple[str, ...]] = {
 }
 
 
+def _paper(y: np.ndarray, cfg: RawBoostConfig, rng: np.random.Generator, fs: int) -> np.ndarray:
+    y = _lnl(y, cfg, rng, fs)
+    # Each coin is drawn whether or not the step before it ran, as the authors' code does.
+    if rng.random() < PAPER_SSI_PROB:
+        y = _ssi(y, cfg, rng, fs)
+    if rng.random() < PAPER_ISD_PROB:
+        y = _isd(y, cfg, rng)
+    return y
+
+
 def rawboost(
     x: np.ndarray,
-    algo: int,
+    algo: int | Literal["paper"],
     cfg: RawBoostConfig,
     rng: np.random.Generator,
     fs: int = SAMPLE_RATE,
@@ -259,8 +275,10 @@ def rawboost(
     """Apply RawBoost ``algo`` to a mono waveform; float32 of the same length as ``x``.
 
     ``algo``: 0 none, 1 LnL, 2 ISD, 3 SSI, 4 LnL->ISD->SSI, 5 LnL->ISD, 6 LnL->SSI, 7 ISD->SSI,
-    8 LnL and ISD of the input in parallel, summed and peak-normalised. Draws from ``rng`` in the
-    order of :func:`trainer.data.rawboost_reference.rawboost_reference`.
+    8 LnL and ISD of the input in parallel, summed and peak-normalised; ``"paper"`` the authors'
+    chain: LnL, then SSI with probability :data:`PAPER_SSI_PROB`, then ISD with probability
+    :data:`PAPER_ISD_PROB`, each coin one ``rng.random()`` drawn just before its step. Draws from
+    ``rng`` in the order of :func:`trainer.data.rawboost_reference.rawboost_reference`.
     """
     if algo == 0:
         return np.asarray(x, dtype=np.float32)
@@ -268,8 +286,10 @@ def rawboost(
     if algo == 8:
         both = _lnl(y, cfg, rng, fs) + _isd(y, cfg, rng)
         return _peak_normalise(both).astype(np.float32)
+    if algo == "paper":
+        return _paper(y, cfg, rng, fs).astype(np.float32)
     if algo not in _CHAINS:
-        raise ValueError(f"rawboost algo must be 0-8, got {algo}")
+        raise ValueError(f"rawboost algo must be 0-8 or 'paper', got {algo!r}")
     for step in _CHAINS[algo]:
         if step == "lnl":
             y = _lnl(y, cfg, rng, fs)
@@ -285,6 +305,8 @@ class RawBoost:
 
     The coin ``rng.random() < p`` is always drawn first, even when p is 0 or 1, so the coin costs
     one draw whatever p is and a seeded run does not change its stream when p is tuned to 0 or 1.
+    With ``algo="paper"`` and ``p=0.7`` this is the authors' augmentation: 70% of the clips get
+    LnL, and each of those SSI and ISD with probability 0.5 (see :func:`rawboost`).
     """
 
     def __init__(self, cfg: RawBoostConfig, fs: int = SAMPLE_RATE) -> None:

@@ -3,11 +3,15 @@
 Not used in training (see :mod:`trainer.data.rawboost` for the fast implementation). It follows
 ``RawBoost.py`` and ``process_Rawboost_feature`` of the SSL_Anti-spoofing repository (Tak et al.,
 "RawBoost: A Raw Data Boosting and Augmentation Method applied to Automatic Speaker Verification
-Anti-Spoofing", ICASSP 2022, arXiv:2111.04433), with two deliberate changes: every random number
+Anti-Spoofing", ICASSP 2022, arXiv:2111.04433), and ``apply_rawboost_batch`` of the method's
+authors (Sudan et al. 2026, arXiv:2604.26057; github.com/JaskiratSudan/wav2vec_contr_loss,
+``stage1_utils.py``) for ``algo="paper"``, with two deliberate changes: every random number
 comes from a passed ``np.random.Generator``, one value at a time, and the arithmetic is float64.
 """
 
 from __future__ import annotations
+
+from typing import Literal
 
 import numpy as np
 from scipy import signal
@@ -143,12 +147,13 @@ def ssi_additive_noise(
 
 def rawboost_reference(
     x: np.ndarray,
-    algo: int,
+    algo: int | Literal["paper"],
     cfg: RawBoostConfig,
     rng: np.random.Generator,
     fs: int = SAMPLE_RATE,
 ) -> np.ndarray:
-    """Apply RawBoost ``algo`` (0-8, as ``process_Rawboost_feature``) to a mono waveform.
+    """Apply RawBoost ``algo`` (0-8, as ``process_Rawboost_feature``, or ``"paper"``, as the
+    authors' ``apply_rawboost_batch`` once its per-clip coin has come up) to a mono waveform.
 
     The plain reference kept for parity tests and the benchmark, not used in training. Computes
     in float64 and returns float32 of the same length as ``x``.
@@ -177,8 +182,16 @@ def rawboost_reference(
         y1 = lnl_convolutive_noise(x, cfg, rng, fs)
         y2 = isd_additive_noise(x, cfg, rng)
         y = norm_wav(y1 + y2, False)
+    elif algo == "paper":
+        # The authors' literal 0.5s, kept here rather than imported, so that the parity test
+        # checks the fast path's constants.
+        y = lnl_convolutive_noise(x, cfg, rng, fs)
+        if rng.random() < 0.5:
+            y = ssi_additive_noise(y, cfg, rng, fs)
+        if rng.random() < 0.5:
+            y = isd_additive_noise(y, cfg, rng)
     elif algo == 0:
         y = x
     else:
-        raise ValueError(f"rawboost algo must be 0-8, got {algo}")
+        raise ValueError(f"rawboost algo must be 0-8 or 'paper', got {algo!r}")
     return y.astype(np.float32)
