@@ -118,8 +118,15 @@ class SetScores:
     result: SetResult
 
     def metrics(self) -> dict[str, float]:
-        """``eval/<set>/eer`` and the per-attack ``eval/<set>/eer_<attack>``."""
-        return self.result.metrics(f"eval/{self.name}")
+        """``eval/<set>/eer``, the per-attack ``eval/<set>/eer_<attack>``, and the set's counts:
+        ``eval/<set>/n_bonafide`` and ``n_spoof`` trials scored, ``n_skipped`` trials dropped
+        because their audio is missing (``on_missing: skip``), so an EER on a partial set shows."""
+        prefix = f"eval/{self.name}"
+        return self.result.metrics(prefix) | {
+            f"{prefix}/n_bonafide": float(self.result.n_bonafide),
+            f"{prefix}/n_spoof": float(self.result.n_spoof),
+            f"{prefix}/n_skipped": float(len(self.split.skipped)),
+        }
 
     def write(self, folder: Path) -> Path:
         """The score file ``folder/<set>.tsv`` (see :func:`trainer.metrics.write_scores`)."""
