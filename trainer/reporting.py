@@ -12,15 +12,47 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Protocol
 
+# The keys of the per-epoch reports (stage 1) and those only the final report has.
+EPOCH_METRICS = (
+    "encoder/dev/eer",
+    "encoder/dev/loss",
+    "encoder/train/loss",
+    "encoder/train/lr_encoder",
+    "encoder/train/lr_head",
+    "encoder/train/queue_fill",
+)
+FINAL_METRICS = (
+    "classifier/dev/eer",
+    "classifier/best_epoch",
+    "encoder/best_epoch",
+    "encoder/epochs",
+    "time/setup_s",
+    "time/trial_s",
+)
+
 
 class Reporter(Protocol):
     def report(
-        self, metrics: Mapping[str, float], *, epoch: int, step: int, checkpoint: Path | None
+        self,
+        metrics: Mapping[str, float],
+        *,
+        epoch: int,
+        step: int,
+        checkpoint: Path | None,
+        history: Sequence[Mapping[str, float]] = (),
     ) -> None:
-        """Per-epoch metrics (keys ``stage/split/name``) and, on rank 0, the checkpoint folder."""
+        """Per-epoch metrics (keys ``stage/split/name``, :data:`EPOCH_METRICS`), on rank 0 the
+        checkpoint folder, and ``history``: every epoch's metrics so far, this one included,
+        across resumes (a best-so-far needs them)."""
 
-    def final(self, metrics: Mapping[str, float], artifacts: Sequence[Path]) -> None:
-        """Final metrics of the trial and, on rank 0, its artifact files."""
+    def final(
+        self,
+        metrics: Mapping[str, float],
+        artifacts: Sequence[Path],
+        history: Sequence[Mapping[str, float]] = (),
+    ) -> None:
+        """Final metrics of the trial (:data:`FINAL_METRICS` and the best epoch's dev metrics),
+        on rank 0 its artifact files, and every stage-1 epoch's metrics."""
 
 
 class JsonlReporter:
@@ -31,11 +63,22 @@ class JsonlReporter:
         self.main = main
 
     def report(
-        self, metrics: Mapping[str, float], *, epoch: int, step: int, checkpoint: Path | None
+        self,
+        metrics: Mapping[str, float],
+        *,
+        epoch: int,
+        step: int,
+        checkpoint: Path | None,
+        history: Sequence[Mapping[str, float]] = (),
     ) -> None:
         if self.main:
             with self.path.open("a", encoding="utf-8") as handle:
                 handle.write(json.dumps({"epoch": epoch, "step": step, **metrics}) + "\n")
 
-    def final(self, metrics: Mapping[str, float], artifacts: Sequence[Path]) -> None:
+    def final(
+        self,
+        metrics: Mapping[str, float],
+        artifacts: Sequence[Path],
+        history: Sequence[Mapping[str, float]] = (),
+    ) -> None:
         return None

@@ -42,14 +42,15 @@ class TrialData:
     eval: dict[str, CorpusSplit]
 
 
-def load_data(cfg: TrainerConfig, with_eval: bool = True) -> TrialData:
+def load_data(cfg: TrainerConfig, with_eval: bool = True, check_files: bool = True) -> TrialData:
     """Read every split once (missing files and bad protocols fail here, before any training);
-    the evaluation sets only ``with_eval``."""
+    the evaluation sets only ``with_eval``. ``check_files=False``: the files were checked
+    before the trial (by a sweep's driver), so their existence is not checked again."""
     sets = cfg.data.eval.items() if with_eval else ()
     return TrialData(
-        train=read_corpus(cfg.data.train),
-        dev=read_corpus(cfg.data.dev),
-        eval={name: read_corpus(ds) for name, ds in sets},
+        train=read_corpus(cfg.data.train, check_files=check_files),
+        dev=read_corpus(cfg.data.dev, check_files=check_files),
+        eval={name: read_corpus(ds, check_files=check_files) for name, ds in sets},
     )
 
 
@@ -136,7 +137,7 @@ class Trial:
         }
         dev_scores = final.scores(dev_z)  # (N_dev,)
         artifacts = self._write(metrics, encoder.progress, stage2, final, dev_scores, evaluated)
-        self.reporter.final(metrics, artifacts)
+        self.reporter.final(metrics, artifacts, history=encoder.progress.history)
         return metrics
 
     def _stage2(self, train_z: torch.Tensor, dev_z: torch.Tensor) -> Stage2Result:
@@ -192,6 +193,7 @@ def prepare_trial(
     out_dir: Path,
     reporter: Reporter | None = None,
     with_eval: bool = True,
+    check_files: bool = True,
 ) -> Trial:
     """Everything before training, in order: join the launcher's process group, resolve the
     device and seed every RNG, create ``out_dir`` and write ``config.yaml`` (rank 0), read every
@@ -205,7 +207,7 @@ def prepare_trial(
         (out_dir / "config.yaml").write_text(to_yaml(cfg), encoding="utf-8")
     distributed.barrier()
     reporter = reporter or JsonlReporter(out_dir, main=distributed.is_main())
-    data = load_data(cfg, with_eval)
+    data = load_data(cfg, with_eval, check_files)
     model = SupConModel(cfg.model).to(rt.device)
     return Trial(cfg, out_dir, rt, data, model, reporter, started)
 
@@ -217,8 +219,11 @@ def run_trial(
     resume: Path | None = None,
     resume_local: bool = True,
     with_eval: bool = True,
+    check_files: bool = True,
 ) -> dict[str, float]:
     """Run stage 1, stage 2 and the dev evaluation, then (``with_eval``) score every evaluation
     set; returns the final metrics (same on every rank). The final model is saved in
-    ``out_dir/model`` either way, so :mod:`trainer.evaluate` can score the sets later."""
-    return prepare_trial(cfg, out_dir, reporter, with_eval).run(resume, resume_local)
+    ``out_dir/model`` either way, so :mod:`trainer.evaluate` can score the sets later.
+    ``check_files=False`` skips the audio files' existence check (already made by a sweep's
+    driver)."""
+    return prepare_trial(cfg, out_dir, reporter, with_eval, check_files).run(resume, resume_local)

@@ -19,7 +19,7 @@ import torch
 from tqdm import tqdm
 
 from trainer import checkpoint, distributed
-from trainer.config import TrainerConfig
+from trainer.config import ConfigError, TrainerConfig
 from trainer.contrastive import contrastive_step
 from trainer.data.corpora import CorpusSplit
 from trainer.data.dataset import AudioDataset, make_loader
@@ -104,25 +104,49 @@ def build_schedule(
 
 
 def dev_supcon_loss(z: torch.Tensor, labels: torch.Tensor, cfg: TrainerConfig) -> float:
-    """Mean in-batch SupCon loss (no queue) over fixed, seeded chunks of the dev embeddings."""
-    chunk = cfg.data.sampler.batch_size * distributed.world_size()
-    order = torch.randperm(len(z), generator=torch.Generator().manual_seed(cfg.seed))
-    losses = []
-    for part in order.split(chunk):
-        if len(part) > 1:
-            idx = torch.arange(len(part))
-            losses.append(
-                supcon_loss(
-                    z[part],
-                    labels[part],
-                    z[part],
-                    labels[part],
-                    idx,
-                    similarity=cfg.loss.similarity,
-                    temperature=cfg.loss.temperature,
-                ).item()
-            )
-    return float(sum(losses) / max(1, len(losses)))
+    """Mean in-batch SupCon loss (no queue) over fixed, class-balanced batches of the dev set.
+
+    ``z`` (N, D) are the dev embeddings and ``labels`` (N,) their classes (1 = bona fide), the
+    same on every rank. Each batch has the per-rank training composition of
+    ``cfg.data.sampler``: ``bonafide_per_batch`` bona fide and ``batch_size - bonafide_per_batch``
+    spoof clips (a class with fewer clips than its share gives all it has). Each class is drawn
+    without replacement in a permutation seeded by ``cfg.seed`` alone, and there are as many
+    batches as the scarcer class, relative to its share, fills once:
+    ``min(n_bona // bona_per_batch, n_spoof // spoof_per_batch)``; the other class's remaining
+    clips are left out (like the authors' epoch, one pass over the bona fide). So the value
+    depends on neither the epoch nor the world size, and both classes are in every batch.
+
+    Reduction: the plain mean of the per-batch SupCon losses (:func:`supcon_loss`, Khosla et al.
+    2020, arXiv:2004.11362).
+    """
+    is_bona = labels.cpu() == 1  # (N,)
+    pools = torch.nonzero(is_bona).flatten(), torch.nonzero(~is_bona).flatten()
+    if min(len(pool) for pool in pools) == 0:
+        raise ValueError("the dev SupCon monitor needs bona fide and spoof clips")
+    sampler = cfg.data.sampler
+    wanted = (sampler.bonafide_per_batch, sampler.batch_size - sampler.bonafide_per_batch)
+    shares = [min(n, len(pool)) for n, pool in zip(wanted, pools, strict=True)]
+    n_batches = min(len(pool) // share for share, pool in zip(shares, pools, strict=True))
+    generator = torch.Generator().manual_seed(cfg.seed)
+    columns = []
+    for share, pool in zip(shares, pools, strict=True):
+        drawn = pool[torch.randperm(len(pool), generator=generator)]  # one seeded pass
+        columns.append(drawn[: n_batches * share].view(n_batches, share))
+    batches = torch.cat(columns, dim=1).to(z.device)  # (n_batches, bona + spoof per batch)
+    self_index = torch.arange(batches.shape[1], device=z.device)
+    losses = [
+        supcon_loss(
+            z[batch],
+            labels[batch],
+            z[batch],
+            labels[batch],
+            self_index,
+            similarity=cfg.loss.similarity,
+            temperature=cfg.loss.temperature,
+        )
+        for batch in batches
+    ]  # n_batches scalars
+    return float(torch.stack(losses).mean())
 
 
 class Stepper:
@@ -163,6 +187,7 @@ class Stepper:
             temperature=cfg.loss.temperature,
             use_queue=use_queue,
             queue_positives=cfg.queue.positives,
+            contrast=cfg.loss.contrast,
         )
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -216,6 +241,15 @@ class Stage1:
             world_rank=distributed.world_rank(),
             seed=cfg.seed,
         )
+        log.info(
+            "stage-1 epoch (data.sampler.epoch=%s%s): %d batch(es) of %d per rank x %d rank(s); "
+            "the epoch's length depends on the world size",
+            cfg.data.sampler.epoch,
+            ", overridden by batches_per_epoch" if cfg.data.sampler.batches_per_epoch else "",
+            len(self.sampler),
+            cfg.data.sampler.batch_size,
+            distributed.world_size(),
+        )
         augment = RawBoost(cfg.data.rawboost) if cfg.data.rawboost.algo else None
         dataset = AudioDataset(
             train.utterances, cfg.data.train_crop, augment=augment, seed=cfg.seed
@@ -241,6 +275,7 @@ class Stage1:
         ``folder`` in place; returns the saved progress and best weights."""
         ckpt = checkpoint.load(folder, map_location=self.rt.device)
         state = ckpt["state"]
+        self._check_world_size(folder, len(state["rng"]))
         self.model.load_state_dict(ckpt["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
@@ -250,6 +285,17 @@ class Stage1:
         checkpoint.set_rng_state(rng[min(distributed.world_rank(), len(rng) - 1)])
         log.info("resumed from %s at epoch %d", folder, progress.epoch)
         return progress, ckpt["best_model"]
+
+    def _check_world_size(self, folder: Path, saved: int) -> None:
+        """A checkpoint resumes on the world size that wrote it (one RNG state per rank): the
+        epoch's length, the sampler's plan and the global batch all depend on it."""
+        now = distributed.world_size()
+        if saved != now and self.cfg.runtime.resume_world_size == "same":
+            raise ConfigError(
+                f"{folder} was written by {saved} rank(s) and this run has {now}: the epoch "
+                "length, batch plan and global batch would change mid-run. Resume with "
+                f"{saved} worker(s), or set runtime.resume_world_size=any to accept the change"
+            )
 
     def _save(self, progress: Progress, best_state: dict[str, Any]) -> Path | None:
         rng = distributed.all_gather_object(checkpoint.rng_state())
@@ -390,7 +436,13 @@ class Stage1:
             metrics["epoch"] = float(epoch)
             progress.history.append(metrics)
             folder = self._save(progress, best_state)
-            self.reporter.report(metrics, epoch=epoch, step=progress.step, checkpoint=folder)
+            self.reporter.report(
+                metrics,
+                epoch=epoch,
+                step=progress.step,
+                checkpoint=folder,
+                history=progress.history,
+            )
             epochs.set_postfix(
                 dev_eer=f"{metrics['encoder/dev/eer']:.3f}",
                 dev_loss=f"{metrics['encoder/dev/loss']:.3f}",

@@ -181,3 +181,11 @@ def test_torchrun_two_processes(synth_root: Path, tmp_path: Path) -> None:
     # 2 ranks x 8 clips: the queue holds the gathered global batches (capped at its size, 24).
     assert epochs[1]["encoder/train/queue_fill"] == 24
     assert len(read_scores(out / "scores" / "itw.tsv")) == 32
+    # Its checkpoint resumes on 2 ranks only: 1 process would change the epoch's batches.
+    again = subprocess.run(
+        _trial_cmd(out, micro(synth_root)), cwd=ROOT, env=env, capture_output=True, text=True
+    )
+    assert again.returncode == 2, again.stderr[-2000:]
+    assert "written by 2 rank(s) and this run has 1" in again.stderr
+    allowed = [*micro(synth_root), "runtime.resume_world_size=any"]
+    assert subprocess.run(_trial_cmd(out, allowed), cwd=ROOT, env=env).returncode == 0

@@ -281,15 +281,21 @@ def parse_protocol(cfg: DatasetConfig) -> tuple[Path, list[Utterance]]:
     return protocol, records
 
 
-def read_corpus(cfg: DatasetConfig, *, require_both_classes: bool = True) -> CorpusSplit:
+def read_corpus(
+    cfg: DatasetConfig, *, require_both_classes: bool = True, check_files: bool = True
+) -> CorpusSplit:
     """Parse a split and check that its audio files exist.
 
     Missing files raise :class:`MissingAudioError` (count plus the first few paths), or with
     ``on_missing=skip`` are dropped and counted in ``CorpusSplit.skipped`` (and logged). A split
     with no rows, or (by default) with a single class, raises :class:`CorpusError`.
+    ``check_files=False`` trusts a check already made (a sweep's driver checks every corpus
+    once, so its trials do not stat hundreds of thousands of files again); a split with
+    ``on_missing=skip`` is still looked at, since its trials must drop the same files.
     """
     protocol, records = parse_protocol(cfg)
-    missing = [r.path for r in records if not os.path.isfile(r.path)]
+    look = check_files or cfg.on_missing == "skip"
+    missing = [r.path for r in records if look and not os.path.isfile(r.path)]
     if missing and cfg.on_missing == "error":
         raise MissingAudioError(protocol, missing, len(records))
     if missing:
