@@ -31,6 +31,11 @@ def test_paper_config_has_the_paper_hyperparameters() -> None:
     assert (cfg.queue.size, cfg.queue.start_epoch) == (4096, 5)
     assert (cfg.data.sampler.batch_size, cfg.data.sampler.bonafide_per_batch) == (16, 8)
     assert (cfg.stage2.lr, cfg.stage2.batch_size, cfg.stage2.patience) == (1e-4, 64, 15)
+    # The authors' way where the code once deviated silently (issue 11).
+    assert cfg.data.sampler.epoch == "bonafide_pass" and cfg.loss.contrast == "local"
+    assert cfg.queue.positives is False and cfg.runtime.precision == "fp32"
+    assert cfg.data.rawboost.algo == "paper" and cfg.data.rawboost.p == 0.7
+    assert cfg.model.spec_augment.mask_time_prob == 0.075 and cfg.seed == 1337
 
 
 def test_overrides_apply_with_yaml_types() -> None:
