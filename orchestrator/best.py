@@ -9,6 +9,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from orchestrator.objective import OBJECTIVE
 from orchestrator.options import EXIT_STATUS, add_tracking_args, bad_input
 from trainer.config import ConfigError
 
@@ -22,7 +23,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         help="list the best finished trials tracked in MLflow; export the best one's config",
         description=(
             "Rank the finished trial runs of an MLflow experiment by a metric (the last value "
-            "each run logged; by default the sweeps' own objective, a dev metric) and print "
+            "each run logged; by default the sweeps' own objective: the value their searcher "
+            "was told, sweep/objective, e.g. the best epoch's dev EER) and print "
             "their swept parameters and EERs. Test-set columns show the trials that were scored "
             "on the evaluation sets (a sweep scores its top --eval-top-k; `supcon-sweep "
             "evaluate` any other); n/e marks those that were not. --export writes the best "
@@ -33,8 +35,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     add_tracking_args(p)
     p.add_argument(
         "--metric",
-        help="ranking metric (default: the objective the experiment's sweeps selected on, "
-        "encoder/dev/eer unless they said otherwise)",
+        help="ranking metric (default: sweep/objective, each trial's value of the metric the "
+        "experiment's sweeps selected on, as their searcher saw it)",
     )
     p.add_argument("--mode", choices=("min", "max"), help="min or max (default: the sweeps')")
     p.add_argument("--top", type=int, default=5, help="how many trials (default 5)")
@@ -77,7 +79,7 @@ def _eer_columns(rows: Sequence[dict[str, Any]], metric: str) -> list[tuple[str,
     ]
     columns = [(k, h) for k, h in columns if k in keys]
     if metric not in {k for k, _ in columns} and metric in keys:
-        columns.append((metric, metric))
+        columns.append((metric, "objective" if metric == OBJECTIVE else metric))
     return columns
 
 
@@ -138,11 +140,16 @@ def _query(args: argparse.Namespace) -> list[dict[str, Any]]:
 
     uri = resolve_tracking_uri(args.tracking_uri, args.out)
     check_reachable(uri)
+    rows = []
     if args.metric is None:
-        args.metric, mode = sweep_objective(uri, args.experiment)
+        # What the sweeps selected on: each trial's objective value (the best epoch's for a
+        # per-epoch metric), or the metric itself in stores written before that was logged.
+        metric, mode = sweep_objective(uri, args.experiment)
         args.mode = args.mode or mode
+        rows = query_best(uri, args.experiment, OBJECTIVE, args.mode, args.top)
+        args.metric = OBJECTIVE if rows else metric
     args.mode = args.mode or "min"
-    rows = query_best(uri, args.experiment, args.metric, args.mode, args.top)
+    rows = rows or query_best(uri, args.experiment, args.metric, args.mode, args.top)
     if not rows:
         raise TrackingError(
             f"no finished trial in experiment {args.experiment!r} of {safe_uri(uri)} "

@@ -14,6 +14,7 @@ from orchestrator.settings import DEFAULT_EXPERIMENT
 # One exit policy for every command: the trainer's, re-exported.
 from trainer.cli import EXIT_BAD_INPUT as EXIT_BAD_INPUT
 from trainer.cli import EXIT_FAILED as EXIT_FAILED
+from trainer.config import ConfigError
 
 DEFAULT_OUT = Path("runs")
 DEFAULT_JOB_SERVER = "http://127.0.0.1:8265"
@@ -60,8 +61,8 @@ def add_ray_args(parser: argparse._ActionsContainer, *, job_server: bool = False
         return
     parser.add_argument(
         "--address",
-        help="Ray cluster to join: HOST:PORT, ray://HOST:PORT or auto (default: start a local "
-        "Ray instance)",
+        help="Ray cluster to join: HOST:PORT, ray://HOST:PORT or auto (default: the cluster "
+        "in RAY_ADDRESS when set, as inside a Ray Job; else start a local Ray instance)",
     )
 
 
@@ -83,3 +84,14 @@ def check_ray_address(address: str | None, timeout: float = 5.0) -> None:
             return
     except (OSError, ValueError) as err:
         raise ConnectionError(f"no Ray cluster reachable at {address}: {err}") from None
+
+
+def check_gpus(workers: int, gpus: int) -> None:
+    """One GPU per DDP rank, or none: NCCL refuses two ranks of one process group on one GPU
+    ("Duplicate GPU detected"), and a rank given two GPUs uses one."""
+    if gpus and gpus != workers:
+        raise ConfigError(
+            f"--gpus-per-trial {gpus} with --workers-per-trial {workers}: each DDP rank needs "
+            f"a GPU of its own (NCCL fails when two ranks share one, and a rank uses only one); "
+            f"use --gpus-per-trial {workers}, or --workers-per-trial {gpus}"
+        )

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import ray.train
 
+from orchestrator.objective import OBJECTIVE, Objective
 from orchestrator.settings import TrialSpec
 from orchestrator.storage import upload_folder
 from orchestrator.tracking import MODEL_TAG, RESOURCES_TAG, TrialTracker
@@ -33,29 +34,52 @@ Send = Callable[..., None]  # ray.train.report's signature: (metrics, checkpoint
 
 class RayReporter:
     """Forwards the trainer's reports to Ray Train from every rank (``send``, a barrier) and to
-    MLflow through ``tracker``, which only rank 0 holds."""
+    MLflow through ``tracker``, which only rank 0 holds. With an ``objective`` (a sweep's
+    trial), each report that knows the objective's value carries it as :data:`OBJECTIVE`, and
+    MLflow logs it: the best epoch so far for a per-epoch metric, the final value otherwise."""
 
     def __init__(
-        self, tracker: TrialTracker | None, launch_s: float, send: Send = ray.train.report
+        self,
+        tracker: TrialTracker | None,
+        launch_s: float,
+        send: Send = ray.train.report,
+        objective: Objective | None = None,
     ) -> None:
         self.tracker = tracker
         self.launch_s = launch_s
         self.send = send
+        self.objective = objective
         self.epoch = 0
 
     def report(
-        self, metrics: Mapping[str, float], *, epoch: int, step: int, checkpoint: Path | None
+        self,
+        metrics: Mapping[str, float],
+        *,
+        epoch: int,
+        step: int,
+        checkpoint: Path | None,
+        history: Sequence[Mapping[str, float]] = (),
     ) -> None:
         self.epoch = epoch
+        metrics = dict(metrics)
+        if self.objective is not None and self.objective.per_epoch:
+            metrics[OBJECTIVE] = self.objective.so_far(history or [metrics])
         if self.tracker is not None:
             self.tracker.log_metrics(metrics, step=epoch)
         ckpt = ray.train.Checkpoint.from_directory(str(checkpoint)) if checkpoint else None
         # A monotonic epoch: after a restore Tune's training_iteration restarts, the epoch does not.
         self.send({**metrics, "epoch": epoch, "step": step}, checkpoint=ckpt)
 
-    def final(self, metrics: Mapping[str, float], artifacts: Sequence[Path]) -> None:
+    def final(
+        self,
+        metrics: Mapping[str, float],
+        artifacts: Sequence[Path],
+        history: Sequence[Mapping[str, float]] = (),
+    ) -> None:
         # From the trial driver's start to this worker's start: Ray's share of the latency.
         metrics = {**metrics, "time/launch_s": self.launch_s}
+        if self.objective is not None:
+            metrics[OBJECTIVE] = self.objective.final(metrics, history)
         if self.tracker is not None:
             self.tracker.log_metrics(metrics, step=self.epoch + 1)
             self.tracker.log_artifacts([p for p in artifacts if p.suffix != ".tsv"])
@@ -86,7 +110,7 @@ def make_reporter(
     """The reporter of rank ``world_rank``: every rank reports to Ray, rank 0 alone opens the
     trial's MLflow run (and logs the flattened config to it); other ranks never touch MLflow."""
     if world_rank != 0:
-        return RayReporter(None, launch_s, send)
+        return RayReporter(None, launch_s, send, spec.objective)
     # Fail fast on an MLflow outage (MLflow's client retries for minutes by default, holding
     # every rank at the next report barrier); the tracker buffers and retries instead.
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
@@ -97,7 +121,7 @@ def make_reporter(
         flatten(cfg),
         spool=spec.out_dir / "mlflow_unsent.jsonl",
     )
-    return RayReporter(tracker, launch_s, send)
+    return RayReporter(tracker, launch_s, send, spec.objective)
 
 
 def _restore(out_dir: Path, world_rank: int) -> tuple[Path | None, str | None]:
@@ -134,7 +158,13 @@ def train_worker(config: dict[str, TrialSpec]) -> None:
         reporter.tag("supcon.resumed_from", resumed_from)
     try:
         run_trial(
-            cfg, spec.out_dir, reporter, resume=resume, resume_local=False, with_eval=spec.with_eval
+            cfg,
+            spec.out_dir,
+            reporter,
+            resume=resume,
+            resume_local=False,
+            with_eval=spec.with_eval,
+            check_files=not spec.corpora_checked,
         )
         if world_rank == 0:
             _publish_model(spec, reporter)

@@ -17,6 +17,7 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
+from orchestrator.objective import Objective
 from orchestrator.storage import read_text, write_text
 from trainer.config import TrainerConfig, apply_overrides, validate_tree
 
@@ -122,6 +123,10 @@ class SweepSettings:
         return f"{self.storage_root}/models"
 
     @property
+    def objective(self) -> Objective:
+        return Objective(self.metric, self.mode)
+
+    @property
     def resources(self) -> TrialResources:
         return TrialResources(self.workers_per_trial, self.gpus_per_trial, self.cpus_per_worker)
 
@@ -167,6 +172,8 @@ class TrialSpec:
     ``models_dir/trial_id``. ``driver_started`` is the ``time.time()`` at which the trial's
     driver built the run (the launch latency starts there). ``with_eval``: whether the trial
     itself scores the evaluation sets (a sweep leaves that to its top trials, afterwards).
+    ``objective``: what the sweep selects on; its value travels in the trial's reports.
+    ``corpora_checked``: the sweep's driver checked every corpus's files, so trials do not.
     """
 
     base: TrainerConfig
@@ -178,6 +185,8 @@ class TrialSpec:
     resources: TrialResources
     driver_started: float
     with_eval: bool = True
+    objective: Objective | None = None
+    corpora_checked: bool = False
 
     @property
     def out_dir(self) -> Path:

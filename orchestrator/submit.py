@@ -13,14 +13,17 @@ import shlex
 import sys
 from pathlib import Path
 
+from orchestrator.objective import check_objective
 from orchestrator.options import (
     DEFAULT_JOB_SERVER,
     EXIT_FAILED,
     EXIT_STATUS,
     add_ray_args,
     bad_input,
+    check_gpus,
 )
 from orchestrator.sweep_cli import add_sweep_arguments
+from trainer.config import ConfigError
 
 ROOT = Path(__file__).resolve().parents[1]
 EXCLUDES = [".venv", ".git", "runs", "**/__pycache__", "*.db", "mlartifacts", ".pytest_cache"]
@@ -44,8 +47,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def entrypoint(args: argparse.Namespace) -> str:
-    """The sweep command run on the cluster; it joins the cluster with ``--address auto``."""
-    words = ["supcon-sweep", "sweep", "--address", "auto"]
+    """The sweep command run on the cluster, as a user would write it after ``ray job submit
+    --``: no address, it joins the cluster through the job's ``RAY_ADDRESS``."""
+    words = ["supcon-sweep", "sweep"]
     skip = {"handler", "command", "follow", "address", "overrides"}
     for key, value in vars(args).items():
         if key == "eval_top_k" and value is None:
@@ -59,6 +63,11 @@ def entrypoint(args: argparse.Namespace) -> str:
 
 
 def _submit(args: argparse.Namespace) -> int:
+    try:  # what the sweep would refuse on the cluster, refused before anything is sent
+        check_objective(args.metric, args.mode, args.scheduler)
+        check_gpus(args.workers_per_trial, args.gpus_per_trial)
+    except ConfigError as err:
+        return bad_input(err)
     # Clusters keep Ray's token authentication on: send the token (RAY_AUTH_TOKEN,
     # RAY_AUTH_TOKEN_PATH or ~/.ray/auth_token) unless the user chose otherwise.
     os.environ.setdefault("RAY_AUTH_MODE", "token")

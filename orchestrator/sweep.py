@@ -23,9 +23,11 @@ from ray.tune.integration.ray_train import TuneReportCallback
 from ray.tune.schedulers import ASHAScheduler
 from ray.tune.search import ConcurrencyLimiter
 
+from orchestrator.objective import OBJECTIVE
 from orchestrator.options import check_ray_address
 from orchestrator.ray_trial import SPEC_KEY, train_worker
 from orchestrator.resources import DRIVER_RESOURCE
+from orchestrator.scheduling import Rungs
 from orchestrator.settings import SweepSettings, TrackingTarget, TrialResources, TrialSpec
 from orchestrator.storage import prune_unregistered_checkpoints
 from orchestrator.tracking import SweepRun, close_trial, query_best
@@ -57,8 +59,10 @@ def torch_trainer(
     callbacks: list,
     *,
     with_eval: bool,
+    corpora_checked: bool,
 ) -> TorchTrainer:
     """The Ray Train run of one trial, named after it so that a rerun resumes from its storage.
+    ``corpora_checked``: the driver checked the corpora's files, so the workers do not.
 
     Storage keeps one reported checkpoint (Ray deletes the older one as each new one lands):
     the latest, which holds the best weights too, is all that resume needs.
@@ -73,6 +77,8 @@ def torch_trainer(
         resources=settings.resources,
         driver_started=time.time(),
         with_eval=with_eval,
+        objective=settings.objective,
+        corpora_checked=corpora_checked,
     )
     return TorchTrainer(
         train_worker,
@@ -98,12 +104,26 @@ def _fit(trainer: TorchTrainer, settings: SweepSettings, trial_id: str) -> None:
         log.info("trial %s: deleted %d unregistered checkpoint(s)", trial_id, len(stale))
 
 
+class ObjectiveReports(TuneReportCallback):
+    """Forwards to Tune the reports that carry the sweep's objective (:data:`OBJECTIVE`): every
+    epoch's for a per-epoch metric, only the final one for an end-of-trial metric. Tune's strict
+    metric check then holds for every result, and the searcher is told each trial's value once
+    it exists."""
+
+    def after_report(self, run_context, metrics, checkpoint) -> None:
+        if OBJECTIVE in metrics[0]:
+            super().after_report(run_context, metrics, checkpoint)
+
+
 def _trial_driver(config: dict[str, Any], settings: SweepSettings) -> None:
-    """One Tune trial: its TorchTrainer, with every report forwarded to Tune."""
+    """One Tune trial: its TorchTrainer, with its objective's reports forwarded to Tune."""
     params = config.get(GRID_KEY, config)
     trial_id = tune.get_context().get_trial_id()
-    callbacks = [TuneReportCallback()]
-    _fit(torch_trainer(settings, trial_id, params, callbacks, with_eval=False), settings, trial_id)
+    callbacks = [ObjectiveReports()]
+    trainer = torch_trainer(
+        settings, trial_id, params, callbacks, with_eval=False, corpora_checked=True
+    )
+    _fit(trainer, settings, trial_id)
 
 
 def run_single_trial(settings: SweepSettings) -> dict[str, Any]:
@@ -121,7 +141,9 @@ def run_single_trial(settings: SweepSettings) -> dict[str, Any]:
     settings = replace(settings, tracking=parent.target)
     try:
         _fit(
-            torch_trainer(settings, settings.name, {}, [], with_eval=True), settings, settings.name
+            torch_trainer(settings, settings.name, {}, [], with_eval=True, corpora_checked=False),
+            settings,
+            settings.name,
         )
     except BaseException:
         parent.finish("FAILED")
@@ -162,37 +184,40 @@ def trainable(settings: SweepSettings) -> Callable[..., Any]:
     return tune.with_resources(fn, {"CPU": 0, DRIVER_RESOURCE: 1})
 
 
-def _tune_config(space: SearchSpace, s: SweepSettings) -> tuple[dict, tune.TuneConfig]:
-    scheduler = None
-    if s.scheduler == "asha":
-        epochs = s.base.stage1.epochs
-        scheduler = ASHAScheduler(
-            time_attr="epoch", max_t=epochs, grace_period=min(2, epochs), reduction_factor=2
-        )
+def _scheduler(s: SweepSettings, rungs: Rungs | None) -> ASHAScheduler | None:
+    """ASHA with its first rung after the space's queues have run (None when it could stop
+    nothing, or with ``--scheduler none``)."""
+    if s.scheduler != "asha" or rungs is None or not rungs.stops:
+        return None
+    return ASHAScheduler(
+        time_attr="epoch", max_t=s.base.stage1.epochs, grace_period=rungs.grace, reduction_factor=2
+    )
+
+
+def _tune_config(
+    space: SearchSpace, s: SweepSettings, rungs: Rungs | None
+) -> tuple[dict, tune.TuneConfig]:
+    """Tune selects on :data:`OBJECTIVE` (the sweep's metric, summarised per trial), which the
+    searcher, the scheduler and Tune's strict metric check all read."""
+    common = {
+        "metric": OBJECTIVE,
+        "mode": s.mode,
+        "scheduler": _scheduler(s, rungs),
+        "max_concurrent_trials": s.max_concurrent,
+    }
     if space.is_grid:
         param_space = {GRID_KEY: tune.grid_search(space.grid_points())}
-        return param_space, tune.TuneConfig(
-            metric=s.metric,
-            mode=s.mode,
-            num_samples=1,
-            scheduler=scheduler,
-            max_concurrent_trials=s.max_concurrent,
-        )
+        return param_space, tune.TuneConfig(num_samples=1, **common)
     searcher = ConcurrencyLimiter(
-        space.optuna_search(s.metric, s.mode, s.seed), max_concurrent=s.max_concurrent
+        space.optuna_search(OBJECTIVE, s.mode, s.seed), max_concurrent=s.max_concurrent
     )
-    return {}, tune.TuneConfig(
-        metric=s.metric,
-        mode=s.mode,
-        num_samples=s.num_samples,
-        search_alg=searcher,
-        scheduler=scheduler,
-        max_concurrent_trials=s.max_concurrent,
-    )
+    return {}, tune.TuneConfig(num_samples=s.num_samples, search_alg=searcher, **common)
 
 
-def build_tuner(space: SearchSpace, settings: SweepSettings) -> tune.Tuner:
-    param_space, tune_config = _tune_config(space, settings)
+def build_tuner(
+    space: SearchSpace, settings: SweepSettings, rungs: Rungs | None = None
+) -> tune.Tuner:
+    param_space, tune_config = _tune_config(space, settings, rungs)
     return tune.Tuner(
         trainable(settings),
         param_space=param_space,
@@ -205,21 +230,32 @@ def build_tuner(space: SearchSpace, settings: SweepSettings) -> tune.Tuner:
     )
 
 
+def ray_init_kwargs(address: str | None, max_concurrent: int) -> dict[str, Any]:
+    """``ray.init``'s arguments: join ``address``; else, inside a Ray Job (whose supervisor sets
+    ``RAY_ADDRESS``) or wherever a user set it, join that cluster as a plain ``ray.init()``
+    does; else start an isolated local instance bound to 127.0.0.1 with the driver slots."""
+    if address:
+        return {"address": address, "log_to_driver": True}
+    if os.environ.get("RAY_ADDRESS"):
+        return {"log_to_driver": True}
+    return {
+        "address": "local",
+        "_node_ip_address": "127.0.0.1",
+        "resources": {DRIVER_RESOURCE: max_concurrent},
+        "include_dashboard": True,
+        "dashboard_host": "127.0.0.1",
+    }
+
+
 def start_ray(address: str | None, max_concurrent: int) -> None:
-    """Connect to ``address``, or start an isolated local instance bound to 127.0.0.1."""
+    """Connect to Ray as :func:`ray_init_kwargs` says (nothing when already connected)."""
     if ray.is_initialized():
         return
-    if address:
-        check_ray_address(address)
-        ray.init(address=address, log_to_driver=True)
-        return
-    ray.init(
-        address="local",
-        _node_ip_address="127.0.0.1",
-        resources={DRIVER_RESOURCE: max_concurrent},
-        include_dashboard=True,
-        dashboard_host="127.0.0.1",
-    )
+    check_ray_address(address)
+    kwargs = ray_init_kwargs(address, max_concurrent)
+    if "address" not in kwargs:
+        log.info("joining the Ray cluster at RAY_ADDRESS=%s", os.environ["RAY_ADDRESS"])
+    ray.init(**kwargs)
 
 
 def _parent_run(settings: SweepSettings, searcher: str) -> SweepRun:
@@ -258,7 +294,7 @@ def evaluate_top(settings: SweepSettings) -> dict[str, str]:
     rows = query_best(
         target.uri,
         target.experiment,
-        settings.metric,
+        OBJECTIVE,
         settings.mode,
         k or 10**6,
         target.parent_run_id,
@@ -285,7 +321,6 @@ def _tracked_fit(
 ) -> tuple[tune.ResultGrid, dict[str, str]]:
     """Run the search, then score its best trials on the evaluation sets; the parent run ends
     FINISHED (FAILED when a trial failed), or KILLED when interrupted."""
-    os.environ.setdefault("TUNE_DISABLE_STRICT_METRIC_CHECKING", "1")
     try:
         results = tuner.fit()
         failures = evaluate_top(settings)
@@ -298,15 +333,15 @@ def _tracked_fit(
 
 
 def run_sweep(
-    space: SearchSpace, settings: SweepSettings
+    space: SearchSpace, settings: SweepSettings, rungs: Rungs | None = None
 ) -> tuple[SweepSettings, tune.ResultGrid, dict[str, str]]:
     """Start the sweep's parent run, save the settings (with their tracking target) beside the
-    Tune experiment, run it and score its best trials. Returns those settings, Tune's results
-    and the trials whose evaluation failed (trial id -> error)."""
+    Tune experiment, run it (ASHA's first rung at ``rungs``) and score its best trials. Returns
+    those settings, Tune's results and the trials whose evaluation failed (trial id -> error)."""
     parent = _parent_run(settings, "grid" if space.is_grid else "optuna-tpe")
     settings = replace(settings, tracking=parent.target)
     settings.save()
-    return settings, *_tracked_fit(parent, build_tuner(space, settings), settings)
+    return settings, *_tracked_fit(parent, build_tuner(space, settings, rungs), settings)
 
 
 def resume_sweep(

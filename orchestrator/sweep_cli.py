@@ -12,12 +12,14 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from orchestrator.objective import OBJECTIVE, check_objective
 from orchestrator.options import (
     EXIT_FAILED,
     EXIT_STATUS,
     add_ray_args,
     add_tracking_args,
     bad_input,
+    check_gpus,
     check_ray_address,
 )
 from orchestrator.settings import SETTINGS_FILE, SweepSettings
@@ -142,23 +144,15 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _validated(args: argparse.Namespace) -> tuple[TrainerConfig, SearchSpace]:
-    """The base config and the space, checked; ConfigError or SpaceError names what is wrong."""
+    """The base config and the space, checked with the objective and the trial's resources;
+    ConfigError or SpaceError names what is wrong."""
     cfg = load_config(args.config, [*args.overrides, "runtime.progress=false"])
     if cfg.runtime.threads is None:
         cfg = apply_overrides(cfg, {"runtime.threads": max(1, int(args.cpus_per_worker))})
     cfg = resolve_roots(cfg)
     space = load_space(args.space, cfg)
-    if args.scheduler == "asha" and not args.metric.startswith("encoder/"):
-        raise ConfigError(
-            f"--scheduler asha needs a per-epoch metric (encoder/...), got "
-            f"{args.metric}; use --scheduler none"
-        )
-    if args.metric.startswith("eval/"):
-        print(
-            f"note: {args.metric} is a test-set metric; selecting on it makes the reported "
-            "test EER optimistic (prefer a dev metric)",
-            file=sys.stderr,
-        )
+    check_objective(args.metric, args.mode, args.scheduler)
+    check_gpus(args.workers_per_trial, args.gpus_per_trial)
     return cfg, space
 
 
@@ -199,6 +193,12 @@ def _storage(storage: str | None) -> str:
     return str(Path(storage).resolve())
 
 
+def _objective_text(settings: SweepSettings) -> str:
+    if settings.objective.per_epoch:
+        return "each trial's best epoch"
+    return "each trial's final value"
+
+
 def _outcome(settings: SweepSettings, results: ResultGrid, eval_failures: dict[str, str]) -> int:
     """Print the sweep's best trials; 1 when every trial failed (nothing to choose from) or a
     best trial could not be scored on the evaluation sets."""
@@ -207,15 +207,16 @@ def _outcome(settings: SweepSettings, results: ResultGrid, eval_failures: dict[s
 
     target = settings.target
     rows = query_best(
-        target.uri, target.experiment, settings.metric, settings.mode, 5, target.parent_run_id
+        target.uri, target.experiment, OBJECTIVE, settings.mode, 5, target.parent_run_id
     )
     errors = len(results.errors)
     k = "all" if settings.eval_top_k is None else settings.eval_top_k
     print(
         f"\nsweep {settings.name}: {len(results)} trial(s), {errors} failed; "
-        f"best by {settings.metric} ({settings.mode}), test sets scored for the top {k}:"
+        f"best by {settings.metric} ({settings.mode}; objective: {_objective_text(settings)}), "
+        f"test sets scored for the top {k}:"
     )
-    print_table(rows, settings.metric)
+    print_table(rows, OBJECTIVE)
     print(
         f"\nTune results: {settings.tune_dir}/{settings.name}"
         f"\nMLflow: {safe_uri(target.uri)}"
@@ -229,23 +230,38 @@ def _outcome(settings: SweepSettings, results: ResultGrid, eval_failures: dict[s
     return EXIT_FAILED if eval_failures else 0
 
 
+def _preflight(base: TrainerConfig, workers: int) -> int:
+    """Check every corpus once, before any trial (ConfigError when one is unusable); prints the
+    counts and returns the epoch's length in batches per rank."""
+    from orchestrator.preflight import check_corpora, describe, steps_per_epoch
+
+    reports = check_corpora(base)
+    print(f"corpora checked once for every trial:\n{describe(reports)}", file=sys.stderr)
+    return steps_per_epoch(base, reports["train"], workers)
+
+
 def _sweep(args: argparse.Namespace) -> int:
     try:
         cfg, space = _validated(args)
     except (ConfigError, SpaceError) as err:
         return bad_input(err)
+    from orchestrator.scheduling import asha_rungs
     from orchestrator.tracking import TrackingError
 
     try:
         settings = _settings(args, cfg, space)
         check_ray_address(args.address)
+        if args.config is None:
+            ensure_synthetic(cfg, DEFAULT_DATA)
+        steps = _preflight(settings.base, settings.workers_per_trial)
+        rungs = asha_rungs(space, settings.base, steps)
+        if settings.scheduler == "asha":
+            print(rungs.describe(), file=sys.stderr)
         from orchestrator.sweep import run_sweep, start_ray
 
         start_ray(args.address, args.max_concurrent)
-        if args.config is None:
-            ensure_synthetic(cfg, DEFAULT_DATA)
-        settings, results, eval_failures = run_sweep(space, settings)
-    except (TrackingError, ConnectionError) as err:
+        settings, results, eval_failures = run_sweep(space, settings, rungs)
+    except (TrackingError, ConnectionError, ConfigError) as err:
         return bad_input(err)
     return _outcome(settings, results, eval_failures)
 
@@ -263,10 +279,11 @@ def _resume(args: argparse.Namespace) -> int:
     try:
         check_reachable(settings.tracking_uri)
         check_ray_address(args.address)
+        _preflight(settings.base, settings.workers_per_trial)
         from orchestrator.sweep import resume_sweep, start_ray
 
         start_ray(args.address, settings.max_concurrent)
         settings, results, eval_failures = resume_sweep(folder, settings)
-    except (TrackingError, ConnectionError) as err:
+    except (TrackingError, ConnectionError, ConfigError) as err:
         return bad_input(err)
     return _outcome(settings, results, eval_failures)

@@ -15,6 +15,7 @@ from orchestrator.options import (
     add_ray_args,
     add_tracking_args,
     bad_input,
+    check_gpus,
     check_ray_address,
 )
 from orchestrator.settings import SweepSettings
@@ -78,6 +79,7 @@ def _settings(args: argparse.Namespace, cfg: TrainerConfig) -> SweepSettings:
 def _on_ray(args: argparse.Namespace) -> int:
     try:
         cfg = resolve_roots(load_config(args.config, [*args.overrides, "runtime.progress=false"]))
+        check_gpus(args.workers, args.gpus)
     except ConfigError as err:
         return bad_input(err)
     from orchestrator.tracking import TrackingError, check_reachable

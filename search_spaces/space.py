@@ -110,6 +110,14 @@ class SearchSpace:
     def fixed(self) -> dict[str, Any]:
         return {k: p.values[0] for k, p in self.params.items() if p.kind == "fixed"}
 
+    def largest(self, key: str, base: TrainerConfig) -> Any:
+        """The largest value ``key`` can take in this space's trials (``base``'s own value
+        when the space does not set it): a range's upper end, the largest choice."""
+        param = self.params.get(key)
+        if param is None:
+            return flatten(base)[key]
+        return max(param.values)
+
     def grid_points(self) -> list[dict[str, Any]]:
         """The cartesian product in file order, last key fastest; fixed keys included."""
         if not self.is_grid:

@@ -31,7 +31,7 @@ COMMANDS = (
 POLICY = "Exit status: 0 done; 1 the work ran and failed"
 TRACKING_URI_HELP = "MLflow tracking URI (default MLFLOW_TRACKING_URI, else sqlite:///{}/mlflow.db)"
 EXPERIMENT_HELP = "MLflow experiment (default supcon-sweep)"
-ADDRESS_HELP = "Ray cluster to join: HOST:PORT, ray://HOST:PORT or auto (default: start a local"
+ADDRESS_HELP = "Ray cluster to join: HOST:PORT, ray://HOST:PORT or auto (default: the cluster"
 
 
 def _help(argv: list[str], capsys: pytest.CaptureFixture[str]) -> str:
@@ -95,9 +95,34 @@ def test_bad_space_names_the_key(tmp_path: Path, capsys) -> None:
     assert "loss.temprature" in capsys.readouterr().err
 
 
-def test_asha_needs_a_per_epoch_metric(tmp_path: Path, capsys) -> None:
-    assert main(["sweep", "--out", str(tmp_path), "--metric", "eval/itw/eer"]) == 2
-    assert "--scheduler none" in capsys.readouterr().err
+@pytest.mark.parametrize(
+    ("argv", "said"),
+    [
+        # ASHA would never see an end-of-trial metric, so it would stop nothing.
+        (["--metric", "classifier/dev/eer"], "--scheduler asha needs a metric reported every"),
+        (["--metric", "encoder/best_epoch"], "or one of: encoder/dev/eer"),
+        # Sweep trials do not score test sets: nothing would ever report it.
+        (["--scheduler", "none", "--metric", "eval/itw/eer"], "use a dev metric"),
+        (["--scheduler", "none", "--metric", "encoder/dev/er"], "is not a metric a trial reports"),
+        # Two NCCL ranks on one GPU fail at start-up ("Duplicate GPU detected").
+        (["--gpus-per-trial", "1", "--workers-per-trial", "2"], "a GPU of its own"),
+        (["--gpus-per-trial", "4", "--workers-per-trial", "2"], "--gpus-per-trial 2"),
+    ],
+)
+def test_a_sweep_that_cannot_work_is_refused_before_any_trial(
+    tmp_path: Path, capsys, argv: list[str], said: str
+) -> None:
+    assert main(["sweep", "--out", str(tmp_path), *argv]) == 2
+    assert said in capsys.readouterr().err
+    assert not (tmp_path / "mlflow.db").exists()  # no parent run, nothing half-written
+
+
+def test_an_end_of_trial_metric_is_accepted_without_asha(tmp_path: Path) -> None:
+    from orchestrator.objective import check_objective
+
+    objective = check_objective("classifier/dev/eer", "min", "none")
+    assert not objective.per_epoch
+    assert check_objective("encoder/dev/loss", "min", "asha").per_epoch
 
 
 def test_no_ray_at_address_is_a_clear_error(tmp_path: Path) -> None:
@@ -142,7 +167,22 @@ def test_submit_entrypoint_runs_the_same_sweep_on_the_cluster() -> None:
     ]
     args = build_parser().parse_args(argv)
     words = shlex.split(entrypoint(args))
-    assert words[:4] == ["supcon-sweep", "sweep", "--address", "auto"]
+    # As a user's `ray job submit -- supcon-sweep sweep ...`: it joins through RAY_ADDRESS.
+    assert words[:2] == ["supcon-sweep", "sweep"] and "--address" not in words
     assert words[words.index("--space") + 1] == "search_spaces/paper_grid.yaml"
     assert words[words.index("--gpus-per-trial") + 1] == "2"
     assert words[-1] == "loss.similarity=angular" and "http://head:8265" not in words
+
+
+def test_inside_a_ray_job_the_sweep_joins_the_cluster_instead_of_starting_its_own(
+    monkeypatch,
+) -> None:
+    """The job supervisor sets RAY_ADDRESS; a private local Ray there made trials on other
+    nodes fail (they could not fetch the job's working directory from it)."""
+    from orchestrator.sweep import ray_init_kwargs
+
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    assert ray_init_kwargs(None, 2)["address"] == "local"
+    monkeypatch.setenv("RAY_ADDRESS", "10.0.0.5:6379")
+    assert "address" not in ray_init_kwargs(None, 2)  # ray.init() reads RAY_ADDRESS itself
+    assert ray_init_kwargs("head:6379", 2)["address"] == "head:6379"  # --address still wins
