@@ -86,6 +86,19 @@ def _submit(cluster: lc.Cluster, out: Path, space: Path, *extra: str) -> str:
     return done.stdout.strip().splitlines()[-1]
 
 
+def _ray_job_submit(cluster: lc.Cluster, job_id: str, *sweep: str) -> str:
+    """Submit ``supcon-sweep sweep SWEEP...`` as a Ray user would, with Ray's own CLI: no
+    ``--address`` for the sweep, which joins the cluster through the job's RAY_ADDRESS."""
+    ray_cli = Path(sys.executable).parent / "ray"
+    cmd = [str(ray_cli), "job", "submit", "--address", cluster.dashboard, "--no-wait"]
+    cmd += ["--submission-id", job_id, "--working-dir", ".", "--", "supcon-sweep", "sweep"]
+    done = subprocess.run(
+        [*cmd, *sweep], capture_output=True, text=True, timeout=120, cwd=ROOT, check=False
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    return job_id
+
+
 def _job_ended(cluster: lc.Cluster, job_id: str) -> bool:
     """Whether the job has ended; a job that ended in anything but success fails the test
     with the end of its logs."""
@@ -138,15 +151,30 @@ def test_cluster_status_lists_the_nodes_and_mlflow(cluster: lc.Cluster, capsys) 
 def test_submitted_sweep_survives_an_mlflow_restart(
     cluster: lc.Cluster, synth_root: Path, tmp_path: Path, capsys
 ) -> None:
-    """A real Ray Job runs the 2-trial smoke sweep across both nodes; the MLflow server is
-    stopped and restarted mid-sweep; every epoch still reaches MLflow and ``best`` answers
-    over HTTP."""
+    """A real Ray Job, submitted with `ray job submit`, runs the 2-trial smoke sweep across
+    both nodes (a sweep that started a private Ray inside the job instead could not place its
+    trials on the other node); the MLflow server is stopped and restarted mid-sweep; every
+    epoch still reaches MLflow and ``best`` answers over HTTP."""
     epochs = 8
-    space = ROOT / "search_spaces" / "smoke.yaml"
-    job = _submit(
+    job = _ray_job_submit(
         cluster,
-        tmp_path / "out",
-        space,
+        f"e2e-{time.time_ns()}",
+        "--space",
+        "search_spaces/smoke.yaml",
+        "--tracking-uri",
+        cluster.tracking_uri,
+        "--out",
+        str(tmp_path / "out"),
+        "--scheduler",
+        "none",
+        "--workers-per-trial",
+        "2",
+        "--cpus-per-worker",
+        "0.5",
+        "--placement",
+        "spread",
+        "--max-concurrent",
+        "2",
         "--name",
         "e2e",
         *data_overrides(synth_root),
@@ -160,7 +188,8 @@ def test_submitted_sweep_survives_an_mlflow_restart(
     time.sleep(6)
     lc.up(Path(cluster.folder))  # restarts only what died: the MLflow server
     up_at = time.time()
-    _wait_job(cluster, job)
+    logs = _wait_job(cluster, job)
+    assert "joining the Ray cluster at RAY_ADDRESS=" in logs  # not a private Ray in the job
     children = _children(uri)
     assert len(children) == 2 and {r.info.status for r in children} == {"FINISHED"}
     client = MlflowClient(uri)
