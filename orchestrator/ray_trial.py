@@ -84,7 +84,9 @@ class RayReporter:
             self.tracker.log_metrics(metrics, step=self.epoch + 1)
             self.tracker.log_artifacts([p for p in artifacts if p.suffix != ".tsv"])
             self.tracker.log_artifacts([p for p in artifacts if p.suffix == ".tsv"], "scores")
-        finite = {k: v for k, v in metrics.items() if math.isfinite(v)}
+        # The objective stays even when NaN (no finite epoch): Tune's strict metric check, the
+        # searcher and ASHA then see the trial's value instead of a result without it.
+        finite = {k: v for k, v in metrics.items() if math.isfinite(v) or k == OBJECTIVE}
         # No Tune-reserved key (``done`` above all): Tune would end the trial at this report,
         # tearing the workers down before rank 0 marks the run FINISHED. The trial ends when its
         # driver's fit() returns, after every worker has returned.
