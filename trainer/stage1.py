@@ -150,8 +150,8 @@ def dev_supcon_loss(z: torch.Tensor, labels: torch.Tensor, cfg: TrainerConfig) -
 
 
 class Stepper:
-    """One stage-1 optimisation step: forward, gathered SupCon (+ queue), backward, clip, AdamW,
-    then enqueue the gathered batch. The benchmark times exactly this."""
+    """One stage-1 optimisation step: forward, SupCon (local or gathered batch, + queue),
+    backward, clip, AdamW, then enqueue the gathered batch. The benchmark times exactly this."""
 
     def __init__(
         self,

@@ -21,6 +21,7 @@ from trainer.config import load_config
 from trainer.data.corpora import read_corpus
 from trainer.evaluate import MODEL_FILES, ModelNotFoundError, load_model
 from trainer.metrics import read_scores
+from trainer.reporting import EPOCH_METRICS, FINAL_METRICS
 from trainer.run import prepare_trial, run_trial
 from trainer.runtime import setup
 
@@ -53,6 +54,9 @@ def test_cli_trial_writes_everything(synth_root: Path, tmp_path: Path, capsys) -
     assert (
         epochs[0]["encoder/train/queue_fill"] == 0 and epochs[2]["encoder/train/queue_fill"] == 24
     )
+    # The metric lists a sweep checks --metric against are what a trial reports.
+    assert all(set(e) == {*EPOCH_METRICS, "epoch", "step"} for e in epochs)
+    assert set(FINAL_METRICS) <= set(metrics)
 
 
 def test_the_saved_model_scores_a_set_as_the_trial_did(synth_root: Path, tmp_path: Path) -> None:

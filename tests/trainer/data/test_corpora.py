@@ -229,6 +229,11 @@ def test_missing_audio_is_counted_and_listed(synth_root: Path, tmp_path: Path) -
     assert "and 2 more" in str(err.value) and "on_missing=skip" in str(err.value)
     lenient = read_corpus(cfg.model_copy(update={"on_missing": "skip"}))
     assert len(lenient) == 3 and len(lenient.skipped) == 7
+    # After a sweep driver's check, trials do not stat every file again; a split that skips
+    # missing files still drops the same ones.
+    assert len(read_corpus(cfg, check_files=False)) == 10
+    trusted = read_corpus(cfg.model_copy(update={"on_missing": "skip"}), check_files=False)
+    assert len(trusted) == 3 and len(trusted.skipped) == 7
 
 
 def test_single_class_and_empty_split(tmp_path: Path) -> None:
