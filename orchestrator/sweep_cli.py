@@ -26,11 +26,17 @@ from orchestrator.settings import SETTINGS_FILE, SweepSettings
 from search_spaces import SearchSpace, SpaceError, load_space
 from trainer.config import ConfigError, TrainerConfig, apply_overrides, load_config, resolve_roots
 from trainer.defaults import DEFAULT_DATA, ensure_synthetic
+from trainer.reporting import EPOCH_METRICS, FINAL_METRICS
 
 if TYPE_CHECKING:
     from ray.tune import ResultGrid
 
 DEFAULT_SPACE = Path(__file__).resolve().parents[1] / "search_spaces" / "default.yaml"
+SWEEP_STATUS = (
+    "A sweep exits 1 when every trial failed or a best trial could not be scored on the test "
+    "sets; when only some trials failed it exits 0, its MLflow parent run is FAILED and the "
+    "table lists the trials that finished."
+)
 
 
 def add_sweep_arguments(p: argparse.ArgumentParser) -> None:
@@ -50,12 +56,18 @@ def add_sweep_arguments(p: argparse.ArgumentParser) -> None:
         "--scheduler",
         choices=("asha", "none"),
         default="asha",
-        help="ASHA early stopping on the per-epoch metric (default) or none",
+        help="ASHA early stopping (default) or none. ASHA stops no trial before its queue has "
+        "been on for 2 epochs: its first rung is after the space's latest queue.start_epoch + 1 "
+        "(0-based; epoch 2 when no trial has a queue); each later rung at twice the epoch",
     )
     p.add_argument(
         "--metric",
         default="encoder/dev/eer",
-        help="objective (default encoder/dev/eer, a dev-set metric reported per epoch)",
+        help="what the sweep selects on (default encoder/dev/eer). A per-epoch metric "
+        f"({', '.join(EPOCH_METRICS)}) is summarised per trial by its best epoch so far, for "
+        "trials ASHA stops and trials that finish alike; an end-of-trial metric "
+        f"({', '.join(FINAL_METRICS)}) by its final value, told to the searcher at the trial's "
+        "end (needs --scheduler none). Logged on each trial run as sweep/objective",
     )
     p.add_argument("--mode", choices=("min", "max"), default="min")
     p.add_argument("--seed", type=int, default=0, help="searcher seed")
@@ -123,7 +135,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
             "picks the parameters; every sweep and trial is an MLflow run. Local Ray and SQLite "
             "MLflow under --out by default."
         ),
-        epilog=EXIT_STATUS,
+        epilog=f"{EXIT_STATUS} {SWEEP_STATUS}",
     )
     add_sweep_arguments(sweep)
     add_ray_args(sweep)
@@ -134,7 +146,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         description="Restore a sweep (Tuner.restore): finished trials are kept, unfinished ones "
         "restart from their checkpoints, the searcher continues from its saved state. The "
         "sweep's MLflow store and experiment are the ones it was started with.",
-        epilog=EXIT_STATUS,
+        epilog=f"{EXIT_STATUS} {SWEEP_STATUS}",
     )
     resume.add_argument(
         "folder", help="the sweep's folder: OUT/tune/NAME, or STORAGE/tune/NAME (path or URI)"
