@@ -7,7 +7,8 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -110,3 +111,26 @@ def use_ray_token_auth() -> None:
             check=True,
             timeout=120,
         )
+
+
+@contextmanager
+def gloo_rank(world_rank: int, world_size: int, port: int) -> Iterator[None]:
+    """Inside a test's worker process: join a ``world_size``-rank gloo group on 127.0.0.1 as
+    ``world_rank`` (as torchrun's environment would), one torch thread; destroyed on exit."""
+    import torch
+
+    from trainer import distributed
+
+    os.environ.update(
+        MASTER_ADDR="127.0.0.1",
+        MASTER_PORT=str(port),
+        RANK=str(world_rank),
+        WORLD_SIZE=str(world_size),
+        LOCAL_RANK=str(world_rank),
+    )
+    torch.set_num_threads(1)
+    assert distributed.init_from_env("gloo")
+    try:
+        yield
+    finally:
+        distributed.destroy()

@@ -6,7 +6,6 @@ does not."""
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
 from unittest import mock
@@ -18,7 +17,7 @@ import torch.multiprocessing as mp
 import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel
 
-from tests.helpers import free_port
+from tests.helpers import free_port, gloo_rank
 from trainer import distributed
 from trainer.contrastive import contrastive_step
 from trainer.loss import supcon_loss
@@ -153,16 +152,7 @@ def _collectives(world_rank: int) -> dict[str, Any]:
 
 
 def _worker(world_rank: int, port: int, out_dir: str) -> None:
-    os.environ.update(
-        MASTER_ADDR="127.0.0.1",
-        MASTER_PORT=str(port),
-        RANK=str(world_rank),
-        WORLD_SIZE=str(WORLD_SIZE),
-        LOCAL_RANK=str(world_rank),
-    )
-    torch.set_num_threads(1)
-    assert distributed.init_from_env("gloo")
-    try:
+    with gloo_rank(world_rank, WORLD_SIZE, port):
         result = {name: _train(name, world_rank, WORLD_SIZE) for name in VARIANTS}
         with mock.patch.object(distributed, "gather_with_grad", _local_grad_only_gather):
             result["local_grad_only"] = _train("cosine", world_rank, WORLD_SIZE)
@@ -172,8 +162,6 @@ def _worker(world_rank: int, port: int, out_dir: str) -> None:
             )
         result.update(_collectives(world_rank))
         torch.save(result, Path(out_dir) / f"rank{world_rank}.pt")
-    finally:
-        distributed.destroy()
 
 
 @pytest.fixture(scope="module")

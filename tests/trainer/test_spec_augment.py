@@ -5,7 +5,6 @@ still trains in step with the other; without the zero-weighted tie the same run 
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
 from unittest import mock
@@ -17,7 +16,7 @@ import torch.multiprocessing as mp
 import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel
 
-from tests.helpers import free_port
+from tests.helpers import free_port, gloo_rank
 from trainer import distributed
 from trainer.config import ModelConfig, SpecAugmentConfig, load_config
 from trainer.evaluate import FinalModel, load_model
@@ -203,16 +202,7 @@ def _train(world_rank: int, completed: list[int]) -> dict[str, Any]:
 
 def _worker(world_rank: int, port: int, out_dir: str) -> None:
     """The plan with the fix, then (last: it breaks the process group) without the tie."""
-    os.environ.update(
-        MASTER_ADDR="127.0.0.1",
-        MASTER_PORT=str(port),
-        RANK=str(world_rank),
-        WORLD_SIZE=str(WORLD_SIZE),
-        LOCAL_RANK=str(world_rank),
-    )
-    torch.set_num_threads(1)
-    assert distributed.init_from_env("gloo")
-    try:
+    with gloo_rank(world_rank, WORLD_SIZE, port):
         result: dict[str, Any] = {"fixed": _train(world_rank, [])}
         completed: list[int] = []
         with mock.patch.object(SupConModel, "_tie_spec_embed", lambda self: 0.0):
@@ -222,8 +212,6 @@ def _worker(world_rank: int, port: int, out_dir: str) -> None:
                 result["untied_error"] = str(err)
         result["untied_completed"] = completed
         torch.save(result, Path(out_dir) / f"rank{world_rank}.pt")
-    finally:
-        distributed.destroy()
 
 
 @pytest.fixture(scope="module")

@@ -5,7 +5,6 @@ previous rule (random chunks of ``batch_size x world_size`` clips) does neither.
 from __future__ import annotations
 
 import math
-import os
 from pathlib import Path
 
 import pytest
@@ -13,7 +12,7 @@ import torch
 import torch.multiprocessing as mp
 import torch.nn.functional as F
 
-from tests.helpers import free_port
+from tests.helpers import free_port, gloo_rank
 from trainer import distributed, stage1
 from trainer.config import TrainerConfig, load_config
 from trainer.loss import supcon_loss
@@ -122,16 +121,7 @@ def test_dev_loss_needs_both_classes():
 
 
 def _worker(world_rank: int, port: int, out_dir: str) -> None:
-    os.environ.update(
-        MASTER_ADDR="127.0.0.1",
-        MASTER_PORT=str(port),
-        RANK=str(world_rank),
-        WORLD_SIZE=str(WORLD_SIZE),
-        LOCAL_RANK=str(world_rank),
-    )
-    torch.set_num_threads(1)
-    assert distributed.init_from_env("gloo")
-    try:
+    with gloo_rank(world_rank, WORLD_SIZE, port):
         z, labels = _dev_set(n_bona=13, n_spoof=117)  # the gathered dev set, on every rank
         cfg = _config(batch_size=8)
         result = {
@@ -139,8 +129,6 @@ def _worker(world_rank: int, port: int, out_dir: str) -> None:
             "random_chunks": _random_chunk_loss(z, labels, cfg, distributed.world_size()),
         }
         torch.save(result, Path(out_dir) / f"rank{world_rank}.pt")
-    finally:
-        distributed.destroy()
 
 
 @pytest.mark.dist
