@@ -61,7 +61,4 @@ def describe(reports: dict[str, SplitReport]) -> str:
 
 def steps_per_epoch(cfg: TrainerConfig, train: SplitReport, world_size: int) -> int:
     """Batches per rank in one stage-1 epoch of ``cfg`` on ``world_size`` ranks."""
-    sampler = cfg.data.sampler
-    if sampler.batches_per_epoch:
-        return sampler.batches_per_epoch
-    return epoch_batches(sampler, train.bonafide, train.spoof, world_size)
+    return epoch_batches(cfg.data.sampler, train.bonafide, train.spoof, world_size)

@@ -33,13 +33,15 @@ def _class_stream(pool: np.ndarray, count: int, rng: np.random.Generator) -> np.
 
 
 def epoch_batches(cfg: SamplerConfig, n_bonafide: int, n_spoof: int, world_size: int) -> int:
-    """Batches per rank in one epoch when ``batches_per_epoch`` is unset, by ``cfg.epoch``.
+    """Batches per rank in one epoch: ``batches_per_epoch`` when set, else by ``cfg.epoch``.
 
     ``bonafide_pass`` (the authors'): one pass over the minority class, ``min(n_bonafide //
     (bona fide per batch x W), n_spoof // (spoof per batch x W))``; on ASVspoof 2019 LA train with
     8 + 8 clips per rank and W = 2, ``2580 // 16 = 161``. ``dataset_pass``: as many clips as the
     set, ``(n_bonafide + n_spoof) // (batch_size x W)``, 793 there. Both shrink as W grows.
     """
+    if cfg.batches_per_epoch:
+        return cfg.batches_per_epoch
     if cfg.epoch == "bonafide_pass":
         n_spoof_per_batch = cfg.batch_size - cfg.bonafide_per_batch
         per_class = (
@@ -80,9 +82,7 @@ class BalancedBatchSampler:
         self.world_rank = world_rank
         self.seed = seed
         self.epoch = 0
-        self.num_batches = cfg.batches_per_epoch or epoch_batches(
-            cfg, len(self.bonafide), len(self.spoof), world_size
-        )
+        self.num_batches = epoch_batches(cfg, len(self.bonafide), len(self.spoof), world_size)
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
