@@ -241,15 +241,16 @@ class Stage1:
             world_rank=distributed.world_rank(),
             seed=cfg.seed,
         )
-        log.info(
-            "stage-1 epoch (data.sampler.epoch=%s%s): %d batch(es) of %d per rank x %d rank(s); "
-            "the epoch's length depends on the world size",
-            cfg.data.sampler.epoch,
-            ", overridden by batches_per_epoch" if cfg.data.sampler.batches_per_epoch else "",
-            len(self.sampler),
-            cfg.data.sampler.batch_size,
-            distributed.world_size(),
-        )
+        if distributed.is_main():  # the same on every rank: said once
+            log.info(
+                "stage-1 epoch (data.sampler.epoch=%s%s): %d batch(es) of %d per rank x %d "
+                "rank(s); the epoch's length depends on the world size",
+                cfg.data.sampler.epoch,
+                ", overridden by batches_per_epoch" if cfg.data.sampler.batches_per_epoch else "",
+                len(self.sampler),
+                cfg.data.sampler.batch_size,
+                distributed.world_size(),
+            )
         augment = RawBoost(cfg.data.rawboost) if cfg.data.rawboost.algo else None
         dataset = AudioDataset(
             train.utterances, cfg.data.train_crop, augment=augment, seed=cfg.seed
