@@ -6,6 +6,8 @@ Unknown keys, wrong types and impossible combinations fail at load time, naming 
 from __future__ import annotations
 
 import copy
+import hashlib
+import json
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
@@ -37,9 +39,12 @@ class ModelConfig(_Strict):
 
     ``tiny`` (tens of thousands of parameters) is for tests and the local default; ``xlsr-300m`` is
     the real XLS-R 300M architecture with random weights, for performance work offline.
+    ``revision``: the hub revision (branch, tag or commit) of ``pretrained``; ``best --export``
+    pins the commit a trial loaded, so a rerun gets the same weights.
     """
 
     pretrained: str | None = None
+    revision: str | None = None
     preset: Literal["tiny", "xlsr-300m"] | None = "tiny"
     embedding_dim: int = Field(default=256, ge=2)
     layers: Literal["mean", "last", "weighted"] = "mean"
@@ -51,6 +56,8 @@ class ModelConfig(_Strict):
     def _one_source(self) -> ModelConfig:
         if (self.pretrained is None) == (self.preset is None):
             raise ValueError("model: set exactly one of pretrained (hub id or path) and preset")
+        if self.revision is not None and self.pretrained is None:
+            raise ValueError("model.revision needs model.pretrained (a hub id)")
         return self
 
 
@@ -124,13 +131,17 @@ class RuntimeConfig(_Strict):
     off, torch's default), ``tf32`` lets matmuls and convolutions use TF32, ``bf16`` autocasts to
     bfloat16 (with TF32 on), ``auto`` is bf16. On CPU everything is fp32. ``resume_world_size``:
     ``same`` refuses to resume a checkpoint written by a different number of ranks (the
-    sampler's plan, the epoch length and the global batch depend on it), ``any`` allows it."""
+    sampler's plan, the epoch length and the global batch depend on it), ``any`` allows it.
+    ``world_size``: the number of DDP ranks the config is meant for (the global batch is
+    ``data.sampler.batch_size`` times it, and the epoch's length depends on it); a run with
+    another number refuses to start. ``null``: any (``best --export`` sets it)."""
 
     device: Literal["auto", "cpu", "cuda"] = "auto"
     precision: Literal["auto", "fp32", "tf32", "bf16"] = "auto"
     threads: int | None = Field(default=None, ge=1)
     progress: bool = True
     resume_world_size: Literal["same", "any"] = "same"
+    world_size: int | None = Field(default=None, ge=1)
 
 
 class TrainerConfig(_Strict):
@@ -239,3 +250,12 @@ def resolve_roots(cfg: TrainerConfig) -> TrainerConfig:
     roots = {"data.train.root": data.train.root, "data.dev.root": data.dev.root}
     roots |= {f"data.eval.{name}.root": ds.root for name, ds in data.eval.items()}
     return apply_overrides(cfg, {k: Path(v).expanduser().resolve() for k, v in roots.items()})
+
+
+def config_id(cfg: TrainerConfig) -> str:
+    """A stable 12-hex-digit id of ``cfg`` without its ``seed``: runs of one configuration under
+    different seeds share it. A SHA-256 of the flattened config as sorted JSON, so it does not
+    depend on the Python version, the host or the order the keys were set in."""
+    leaves = {k: v for k, v in flatten(cfg).items() if k != "seed"}
+    text = json.dumps(leaves, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:12]

@@ -98,7 +98,7 @@ def build_encoder(cfg: ModelConfig) -> Wav2Vec2Model:
         config = Wav2Vec2Config(**_XLSR_COMMON, **_PRESETS[cfg.preset], **settings)
         encoder = Wav2Vec2Model(config)
     else:
-        encoder = _load_pretrained(cfg.pretrained, settings)
+        encoder = _load_pretrained(cfg.pretrained, {**settings, "revision": cfg.revision})
     _check_masking(encoder.config, cfg.pretrained or cfg.preset)
     return encoder
 
@@ -138,6 +138,23 @@ def _load_pretrained(source: str, settings: dict[str, Any]) -> Wav2Vec2Model:
         first_line = str(err).strip().splitlines()[0] if str(err).strip() else ""
         reason = f"download failed ({type(err).__name__}: {first_line})"
         raise ModelLoadError(_how_to(source, reason)) from None
+
+
+def pretrained_revision(cfg: ModelConfig, cache_dir: Path | None = None) -> str | None:
+    """The hub commit the encoder's weights come from: the snapshot of ``cfg.pretrained`` at
+    ``cfg.revision`` in the Hugging Face cache (``cache_dir``, default HF_HUB_CACHE: where
+    loading put it). None for a preset, a local directory, or weights not in the cache."""
+    if cfg.pretrained is None or Path(cfg.pretrained).expanduser().is_dir():
+        return None
+    from huggingface_hub import try_to_load_from_cache
+
+    try:
+        cached = try_to_load_from_cache(
+            cfg.pretrained, "config.json", cache_dir=cache_dir, revision=cfg.revision
+        )
+    except ValueError:  # not a valid repo id
+        return None
+    return Path(cached).parent.name if isinstance(cached, str) else None
 
 
 def _check_masking(config: Wav2Vec2Config, source: str | None) -> None:

@@ -54,6 +54,20 @@ def load_data(cfg: TrainerConfig, with_eval: bool = True, check_files: bool = Tr
     )
 
 
+def check_world_size(cfg: TrainerConfig) -> None:
+    """ConfigError when ``runtime.world_size`` is set and this run has another number of ranks:
+    the global batch and the epoch's length would silently differ from the recipe's."""
+    expected, now = cfg.runtime.world_size, distributed.world_size()
+    if expected is not None and expected != now:
+        raise ConfigError(
+            f"runtime.world_size is {expected} but this run has {now} rank(s): the global batch "
+            f"would be {now * cfg.data.sampler.batch_size} instead of "
+            f"{expected * cfg.data.sampler.batch_size}. Run it with torchrun --nproc_per_node "
+            f"{expected} or `supcon-sweep trial --ray --workers-per-trial {expected}`, or set "
+            "runtime.world_size=null to accept the change"
+        )
+
+
 def _check_resumable(folder: Path, cfg: TrainerConfig) -> None:
     saved = checkpoint.saved_config(folder)
     ours = cfg.model_dump(mode="json")
@@ -201,6 +215,7 @@ def prepare_trial(
     ``reporter`` defaults to a :class:`~trainer.reporting.JsonlReporter` on ``out_dir``."""
     started = time.monotonic()
     distributed.init_from_env()
+    check_world_size(cfg)
     rt = setup(cfg.runtime, cfg.seed)
     if distributed.is_main():
         out_dir.mkdir(parents=True, exist_ok=True)

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from trainer.config import CONFIG_DIR, ConfigError, flatten, load_config
+from trainer.config import CONFIG_DIR, ConfigError, apply_overrides, config_id, flatten, load_config
 
 
 @pytest.mark.parametrize("name", ["local.yaml", "paper.yaml"])
@@ -88,3 +88,21 @@ def test_flatten_gives_dotted_paths() -> None:
     assert flat["loss.temperature"] == 0.3
     assert flat["queue.start_epoch"] == 2
     assert flat["data.eval.itw.kind"] == "itw"
+
+
+def test_config_id_ignores_the_seed_and_nothing_else() -> None:
+    cfg = load_config()
+    same = config_id(cfg)
+    assert len(same) == 12 and int(same, 16) >= 0
+    assert config_id(apply_overrides(cfg, {"seed": 2024})) == same
+    assert config_id(apply_overrides(cfg, {"loss.temperature": 0.07})) != same
+    assert config_id(apply_overrides(cfg, {"data.sampler.batch_size": 32})) != same
+    # Rebuilt from its flattened params (as from MLflow), the config has the same id.
+    assert config_id(apply_overrides({}, flatten(cfg))) == same
+
+
+def test_world_size_and_revision_are_checked() -> None:
+    with pytest.raises(ConfigError, match=r"runtime\.world_size"):
+        load_config(None, ["runtime.world_size=0"])
+    with pytest.raises(ConfigError, match=r"model\.revision needs model\.pretrained"):
+        load_config(None, ["model.revision=abc"])

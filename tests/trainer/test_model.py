@@ -16,6 +16,7 @@ from trainer.model import (
     SupConModel,
     build_encoder,
     count_parameters,
+    pretrained_revision,
 )
 
 SR = 16_000
@@ -230,3 +231,22 @@ def test_xlsr_300m_preset_has_the_real_size() -> None:
         z = model(_waves(1, SR // 2))
     assert z.shape == (1, 256)
     torch.testing.assert_close(z.norm(dim=1), torch.ones(1))
+
+
+def test_pretrained_revision_is_the_cached_snapshot(tmp_path: Path) -> None:
+    """A hub id resolves to the commit of its snapshot in the cache (what loading used); a
+    preset, a local folder and an uncached repo have none."""
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    repo = tmp_path / "models--facebook--wav2vec2-xls-r-300m"
+    (repo / "snapshots" / commit).mkdir(parents=True)
+    (repo / "snapshots" / commit / "config.json").write_text("{}")
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(commit)
+    hub = ModelConfig(pretrained="facebook/wav2vec2-xls-r-300m", preset=None)
+    assert pretrained_revision(hub, cache_dir=tmp_path) == commit
+    pinned = hub.model_copy(update={"revision": commit})
+    assert pretrained_revision(pinned, cache_dir=tmp_path) == commit
+    other = ModelConfig(pretrained="facebook/wav2vec2-base", preset=None)
+    assert pretrained_revision(other, cache_dir=tmp_path) is None
+    assert pretrained_revision(ModelConfig(), cache_dir=tmp_path) is None
+    assert pretrained_revision(ModelConfig(pretrained=str(tmp_path), preset=None)) is None
