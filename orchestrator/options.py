@@ -95,3 +95,11 @@ def check_gpus(workers: int, gpus: int) -> None:
             f"a GPU of its own (NCCL fails when two ranks share one, and a rank uses only one); "
             f"use --gpus-per-trial {workers}, or --workers-per-trial {gpus}"
         )
+
+
+def storage_path(storage: str | None) -> str:
+    """``--storage``: a shared path made absolute (Ray changes trials' working directories);
+    URIs as given; "" for none."""
+    if not storage or "://" in storage:
+        return storage or ""
+    return str(Path(storage).resolve())

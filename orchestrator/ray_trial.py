@@ -21,9 +21,10 @@ import ray.train
 from orchestrator.objective import OBJECTIVE, Objective
 from orchestrator.settings import TrialSpec
 from orchestrator.storage import upload_folder
-from orchestrator.tracking import MODEL_TAG, RESOURCES_TAG, TrialTracker
+from orchestrator.tracking import MODEL_TAG, RESOURCES_TAG, REVISION_TAG, TrialTracker
 from trainer.config import TrainerConfig, flatten
 from trainer.evaluate import MODEL_DIR
+from trainer.model import pretrained_revision
 from trainer.run import run_trial
 
 log = logging.getLogger(__name__)
@@ -122,6 +123,7 @@ def make_reporter(
         spec.trial_id,
         flatten(cfg),
         spool=spec.out_dir / "mlflow_unsent.jsonl",
+        tags=spec.run_tags,
     )
     return RayReporter(tracker, launch_s, send, spec.objective)
 
@@ -156,6 +158,9 @@ def train_worker(config: dict[str, TrialSpec]) -> None:
     resume, resumed_from = _restore(spec.out_dir, world_rank)
     reporter = make_reporter(spec, cfg, world_rank, launch_s)
     reporter.tag(RESOURCES_TAG, spec.resources.to_json())
+    revision = pretrained_revision(cfg.model)
+    if revision is not None:
+        reporter.tag(REVISION_TAG, revision)
     if resumed_from is not None:
         reporter.tag("supcon.resumed_from", resumed_from)
     try:

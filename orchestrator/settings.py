@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -174,6 +174,8 @@ class TrialSpec:
     itself scores the evaluation sets (a sweep leaves that to its top trials, afterwards).
     ``objective``: what the sweep selects on; its value travels in the trial's reports.
     ``corpora_checked``: the sweep's driver checked every corpus's files, so trials do not.
+    ``run_tags``: set on the trial's MLflow run when rank 0 opens it (a confirmation run's
+    configuration id and seed).
     """
 
     base: TrainerConfig
@@ -187,6 +189,7 @@ class TrialSpec:
     with_eval: bool = True
     objective: Objective | None = None
     corpora_checked: bool = False
+    run_tags: Mapping[str, str] = field(default_factory=dict)
 
     @property
     def out_dir(self) -> Path:

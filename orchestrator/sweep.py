@@ -30,7 +30,7 @@ from orchestrator.resources import DRIVER_RESOURCE
 from orchestrator.scheduling import Rungs
 from orchestrator.settings import SweepSettings, TrackingTarget, TrialResources, TrialSpec
 from orchestrator.storage import prune_unregistered_checkpoints
-from orchestrator.tracking import SweepRun, close_trial, query_best
+from orchestrator.tracking import TUNE_DIR_TAG, SweepRun, close_trial, query_best
 from search_spaces import SearchSpace
 
 log = logging.getLogger(__name__)
@@ -60,9 +60,11 @@ def torch_trainer(
     *,
     with_eval: bool,
     corpora_checked: bool,
+    run_tags: dict[str, str] | None = None,
 ) -> TorchTrainer:
     """The Ray Train run of one trial, named after it so that a rerun resumes from its storage.
     ``corpora_checked``: the driver checked the corpora's files, so the workers do not.
+    ``run_tags``: set on the trial's MLflow run when it is created.
 
     Storage keeps one reported checkpoint (Ray deletes the older one as each new one lands):
     the latest, which holds the best weights too, is all that resume needs.
@@ -79,6 +81,7 @@ def torch_trainer(
         with_eval=with_eval,
         objective=settings.objective,
         corpora_checked=corpora_checked,
+        run_tags=run_tags or {},
     )
     return TorchTrainer(
         train_worker,
@@ -96,7 +99,7 @@ def torch_trainer(
     )
 
 
-def _fit(trainer: TorchTrainer, settings: SweepSettings, trial_id: str) -> None:
+def fit_trial(trainer: TorchTrainer, settings: SweepSettings, trial_id: str) -> None:
     """Run the trial's Train run; then drop the checkpoints a dead worker group left behind."""
     trainer.fit()
     stale = prune_unregistered_checkpoints(f"{settings.train_dir}/{trial_id}")
@@ -123,7 +126,7 @@ def _trial_driver(config: dict[str, Any], settings: SweepSettings) -> None:
     trainer = torch_trainer(
         settings, trial_id, params, callbacks, with_eval=False, corpora_checked=True
     )
-    _fit(trainer, settings, trial_id)
+    fit_trial(trainer, settings, trial_id)
 
 
 def run_single_trial(settings: SweepSettings) -> dict[str, Any]:
@@ -140,7 +143,7 @@ def run_single_trial(settings: SweepSettings) -> dict[str, Any]:
     )
     settings = replace(settings, tracking=parent.target)
     try:
-        _fit(
+        fit_trial(
             torch_trainer(settings, settings.name, {}, [], with_eval=True, corpora_checked=False),
             settings,
             settings.name,
@@ -281,6 +284,14 @@ def _parent_run(settings: SweepSettings, searcher: str) -> SweepRun:
     )
 
 
+def _start_parent(settings: SweepSettings, searcher: str) -> tuple[SweepRun, SweepSettings]:
+    """The parent run, tagged with the sweep's Tune folder (``confirm`` reads the settings saved
+    there), and the settings that now hold its tracking target."""
+    parent = _parent_run(settings, searcher)
+    parent.tag(TUNE_DIR_TAG, f"{settings.tune_dir}/{settings.name}")
+    return parent, replace(settings, tracking=parent.target)
+
+
 def evaluate_top(settings: SweepSettings) -> dict[str, str]:
     """Score the sweep's best ``eval_top_k`` finished trials (by its objective) on the
     evaluation sets, concurrently, each with its trial's resources; sets a trial already has
@@ -338,8 +349,7 @@ def run_sweep(
     """Start the sweep's parent run, save the settings (with their tracking target) beside the
     Tune experiment, run it (ASHA's first rung at ``rungs``) and score its best trials. Returns
     those settings, Tune's results and the trials whose evaluation failed (trial id -> error)."""
-    parent = _parent_run(settings, "grid" if space.is_grid else "optuna-tpe")
-    settings = replace(settings, tracking=parent.target)
+    parent, settings = _start_parent(settings, "grid" if space.is_grid else "optuna-tpe")
     settings.save()
     return settings, *_tracked_fit(parent, build_tuner(space, settings, rungs), settings)
 
@@ -351,8 +361,7 @@ def resume_sweep(
     checkpoints (their Train runs resume by name), the searcher continues from its state, and
     the same MLflow parent and trial runs continue; then the best trials are scored (sets
     already scored are not scored again)."""
-    parent = _parent_run(settings, settings.target.searcher)
-    settings = replace(settings, tracking=parent.target)
+    parent, settings = _start_parent(settings, settings.target.searcher)
     tuner = tune.Tuner.restore(
         folder, trainable=trainable(settings), resume_unfinished=True, resume_errored=True
     )

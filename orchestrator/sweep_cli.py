@@ -21,6 +21,7 @@ from orchestrator.options import (
     bad_input,
     check_gpus,
     check_ray_address,
+    storage_path,
 )
 from orchestrator.settings import SETTINGS_FILE, SweepSettings
 from search_spaces import SearchSpace, SpaceError, load_space
@@ -192,17 +193,10 @@ def _settings(args: argparse.Namespace, cfg: TrainerConfig, space: SearchSpace) 
         out_dir=str(out),
         tracking_uri=uri,
         experiment=args.experiment,
-        storage=_storage(args.storage),
+        storage=storage_path(args.storage),
         placement=args.placement.upper(),
         eval_top_k=args.eval_top_k,
     )
-
-
-def _storage(storage: str | None) -> str:
-    """A shared path made absolute (Ray changes trials' working directories); URIs as given."""
-    if not storage or "://" in storage:
-        return storage or ""
-    return str(Path(storage).resolve())
 
 
 def _objective_text(settings: SweepSettings) -> str:

@@ -11,15 +11,22 @@ latest value, which then hides the run's real result from searches ordered by th
 """
 
 from orchestrator.tracking.query import (
+    configured_runs,
     export_config,
     find_experiment,
     query_best,
+    rerun_command,
     sweep_objective,
 )
 from orchestrator.tracking.runs import SweepRun, TrialTracker, close_trial
 from orchestrator.tracking.store import (
+    CONFIG_ID_TAG,
+    CONFIRM_TAG,
     MODEL_TAG,
     RESOURCES_TAG,
+    REVISION_TAG,
+    SEED_TAG,
+    TUNE_DIR_TAG,
     TrackingError,
     artifact_root,
     check_reachable,
@@ -30,19 +37,26 @@ from orchestrator.tracking.store import (
 )
 
 __all__ = [
+    "CONFIG_ID_TAG",
+    "CONFIRM_TAG",
     "MODEL_TAG",
     "RESOURCES_TAG",
+    "REVISION_TAG",
+    "SEED_TAG",
+    "TUNE_DIR_TAG",
     "SweepRun",
     "TrackingError",
     "TrialTracker",
     "artifact_root",
     "check_reachable",
     "close_trial",
+    "configured_runs",
     "decode_param",
     "encode_param",
     "export_config",
     "find_experiment",
     "query_best",
+    "rerun_command",
     "resolve_tracking_uri",
     "safe_uri",
     "sweep_objective",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import tempfile
@@ -12,7 +13,11 @@ from mlflow.entities import ViewType
 from mlflow.tracking import MlflowClient
 
 from orchestrator.tracking.store import (
+    CONFIG_ID_TAG,
+    CONFIRM_TAG,
     PARENT_TAG,
+    RESOURCES_TAG,
+    REVISION_TAG,
     SWEEP_TAG,
     TRIAL_TAG,
     TrackingError,
@@ -21,7 +26,7 @@ from orchestrator.tracking.store import (
     decode_param,
     safe_uri,
 )
-from trainer.config import apply_overrides, to_yaml
+from trainer.config import TrainerConfig, apply_overrides, to_yaml
 
 
 def find_experiment(client: MlflowClient, uri: str, experiment: str) -> str:
@@ -43,9 +48,13 @@ def query_best(
     mode: str = "min",
     top: int = 5,
     parent_run_id: str | None = None,
+    *,
+    confirmations: bool = True,
 ) -> list[dict[str, Any]]:
     """The ``top`` finished trial runs (optionally of one sweep) with a finite ``metric``, best
-    first: ``{"run_id", "trial_id", "params": {path: value}, "metrics": {key: value}}``.
+    first: ``{"run_id", "trial_id", "params": {path: value}, "metrics": {key: value}, "tags":
+    {supcon.*: value}}``. ``confirmations=False`` leaves out the reruns of ``confirm`` (whose
+    seeds are not a search's single draw).
 
     Runs are ordered by the metric's last logged value (MLflow's ``latest`` metric).
     """
@@ -59,6 +68,8 @@ def query_best(
     where = f"attributes.status = 'FINISHED' and tags.`{TRIAL_TAG}` IS NOT NULL"
     if parent_run_id:
         where += f" and tags.`{PARENT_TAG}` = {_quoted(parent_run_id)}"
+    if not confirmations:
+        where += f" and tags.`{CONFIRM_TAG}` IS NULL"
     order = [
         f"metrics.`{metric}` {'ASC' if mode == 'min' else 'DESC'}",
         "attributes.start_time ASC",
@@ -82,6 +93,26 @@ def query_best(
         if not token:
             break
     return rows
+
+
+def configured_runs(uri: str, experiment: str) -> list[dict[str, Any]]:
+    """Every finished run tagged with a configuration id (a confirmation's reruns and the
+    sweep trials it confirmed), as :func:`query_best` rows."""
+    db = _sqlite_path(uri)
+    if db is not None and not db.is_file():
+        raise TrackingError(f"no MLflow store at {db} (run a sweep, or pass --tracking-uri/--out)")
+    client = MlflowClient(uri)
+    experiment_id = find_experiment(client, uri, experiment)
+    where = f"attributes.status = 'FINISHED' and tags.`{CONFIG_ID_TAG}` IS NOT NULL"
+    rows, token = [], None
+    while True:
+        page = client.search_runs(
+            [experiment_id], where, ViewType.ACTIVE_ONLY, 1000, page_token=token
+        )
+        rows += [_row(r) for r in page if TRIAL_TAG in r.data.tags]
+        token = page.token
+        if not token:
+            return rows
 
 
 DEFAULT_OBJECTIVE = ("encoder/dev/eer", "min")
@@ -116,16 +147,42 @@ def _row(run: Any) -> dict[str, Any]:
         "trial_id": run.data.tags[TRIAL_TAG],
         "params": {k: decode_param(v) for k, v in sorted(run.data.params.items())},
         "metrics": dict(sorted(run.data.metrics.items())),
+        "tags": {k: v for k, v in sorted(run.data.tags.items()) if k.startswith("supcon.")},
     }
 
 
+def reproducible_config(row: dict[str, Any]) -> TrainerConfig:
+    """The trainer config of a :func:`query_best` row (its params are the full flattened config)
+    pinned to what the run had: ``runtime.world_size`` = its workers (the global batch and the
+    epoch's length depend on it) and ``model.revision`` = the hub commit it loaded."""
+    pins: dict[str, Any] = {}
+    resources = row["tags"].get(RESOURCES_TAG)
+    if resources:
+        pins["runtime.world_size"] = int(json.loads(resources)["workers"])
+    revision = row["tags"].get(REVISION_TAG)
+    if revision:
+        pins["model.revision"] = revision
+    return apply_overrides(apply_overrides({}, row["params"]), pins)
+
+
+def rerun_command(cfg: TrainerConfig, path: Path) -> str:
+    """The command that reruns ``cfg`` (written to ``path``) with its world size."""
+    workers = cfg.runtime.world_size or 1
+    return f"supcon-sweep trial --ray --workers-per-trial {workers} --config {path}"
+
+
 def export_config(best: dict[str, Any], path: Path) -> Path:
-    """Write the trainer config of a :func:`query_best` row (its params are the full flattened
-    config) to ``path`` atomically, validated; ``supcon-sweep trial --config path`` reruns it."""
-    cfg = apply_overrides({}, best["params"])
+    """Write :func:`reproducible_config` of a :func:`query_best` row to ``path`` atomically;
+    :func:`rerun_command` reruns it."""
+    cfg = reproducible_config(best)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    header = f"# trial {best['trial_id']} (MLflow run {best['run_id']}), by supcon-sweep best\n"
+    header = (
+        f"# trial {best['trial_id']} (MLflow run {best['run_id']}), by supcon-sweep best\n"
+        f"# rerun with the same global batch: {rerun_command(cfg, path)}\n"
+        f"#   or: torchrun --nproc_per_node {cfg.runtime.world_size or 1} -m trainer "
+        f"--config {path}\n"
+    )
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as handle:

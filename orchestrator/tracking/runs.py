@@ -221,11 +221,13 @@ class TrialTracker:
         params: dict[str, Any],
         spool: Path | None = None,
         patience: float = 300,
+        tags: Mapping[str, str] | None = None,
     ) -> TrialTracker:
-        """Continue the child run of ``trial_id`` under the target's parent run, or create it;
-        log the flattened trainer config (dotted paths) as params."""
+        """Continue the child run of ``trial_id`` under the target's parent run, or create it
+        with ``tags``; log the flattened trainer config (dotted paths) as params."""
         client = MlflowClient(target.uri)
         experiment_id = target.experiment_id
+        extra = dict(tags or {})
 
         def attempt() -> str:
             tags = {PARENT_TAG: target.parent_run_id, TRIAL_TAG: trial_id}
@@ -234,7 +236,7 @@ class TrialTracker:
                 run_id = found.info.run_id
                 _reopen(client, run_id)
             else:
-                tags |= {STATUS_TAG: "RUNNING", CODE_TAG: code_version()}
+                tags |= {STATUS_TAG: "RUNNING", CODE_TAG: code_version(), **(extra or {})}
                 run_id = client.create_run(experiment_id, tags=tags, run_name=trial_id).info.run_id
             _log_params(client, run_id, params)
             return run_id

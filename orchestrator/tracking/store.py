@@ -25,6 +25,11 @@ CODE_TAG = "supcon.code_version"
 PARENT_TAG = "mlflow.parentRunId"
 MODEL_TAG = "supcon.model_uri"  # where a finished trial's final model is (path or URI)
 RESOURCES_TAG = "supcon.resources"  # the trial's Ray resources (TrialResources as JSON)
+REVISION_TAG = "supcon.pretrained_revision"  # the hub commit of model.pretrained a trial loaded
+CONFIG_ID_TAG = "supcon.config_id"  # a run's configuration without its seed (config_id())
+SEED_TAG = "supcon.seed"
+CONFIRM_TAG = "supcon.confirm"  # on a confirmation's runs: the sweep parent run it confirms
+TUNE_DIR_TAG = "supcon.tune_dir"  # on a sweep's parent run: its Tune folder (settings beside)
 END_STATUSES = ("FINISHED", "FAILED", "KILLED")
 _ROOT = Path(__file__).resolve().parents[2]
 
