@@ -25,10 +25,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
             "Rank the finished trial runs of an MLflow experiment by a metric (the last value "
             "each run logged; by default the sweeps' own objective: the value their searcher "
             "was told, sweep/objective, e.g. the best epoch's dev EER) and print "
-            "their swept parameters and EERs. Test-set columns show the trials that were scored "
+            "their swept parameters and EERs (reruns of `confirm` are left out: see --by-config). "
+            "Test-set columns show the trials that were scored "
             "on the evaluation sets (a sweep scores its top --eval-top-k; `supcon-sweep "
             "evaluate` any other); n/e marks those that were not. --export writes the best "
-            "trial's config for `supcon-sweep trial --config FILE`."
+            "trial's config, pinned to its world size and weights, for `supcon-sweep trial`."
         ),
         epilog=f"{EXIT_STATUS} No finished trial that has --metric counts as a run not found.",
     )
@@ -41,7 +42,20 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--mode", choices=("min", "max"), help="min or max (default: the sweeps')")
     p.add_argument("--top", type=int, default=5, help="how many trials (default 5)")
     p.add_argument("--json", action="store_true", help="print the runs as JSON")
-    p.add_argument("--export", type=Path, metavar="FILE", help="write the best trial's config")
+    p.add_argument(
+        "--by-config",
+        action="store_true",
+        help="rank configurations instead of runs: those `supcon-sweep confirm` ran under "
+        "several seeds, by their mean over seeds, showing mean ± std and the seed count",
+    )
+    p.add_argument(
+        "--export",
+        type=Path,
+        metavar="FILE",
+        help="write the best trial's config, pinned to its world size (runtime.world_size: "
+        "the global batch and epoch length) and its pretrained weights' hub revision; prints "
+        "the command that reruns it",
+    )
     p.set_defaults(handler=_best)
 
 
@@ -146,10 +160,12 @@ def _query(args: argparse.Namespace) -> list[dict[str, Any]]:
         # per-epoch metric), or the metric itself in stores written before that was logged.
         metric, mode = sweep_objective(uri, args.experiment)
         args.mode = args.mode or mode
-        rows = query_best(uri, args.experiment, OBJECTIVE, args.mode, args.top)
+        rows = query_best(uri, args.experiment, OBJECTIVE, args.mode, args.top, confirmations=False)
         args.metric = OBJECTIVE if rows else metric
     args.mode = args.mode or "min"
-    rows = rows or query_best(uri, args.experiment, args.metric, args.mode, args.top)
+    rows = rows or query_best(
+        uri, args.experiment, args.metric, args.mode, args.top, confirmations=False
+    )
     if not rows:
         raise TrackingError(
             f"no finished trial in experiment {args.experiment!r} of {safe_uri(uri)} "
@@ -161,7 +177,13 @@ def _query(args: argparse.Namespace) -> list[dict[str, Any]]:
 def _best(args: argparse.Namespace) -> int:
     if args.top < 1:
         return bad_input("--top must be at least 1")
-    from orchestrator.tracking import TrackingError, export_config
+    if args.by_config and args.export:
+        return bad_input("--export writes one trial's config; it does not go with --by-config")
+    if args.by_config:
+        from orchestrator.best_config import by_config
+
+        return by_config(args)
+    from orchestrator.tracking import TrackingError, export_config, rerun_command
 
     try:
         rows = _query(args)
@@ -183,9 +205,11 @@ def _best(args: argparse.Namespace) -> int:
             path = export_config(rows[0], args.export)
         except ConfigError as err:
             return bad_input(f"trial {rows[0]['trial_id']} has no valid config: {err}")
+        from trainer.config import load_config
+
         print(
-            f"wrote the config of trial {rows[0]['trial_id']} to {path.resolve()}; rerun it with "
-            f"supcon-sweep trial --config {path}",
+            f"wrote the config of trial {rows[0]['trial_id']} to {path.resolve()}; rerun it, "
+            f"with the same global batch, with\n  {rerun_command(load_config(path), path)}",
             file=sys.stderr if args.json else sys.stdout,
         )
     return 0

@@ -31,16 +31,29 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         description=(
             "Run one trial of the two-stage trainer in this process (or as DDP under torchrun). "
             "With no arguments: the local default on the synthetic corpus, generated into "
-            "runs/data if missing. With --ray: the same trial as a Ray Train run over --workers "
-            "workers, tracked in MLflow like a sweep of one trial."
+            "runs/data if missing. With --ray: the same trial as a Ray Train run over "
+            "--workers-per-trial workers, tracked in MLflow like a sweep of one trial."
         ),
         epilog=EXIT_STATUS,
     )
     trainer_cli.add_arguments(trial)
     group = trial.add_argument_group("through Ray Train (the code path of a sweep trial)")
     group.add_argument("--ray", action="store_true", help="run the trial as a Ray Train run")
-    group.add_argument("--workers", type=int, default=2, help="Ray Train workers (DDP ranks)")
-    group.add_argument("--gpus", type=int, default=0, help="GPUs for the trial (0: gloo on CPU)")
+    group.add_argument(
+        "--workers-per-trial",
+        "--workers",
+        dest="workers",
+        type=int,
+        help="Ray Train workers (DDP ranks; default: the config's runtime.world_size, else 2)",
+    )
+    group.add_argument(
+        "--gpus-per-trial",
+        "--gpus",
+        dest="gpus",
+        type=int,
+        default=0,
+        help="GPUs for the trial (0: gloo on CPU)",
+    )
     group.add_argument("--cpus-per-worker", type=float, default=1.0)
     add_ray_args(group)
     add_tracking_args(group, out=False)
@@ -79,7 +92,14 @@ def _settings(args: argparse.Namespace, cfg: TrainerConfig) -> SweepSettings:
 def _on_ray(args: argparse.Namespace) -> int:
     try:
         cfg = resolve_roots(load_config(args.config, [*args.overrides, "runtime.progress=false"]))
+        args.workers = args.workers or cfg.runtime.world_size or 2
         check_gpus(args.workers, args.gpus)
+        if cfg.runtime.world_size not in (None, args.workers):
+            raise ConfigError(
+                f"--workers-per-trial {args.workers}, but the config's runtime.world_size is "
+                f"{cfg.runtime.world_size} (its global batch); drop --workers-per-trial, or set "
+                "runtime.world_size=null to accept the change"
+            )
     except ConfigError as err:
         return bad_input(err)
     from orchestrator.tracking import TrackingError, check_reachable

@@ -25,6 +25,7 @@ COMMANDS = (
     ["submit"],
     ["best"],
     ["evaluate"],
+    ["confirm"],
     ["cluster"],
     ["cluster", "local"],
 )
