@@ -40,6 +40,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/data_pipeline.py
 	$(BIN)/python bench/train_step.py
 	$(BIN)/python bench/front_door.py
+	$(BIN)/python bench/bootstrap.py
 
 clean:
 	rm -rf $(VENV) $(OUT) .pytest_cache .ruff_cache *.egg-info
