@@ -76,3 +76,16 @@ def test_set_metrics_count_scored_and_skipped_trials(
     assert pooled["eval/pooled_mean/eer"] == pytest.approx(
         (full.result.eer + partial.result.eer) / 2
     )
+
+
+def test_each_set_gets_an_eer_interval_over_its_speakers(final: FinalModel, synth_root: Path):
+    """The tiny eval split has 4 speakers, each with both classes: the interval resamples them
+    (a cluster bootstrap) and holds the set's EER."""
+    scored = _score(
+        final, "asv19", DatasetConfig(kind="asvspoof2019", root=synth_root / "LA", split="eval")
+    )
+    metrics = scored.metrics()
+    assert metrics["eval/asv19/eer_ci_speakers"] == 4
+    low, high = metrics["eval/asv19/eer_ci_low"], metrics["eval/asv19/eer_ci_high"]
+    assert 0.0 <= low <= metrics["eval/asv19/eer"] <= high <= 1.0
+    assert high - low > 0.0
