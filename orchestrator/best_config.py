@@ -14,9 +14,8 @@ from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-import numpy as np
-
 from orchestrator.best import KEY_PARAMS, NOT_EVALUATED
+from orchestrator.confirm_report import seed_stats
 from orchestrator.objective import OBJECTIVE
 from orchestrator.options import bad_input
 from orchestrator.tracking import (
@@ -28,12 +27,6 @@ from orchestrator.tracking import (
     safe_uri,
     sweep_objective,
 )
-
-
-def _stats(values: Sequence[float]) -> dict[str, float]:
-    v = np.asarray(values, dtype=np.float64)
-    std = float(v.std(ddof=1)) if v.size > 1 else math.nan
-    return {"mean": float(v.mean()), "std": std, "n": int(v.size)}
 
 
 def group(rows: Sequence[Mapping[str, Any]], metric: str) -> list[dict[str, Any]]:
@@ -49,7 +42,9 @@ def group(rows: Sequence[Mapping[str, Any]], metric: str) -> list[dict[str, Any]
         if len(seeds) < 2:
             continue
         keys = sorted({k for r in members for k in r["metrics"]})
-        stats = {k: _stats([r["metrics"][k] for r in members if k in r["metrics"]]) for k in keys}
+        stats = {
+            k: seed_stats([r["metrics"][k] for r in members if k in r["metrics"]]) for k in keys
+        }
         params = {k: members[0]["params"].get(k) for k in KEY_PARAMS if k in members[0]["params"]}
         out.append(
             {

@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 import logging
 
-from orchestrator import best, cluster_cli, evaluate_cli, submit, sweep_cli, trial_cli
+from orchestrator import best, cluster_cli, confirm_cli, evaluate_cli, submit, sweep_cli, trial_cli
 from orchestrator.options import EXIT_STATUS
 from trainer.data import cli as data_cli
 
@@ -31,6 +31,7 @@ def build_parser() -> argparse.ArgumentParser:
     sweep_cli.add_parser(sub)
     submit.add_parser(sub)
     evaluate_cli.add_parser(sub)
+    confirm_cli.add_parser(sub)
     best.add_parser(sub)
     cluster_cli.add_parser(sub)
     return parser

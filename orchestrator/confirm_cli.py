@@ -1,0 +1,222 @@
+"""``supcon-sweep confirm``: rerun a finished sweep's top configurations under new seeds, and
+summarise each configuration's EERs over seeds with bootstrap intervals (see
+:mod:`orchestrator.confirm` and :mod:`orchestrator.confirm_report`).
+
+Arguments are checked with nothing heavy imported; then the sweep, its storage and its
+corpora; only then is the confirmation's MLflow parent run created and Ray reached, so bad input
+leaves nothing in MLflow.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from orchestrator.objective import OBJECTIVE
+from orchestrator.options import (
+    EXIT_FAILED,
+    EXIT_STATUS,
+    add_ray_args,
+    add_tracking_args,
+    bad_input,
+    check_gpus,
+    check_ray_address,
+    storage_path,
+)
+from orchestrator.settings import SETTINGS_FILE, SweepSettings
+from trainer.config import ConfigError
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "confirm",
+        help="rerun a sweep's top configurations under new seeds; mean, spread and intervals",
+        description=(
+            "Take the top --top configurations of a finished sweep by its objective and rerun "
+            "each under new seeds, each rerun a Ray Train trial with the sweep's resources and "
+            "storage, scored on every evaluation set. The sweep trial counts as one more seed. "
+            "Logs one MLflow parent run confirm-SWEEP with a nested run per (configuration, "
+            "seed), and on the parent each configuration's mean, std, min and max over seeds of "
+            "every set's EER and the pooled figures (confirm/<config_id>/eval/<set>/eer_mean, "
+            "...), a table (confirm.md, confirm.json) and a plot (confirm.png). The best "
+            "configuration (by the mean of the sweep's dev objective) is compared with each "
+            "other by a paired bootstrap of the difference of their mean EERs over seeds, per "
+            "set and pooled. Running confirm again finishes what is missing: finished reruns "
+            "are kept, interrupted ones resume from their checkpoints."
+        ),
+        epilog=f"{EXIT_STATUS} confirm exits 1 when a rerun failed (the table then covers the "
+        "seeds that finished).",
+    )
+    which = p.add_mutually_exclusive_group(required=True)
+    which.add_argument("--sweep", help="the sweep's name (its MLflow parent run's supcon.sweep)")
+    which.add_argument("--parent-run-id", help="the sweep's MLflow parent run id")
+    p.add_argument(
+        "--top", type=int, default=3, help="how many configurations, best first (default 3)"
+    )
+    seeds = p.add_mutually_exclusive_group()
+    seeds.add_argument(
+        "--seeds",
+        type=int,
+        default=3,
+        help="new seeds per configuration (default 3): the sweep trial's seed + 1000, + 2000, "
+        "... (a run's rank r seeds seed + r, so nearby seeds would share ranks' streams)",
+    )
+    seeds.add_argument(
+        "--seed-list", type=_seed_list, help="the seeds, comma-separated, e.g. 1,2,3"
+    )
+    p.add_argument(
+        "--metric",
+        help="rank the sweep's trials by this metric (default: the sweep's objective, "
+        "sweep/objective, as its searcher saw it); the confirmed configurations are ranked "
+        "by its mean over seeds",
+    )
+    p.add_argument("--mode", choices=("min", "max"), help="min or max (default: the sweep's)")
+    p.add_argument(
+        "--max-concurrent", type=int, default=1, help="reruns at once on the cluster (default 1)"
+    )
+    p.add_argument(
+        "--workers-per-trial",
+        type=int,
+        help="DDP ranks per rerun (default: the sweep's; another number changes the global batch)",
+    )
+    p.add_argument("--gpus-per-trial", type=int, help="GPUs per rerun (default: the sweep's)")
+    p.add_argument(
+        "--storage",
+        help="where the reruns' Train checkpoints and models go (default: the sweep's storage)",
+    )
+    p.add_argument("--n-boot", type=int, default=1000, help="bootstrap resamples (default 1000)")
+    add_tracking_args(p)
+    add_ray_args(p)
+    p.set_defaults(handler=_confirm)
+
+
+def _seed_list(text: str) -> list[int]:
+    """``--seed-list``: distinct whole numbers separated by commas."""
+    try:
+        seeds = [int(s) for s in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected whole numbers separated by commas, got {text!r}"
+        ) from None
+    repeated = sorted({s for s in seeds if seeds.count(s) > 1})
+    if repeated:
+        raise argparse.ArgumentTypeError(
+            f"seed(s) {', '.join(map(str, repeated))} given more than once in {text!r}"
+        )
+    return seeds
+
+
+def _check(args: argparse.Namespace) -> None:
+    """ConfigError naming the first bad number."""
+    for name in ("top", "seeds", "max_concurrent", "n_boot"):
+        if getattr(args, name) < 1:
+            raise ConfigError(
+                f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}"
+            )
+    if args.workers_per_trial is not None and args.workers_per_trial < 1:
+        raise ConfigError(f"--workers-per-trial must be at least 1, got {args.workers_per_trial}")
+
+
+def _sweep_settings(sweep, out: Path) -> SweepSettings:
+    """The settings the sweep saved beside its Tune folder; ConfirmError when they are gone."""
+    from orchestrator.confirm import ConfirmError
+
+    folder = sweep.tune_dir or str(out.resolve() / "tune" / sweep.name)
+    try:
+        return SweepSettings.load(folder)
+    except FileNotFoundError:
+        raise ConfirmError(
+            f"the storage of sweep {sweep.name} is gone: no {folder}/{SETTINGS_FILE} (its Tune "
+            "folder, which holds the sweep's settings and resources)"
+        ) from None
+    except (TypeError, ValueError, KeyError) as err:
+        raise ConfirmError(
+            f"{folder}/{SETTINGS_FILE} is not readable by this version: {err}"
+        ) from None
+
+
+def _resources(args: argparse.Namespace, settings: SweepSettings) -> dict[str, Any]:
+    workers = args.workers_per_trial or settings.workers_per_trial
+    gpus = settings.gpus_per_trial if args.gpus_per_trial is None else args.gpus_per_trial
+    check_gpus(workers, gpus)
+    if workers != settings.workers_per_trial:
+        print(
+            f"warning: {workers} workers per rerun where the sweep had "
+            f"{settings.workers_per_trial}: the global batch and the epoch's length change",
+            file=sys.stderr,
+        )
+    return {
+        "workers_per_trial": workers,
+        "gpus_per_trial": gpus,
+        "max_concurrent": args.max_concurrent,
+    }
+
+
+def _confirm(args: argparse.Namespace) -> int:
+    try:
+        _check(args)
+    except ConfigError as err:
+        return bad_input(err)
+    from orchestrator.confirm import ConfirmError, candidates
+    from orchestrator.tracking import TrackingError, check_reachable, resolve_tracking_uri
+    from orchestrator.tracking.sweeps import find_sweep
+
+    uri = resolve_tracking_uri(args.tracking_uri, args.out.resolve())
+    try:
+        check_reachable(uri)
+        _, sweep = find_sweep(
+            uri, args.experiment, name=args.sweep, parent_run_id=args.parent_run_id
+        )
+        settings = _sweep_settings(sweep, args.out)
+        metric, mode = args.metric or OBJECTIVE, args.mode or sweep.mode
+        chosen, n_finished = candidates(uri, args.experiment, sweep, metric, mode, args.top)
+        if len(chosen) < args.top:
+            print(
+                f"note: sweep {sweep.name} has {len(chosen)} distinct finished configuration(s) "
+                f"with {metric} ({n_finished} trial(s)), fewer than --top {args.top}; "
+                f"confirming those",
+                file=sys.stderr,
+            )
+        resources = _resources(args, settings)
+        check_ray_address(args.address)
+        _preflight(settings)
+    except (TrackingError, ConfirmError, ConnectionError, ConfigError) as err:
+        return bad_input(err)
+    from orchestrator.confirm import Confirmation
+
+    job = Confirmation(
+        uri=uri,
+        experiment=args.experiment,
+        sweep=sweep,
+        sweep_settings=settings,
+        chosen=chosen,
+        seeds=args.seed_list,
+        count=args.seeds,
+        metric=metric,
+        mode=mode,
+        storage=storage_path(args.storage),
+        resources=resources,
+        n_boot=args.n_boot,
+    )
+    from orchestrator.sweep import start_ray
+
+    # The score files are read back one per run and set: no progress bar for each.
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    start_ray(args.address, args.max_concurrent)
+    with tempfile.TemporaryDirectory(prefix="supcon-confirm-") as scratch:
+        failures = job.run(Path(scratch))
+    for trial_id, error in failures.items():
+        print(f"error: {trial_id} failed: {error}", file=sys.stderr)
+    return EXIT_FAILED if failures else 0
+
+
+def _preflight(settings: SweepSettings) -> None:
+    """Check every corpus once, as a sweep does, before anything starts."""
+    from orchestrator.preflight import check_corpora, describe
+
+    reports = check_corpora(settings.base)
+    print(f"corpora checked once for every rerun:\n{describe(reports)}", file=sys.stderr)
