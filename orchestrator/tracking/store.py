@@ -107,12 +107,20 @@ def check_reachable(uri: str, timeout: float = 5) -> None:
             ) from None
 
 
+# MLflow's UI (3.x) opens an experiment on its GenAI traces page unless the experiment says it
+# holds model training; this tag (one of the UI's experiment kinds) makes it open on the runs.
+KIND_TAG = ("mlflow.experimentKind", "custom_model_development")
+
+
 def ensure_experiment(client: MlflowClient, name: str, artifact_location: str | None) -> str:
-    """The id of experiment ``name``, created (with ``artifact_location``) if missing."""
+    """The id of experiment ``name``, created (with ``artifact_location``) if missing, and
+    marked as a model-training experiment unless someone chose its kind already."""
     exp = client.get_experiment_by_name(name)
     if exp is None:
         try:
-            return client.create_experiment(name, artifact_location=artifact_location)
+            return client.create_experiment(
+                name, artifact_location=artifact_location, tags=dict([KIND_TAG])
+            )
         except MlflowException:  # another process created it meanwhile
             exp = client.get_experiment_by_name(name)
             if exp is None:
@@ -122,6 +130,8 @@ def ensure_experiment(client: MlflowClient, name: str, artifact_location: str | 
             f"MLflow experiment {name!r} is deleted; restore it (mlflow experiments restore "
             f"--experiment-id {exp.experiment_id}) or choose another name"
         )
+    if KIND_TAG[0] not in exp.tags:
+        client.set_experiment_tag(exp.experiment_id, *KIND_TAG)
     return exp.experiment_id
 
 

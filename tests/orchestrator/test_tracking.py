@@ -331,3 +331,19 @@ def test_trial_metrics_survive_an_mlflow_outage(store: Path, tmp_path: Path, mon
     row = json.loads((tmp_path / "unsent.jsonl").read_text())
     assert (row["key"], row["value"], row["step"]) == ("eval/asv19/eer", 0.07, 4)
     assert up.get_run(tracker.run_id).info.status == "RUNNING"  # not marked as finished
+
+
+def test_experiments_open_on_their_runs_in_the_mlflow_ui(store: Path, tmp_path: Path) -> None:
+    """A new experiment is marked as model training (the UI then opens on its runs, not on GenAI
+    traces); an existing unmarked one is marked; a kind someone chose is kept."""
+    client = MlflowClient(_uri(store))
+    exp = client.get_experiment_by_name(DEFAULT_EXPERIMENT)
+    assert exp.tags["mlflow.experimentKind"] == "custom_model_development"
+    uri = f"sqlite:///{tmp_path / 'other.db'}"
+    other = MlflowClient(uri)
+    plain = other.create_experiment("plain")
+    chosen = other.create_experiment("chosen", tags={"mlflow.experimentKind": "genai_development"})
+    for name in ("plain", "chosen"):
+        SweepRun.start(uri, name, "s", searcher="grid", params={}, tags={}, space_text=None)
+    assert other.get_experiment(plain).tags["mlflow.experimentKind"] == "custom_model_development"
+    assert other.get_experiment(chosen).tags["mlflow.experimentKind"] == "genai_development"
