@@ -89,6 +89,7 @@ class SweepSettings:
     storage: str = ""  # Tune results and Train checkpoints: a shared path or URI; "" = out_dir
     placement: str = "PACK"
     eval_top_k: int | None = 3
+    verbose: bool = False  # Ray Train's per-report log lines, Tune's per-epoch results
 
     def __post_init__(self) -> None:
         t = self.tracking

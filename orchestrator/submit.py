@@ -54,7 +54,10 @@ def entrypoint(args: argparse.Namespace) -> str:
     for key, value in vars(args).items():
         if key == "eval_top_k" and value is None:
             value = "all"
-        if key in skip or value is None:
+        if key in skip or value is None or value is False:
+            continue
+        if value is True:  # a flag
+            words.append("--" + key.replace("_", "-"))
             continue
         if isinstance(value, Path) and value.resolve().is_relative_to(ROOT):
             value = value.resolve().relative_to(ROOT)  # the working_dir is unpacked elsewhere

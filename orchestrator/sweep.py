@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import replace
@@ -17,7 +18,7 @@ from typing import Any
 
 import ray
 from ray import tune
-from ray.train import CheckpointConfig, FailureConfig, ScalingConfig
+from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, ScalingConfig
 from ray.train.torch import TorchConfig, TorchTrainer
 from ray.tune.integration.ray_train import TuneReportCallback
 from ray.tune.schedulers import ASHAScheduler
@@ -31,6 +32,7 @@ from orchestrator.scheduling import Rungs
 from orchestrator.settings import SweepSettings, TrackingTarget, TrialResources, TrialSpec
 from orchestrator.storage import prune_unregistered_checkpoints
 from orchestrator.tracking import TUNE_DIR_TAG, SweepRun, close_trial, query_best
+from orchestrator.tracking.store import STOPPED_EARLY
 from search_spaces import SearchSpace
 
 log = logging.getLogger(__name__)
@@ -95,6 +97,9 @@ def torch_trainer(
             callbacks=callbacks,
             failure_config=FailureConfig(max_failures=settings.max_failures),
             checkpoint_config=CheckpointConfig(num_to_keep=1),
+            # Ray Train's own lines ("Reporting training result ...", per rank per report)
+            # bury Tune's table: warnings only, unless --verbose.
+            logging_config=LoggingConfig(log_level="INFO" if settings.verbose else "WARNING"),
         ),
     )
 
@@ -107,22 +112,40 @@ def fit_trial(trainer: TorchTrainer, settings: SweepSettings, trial_id: str) -> 
         log.info("trial %s: deleted %d unregistered checkpoint(s)", trial_id, len(stale))
 
 
+# What a Tune result holds, in this order: Tune's progress table shows the first four, so the
+# objective, the epoch, the dev loss and the queue's fill; everything else is in MLflow.
+TUNE_KEYS = (
+    OBJECTIVE,
+    "epoch",
+    "encoder/dev/loss",
+    "encoder/train/queue_fill",
+    "encoder/dev/eer",
+    "classifier/dev/eer",
+    "step",
+)
+
+
 class ObjectiveReports(TuneReportCallback):
     """Forwards to Tune the reports that carry the sweep's objective (:data:`OBJECTIVE`): every
     epoch's for a per-epoch metric, only the final one for an end-of-trial metric. Tune's strict
     metric check then holds for every result, and the searcher is told each trial's value once
-    it exists."""
+    it exists. Each forwarded result holds :data:`TUNE_KEYS` and the sweep's ``metric``."""
+
+    def __init__(self, metric: str) -> None:
+        super().__init__()
+        self.keys = (*TUNE_KEYS, metric) if metric not in TUNE_KEYS else TUNE_KEYS
 
     def after_report(self, run_context, metrics, checkpoint) -> None:
         if OBJECTIVE in metrics[0]:
-            super().after_report(run_context, metrics, checkpoint)
+            shown = [{k: m[k] for k in self.keys if k in m} for m in metrics]
+            super().after_report(run_context, shown, checkpoint)
 
 
 def _trial_driver(config: dict[str, Any], settings: SweepSettings) -> None:
     """One Tune trial: its TorchTrainer, with its objective's reports forwarded to Tune."""
     params = config.get(GRID_KEY, config)
     trial_id = tune.get_context().get_trial_id()
-    callbacks = [ObjectiveReports()]
+    callbacks = [ObjectiveReports(settings.metric)]
     trainer = torch_trainer(
         settings, trial_id, params, callbacks, with_eval=False, corpora_checked=True
     )
@@ -163,6 +186,26 @@ def run_single_trial(settings: SweepSettings) -> dict[str, Any]:
     return rows[0]["metrics"] if rows else {}
 
 
+class TrialLines(tune.Callback):
+    """One line per trial that ends: its id, params, objective, how it ended, its wall time."""
+
+    def _print(self, trial, status: str) -> None:
+        result = trial.last_result or {}
+        config = trial.config.get(GRID_KEY, trial.config)
+        params = " ".join(f"{k}={v}" for k, v in config.items())
+        value = result.get(OBJECTIVE)
+        shown = f"{value:.4g}" if isinstance(value, float) else "-"
+        wall = result.get("time_total_s", 0.0)
+        print(f"trial {trial.trial_id} {status}: {params}  {OBJECTIVE}={shown}  {wall:.0f} s")
+
+    def on_trial_complete(self, iteration, trials, trial, **info) -> None:
+        finished = "classifier/dev/eer" in (trial.last_result or {})
+        self._print(trial, "finished" if finished else "stopped early")
+
+    def on_trial_error(self, iteration, trials, trial, **info) -> None:
+        self._print(trial, "FAILED")
+
+
 class CloseTrialRuns(tune.Callback):
     """Marks a trial's MLflow run when Tune ends the trial from outside its workers: KILLED for a
     trial stopped early by ASHA (its workers are torn down before they can log), FAILED for an
@@ -175,7 +218,7 @@ class CloseTrialRuns(tune.Callback):
         close_trial(self.target, trial.trial_id, status, reason)
 
     def on_trial_complete(self, iteration, trials, trial, **info) -> None:
-        self._close(trial, "KILLED", "stopped early by the scheduler")
+        self._close(trial, "KILLED", STOPPED_EARLY)
 
     def on_trial_error(self, iteration, trials, trial, **info) -> None:
         self._close(trial, "FAILED", "trial errored")
@@ -228,7 +271,8 @@ def build_tuner(
         run_config=tune.RunConfig(
             name=settings.name,
             storage_path=settings.tune_dir,
-            callbacks=[CloseTrialRuns(settings.target)],
+            callbacks=[CloseTrialRuns(settings.target), TrialLines()],
+            verbose=2 if settings.verbose else 1,
         ),
     )
 
@@ -327,14 +371,44 @@ def evaluate_top(settings: SweepSettings) -> dict[str, str]:
     return failures
 
 
+def summarise(settings: SweepSettings, space: SearchSpace | None) -> dict[str, float]:
+    """Log the sweep's summary on its parent run (see :mod:`orchestrator.sweep_summary`): the
+    metrics, Optuna's study plots and, for a grid over temperatures, its heatmap, under
+    ``plots/``. Returns the metrics."""
+    from orchestrator.sweep_summary import (
+        grid_heatmap,
+        rebuild_study,
+        record,
+        study_plots,
+        summary_metrics,
+    )
+    from orchestrator.tracking.sweeps import log_summary, trial_runs
+
+    target = settings.target
+    records = [
+        record(r) for r in trial_runs(target.uri, target.experiment_id, target.parent_run_id)
+    ]
+    metrics = summary_metrics(records, settings.mode)
+    study = rebuild_study(records, settings.mode, space.study_distributions() if space else None)
+    with tempfile.TemporaryDirectory(prefix="supcon-summary-") as tmp:
+        files, skipped = study_plots(study, Path(tmp), OBJECTIVE)
+        heatmap = grid_heatmap(records, Path(tmp) / "grid_heatmap.png", OBJECTIVE, settings.mode)
+        files += [heatmap] if heatmap else []
+        log_summary(target.uri, target.parent_run_id, metrics, files, "plots")
+    for name, why in skipped.items():
+        log.info("sweep %s: no %s plot (%s)", settings.name, name, why)
+    return metrics
+
+
 def _tracked_fit(
-    parent: SweepRun, tuner: tune.Tuner, settings: SweepSettings
+    parent: SweepRun, tuner: tune.Tuner, settings: SweepSettings, space: SearchSpace | None
 ) -> tuple[tune.ResultGrid, dict[str, str]]:
-    """Run the search, then score its best trials on the evaluation sets; the parent run ends
-    FINISHED (FAILED when a trial failed), or KILLED when interrupted."""
+    """Run the search, score its best trials on the evaluation sets and log the summary; the
+    parent run ends FINISHED (FAILED when a trial failed), or KILLED when interrupted."""
     try:
         results = tuner.fit()
         failures = evaluate_top(settings)
+        summarise(settings, space)
     except BaseException:
         parent.finish("KILLED")
         raise
@@ -351,11 +425,11 @@ def run_sweep(
     those settings, Tune's results and the trials whose evaluation failed (trial id -> error)."""
     parent, settings = _start_parent(settings, "grid" if space.is_grid else "optuna-tpe")
     settings.save()
-    return settings, *_tracked_fit(parent, build_tuner(space, settings, rungs), settings)
+    return settings, *_tracked_fit(parent, build_tuner(space, settings, rungs), settings, space)
 
 
 def resume_sweep(
-    folder: str, settings: SweepSettings
+    folder: str, settings: SweepSettings, space: SearchSpace | None = None
 ) -> tuple[SweepSettings, tune.ResultGrid, dict[str, str]]:
     """``Tuner.restore``: finished trials stay, unfinished and errored ones restart from their
     checkpoints (their Train runs resume by name), the searcher continues from its state, and
@@ -365,4 +439,4 @@ def resume_sweep(
     tuner = tune.Tuner.restore(
         folder, trainable=trainable(settings), resume_unfinished=True, resume_errored=True
     )
-    return settings, *_tracked_fit(parent, tuner, settings)
+    return settings, *_tracked_fit(parent, tuner, settings, space)

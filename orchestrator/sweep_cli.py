@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -82,9 +83,19 @@ def add_sweep_arguments(p: argparse.ArgumentParser) -> None:
         "dev evaluation; `supcon-sweep evaluate --run-id RUN` scores any other later",
     )
     p.add_argument("--name", help="sweep name (default sweep-YYYYmmdd-HHMMSS)")
+    _add_verbose(p)
     add_tracking_args(p)
     _add_trial_resources(p)
     p.add_argument("overrides", nargs="*", metavar="key=value", help="base config overrides")
+
+
+def _add_verbose(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--verbose",
+        action="store_true",
+        help="also print Ray Train's lines for every report and checkpoint of every rank, and "
+        "Tune's result of every epoch (default: Tune's table, one line per trial that ends)",
+    )
 
 
 def eval_top_k(text: str) -> int | None:
@@ -153,6 +164,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "folder", help="the sweep's folder: OUT/tune/NAME, or STORAGE/tune/NAME (path or URI)"
     )
     add_ray_args(resume)
+    _add_verbose(resume)
     resume.set_defaults(handler=_resume)
 
 
@@ -196,6 +208,7 @@ def _settings(args: argparse.Namespace, cfg: TrainerConfig, space: SearchSpace) 
         storage=storage_path(args.storage),
         placement=args.placement.upper(),
         eval_top_k=args.eval_top_k,
+        verbose=args.verbose,
     )
 
 
@@ -272,6 +285,15 @@ def _sweep(args: argparse.Namespace) -> int:
     return _outcome(settings, results, eval_failures)
 
 
+def _space_of(settings: SweepSettings) -> SearchSpace | None:
+    """The sweep's search space, for its study plots' distributions; None when its file is gone
+    or changed into something invalid (the plots then use the values the trials had)."""
+    try:
+        return load_space(settings.space_path, settings.base)
+    except (SpaceError, ConfigError, OSError):
+        return None
+
+
 def _resume(args: argparse.Namespace) -> int:
     folder = args.folder if "://" in args.folder else str(Path(args.folder).resolve())
     try:
@@ -289,7 +311,8 @@ def _resume(args: argparse.Namespace) -> int:
         from orchestrator.sweep import resume_sweep, start_ray
 
         start_ray(args.address, settings.max_concurrent)
-        settings, results, eval_failures = resume_sweep(folder, settings)
+        settings = replace(settings, verbose=args.verbose)
+        settings, results, eval_failures = resume_sweep(folder, settings, _space_of(settings))
     except (TrackingError, ConnectionError, ConfigError) as err:
         return bad_input(err)
     return _outcome(settings, results, eval_failures)

@@ -149,6 +149,16 @@ class SearchSpace:
         domains = {k: p.tune_domain() for k, p in self.params.items() if p.sampled}
         return OptunaSearch.convert_search_space(domains)
 
+    def study_distributions(self) -> dict[str, Any]:
+        """The Optuna distribution of every key that varies: the sampled ones as TPE draws
+        them, a grid's as categorical over its values (for a study rebuilt from the trials)."""
+        from optuna.distributions import CategoricalDistribution
+
+        if not self.is_grid:
+            return self.optuna_distributions()
+        grid = {k: p for k, p in self.params.items() if p.kind == "grid" and len(p.values) > 1}
+        return {k: CategoricalDistribution(list(p.values)) for k, p in grid.items()}
+
     def _require_sampled(self, what: str) -> None:
         if self.is_grid:
             raise SpaceError(f"{self.path}: a grid space has no {what}; run its grid_points()")

@@ -19,6 +19,7 @@ from mlflow.utils.validation import MAX_PARAM_VAL_LENGTH, MAX_PARAMS_TAGS_PER_BA
 from orchestrator.settings import TrackingTarget
 from orchestrator.tracking.store import (
     CODE_TAG,
+    END_REASON_TAG,
     END_STATUSES,
     PARENT_TAG,
     STATUS_TAG,
@@ -98,7 +99,7 @@ def close_trial(target: TrackingTarget, trial_id: str, status: str, reason: str)
     run = _find_run(client, target.experiment_id, tags)
     if run is None or run.info.status in END_STATUSES:
         return False
-    client.set_tag(run.info.run_id, "supcon.end_reason", reason)
+    client.set_tag(run.info.run_id, END_REASON_TAG, reason)
     _finish(client, run.info.run_id, status)
     return True
 

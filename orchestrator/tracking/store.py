@@ -30,6 +30,8 @@ CONFIG_ID_TAG = "supcon.config_id"  # a run's configuration without its seed (co
 SEED_TAG = "supcon.seed"
 CONFIRM_TAG = "supcon.confirm"  # on a confirmation's runs: the sweep parent run it confirms
 TUNE_DIR_TAG = "supcon.tune_dir"  # on a sweep's parent run: its Tune folder (settings beside)
+END_REASON_TAG = "supcon.end_reason"  # why a run was closed from outside its workers
+STOPPED_EARLY = "stopped early by the scheduler"
 END_STATUSES = ("FINISHED", "FAILED", "KILLED")
 _ROOT = Path(__file__).resolve().parents[2]
 

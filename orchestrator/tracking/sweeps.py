@@ -104,15 +104,27 @@ def tag_run(uri: str, run_id: str, tags: Mapping[str, str]) -> None:
     MlflowClient(uri).log_batch(run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
 
 
-def log_summary(uri: str, run_id: str, metrics: Mapping[str, float], files: list[Path]) -> None:
-    """Log ``metrics`` (one step, 0) and upload ``files`` to run ``run_id``."""
+def trial_runs(uri: str, experiment_id: str, parent_run_id: str) -> list[Any]:
+    """Every trial run under ``parent_run_id``, whatever its status (MLflow ``Run`` objects)."""
+    where = f"tags.`{TRIAL_TAG}` IS NOT NULL and tags.`{PARENT_TAG}` = {_quoted(parent_run_id)}"
+    return _client(uri).search_runs([experiment_id], where, ViewType.ACTIVE_ONLY, 10_000)
+
+
+def log_summary(
+    uri: str,
+    run_id: str,
+    metrics: Mapping[str, float],
+    files: list[Path],
+    artifact_path: str | None = None,
+) -> None:
+    """Log ``metrics`` (step 0) and upload ``files`` (under ``artifact_path``) to ``run_id``."""
     client = MlflowClient(uri)
     now = int(time.time() * 1000)
     batch = [Metric(k, float(v), now, 0) for k, v in metrics.items()]
     for i in range(0, len(batch), _PER_BATCH):
         client.log_batch(run_id, metrics=batch[i : i + _PER_BATCH], synchronous=True)
     for path in files:
-        client.log_artifact(run_id, str(path))
+        client.log_artifact(run_id, str(path), artifact_path)
 
 
 def download_scores(uri: str, run_id: str, set_name: str, folder: Path) -> Path:

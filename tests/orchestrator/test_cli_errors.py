@@ -173,6 +173,9 @@ def test_submit_entrypoint_runs_the_same_sweep_on_the_cluster() -> None:
     assert words[words.index("--space") + 1] == "search_spaces/paper_grid.yaml"
     assert words[words.index("--gpus-per-trial") + 1] == "2"
     assert words[-1] == "loss.similarity=angular" and "http://head:8265" not in words
+    assert "--verbose" not in words
+    verbose = shlex.split(entrypoint(build_parser().parse_args([*argv[:-1], "--verbose"])))
+    assert "--verbose" in verbose and "True" not in verbose  # a flag stays a flag
 
 
 def test_inside_a_ray_job_the_sweep_joins_the_cluster_instead_of_starting_its_own(

@@ -127,3 +127,22 @@ def test_an_end_of_trial_objective_reaches_the_searcher_at_the_trials_end(
     # Tune saw one result per trial, the final one: no per-epoch report without the objective.
     analysis = ExperimentAnalysis(str(final_sweep / "tune" / "s"))
     assert {len(df) for df in analysis.trial_dataframes.values()} == {1}
+
+
+def test_the_parent_run_summarises_the_search(asha_sweep: Path) -> None:
+    """The parent run counts finished and stopped trials as MLflow has them, holds the best
+    objective and the trials' CPU-hours, and Optuna's plots of the study rebuilt from them."""
+    client = MlflowClient(f"sqlite:///{asha_sweep / 'mlflow.db'}")
+    exp = client.get_experiment_by_name(DEFAULT_EXPERIMENT)
+    (parent,) = client.search_runs([exp.experiment_id], "tags.`supcon.sweep` = 's'")
+    runs = list(_runs(asha_sweep).values())
+    m = parent.data.metrics
+    finished = sum(r.info.status == "FINISHED" for r in runs)
+    assert (m["sweep/trials_finished"], m["sweep/trials_stopped"]) == (finished, 4 - finished)
+    assert m["sweep/trials_failed"] == 0 and m["sweep/trials_stopped"] >= 1
+    assert m["sweep/best_objective"] == min(r.data.metrics[OBJECTIVE] for r in runs)
+    walls = [(r.info.end_time - r.info.start_time) / 1000 for r in runs]
+    assert m["sweep/trial_cpu_hours"] == pytest.approx(sum(walls) * 2 * 0.5 / 3600, rel=1e-6)
+    plots = {a.path for a in client.list_artifacts(parent.info.run_id, "plots")}
+    assert {"plots/optimization_history.png", "plots/slice.png"} <= plots
+    assert "plots/grid_heatmap.png" not in plots  # the space has no temperature axis

@@ -63,6 +63,14 @@ def test_sweep_tracks_parent_and_nested_trials(smoke_sweep: Path) -> None:
         artifacts = {a.path for a in client.list_artifacts(child.info.run_id)}
         assert {"config.yaml", "classifier.pt", "scores"} <= artifacts
     assert parents[0].data.tags["supcon.eval_failures"] == "0"
+    summary = parents[0].data.metrics
+    assert (summary["sweep/trials_finished"], summary["sweep/trials_failed"]) == (2, 0)
+    objectives = [c.data.metrics["sweep/objective"] for c in children]
+    assert summary["sweep/best_objective"] == min(objectives)
+    assert summary["sweep/trial_cpu_hours"] > 0
+    plots = {a.path for a in client.list_artifacts(parents[0].info.run_id, "plots")}
+    # The grid over two temperatures gets the paper's heatmap besides Optuna's plots.
+    assert {"plots/grid_heatmap.png", "plots/optimization_history.png"} <= plots
 
 
 def test_only_the_best_trial_is_scored_on_the_test_sets(smoke_sweep: Path) -> None:
@@ -112,10 +120,11 @@ def test_best_returns_the_lowest(smoke_sweep: Path, capsys) -> None:
 
 
 def test_sweep_with_an_active_mlflow_run(
-    ray_session, synth_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    ray_session, synth_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys
 ) -> None:
     """Inside a process that already has an active MLflow run (the normal state inside a Tune
-    trial), the sweep logs to its own parent and child runs and leaves the active run alone."""
+    trial), the sweep logs to its own parent and child runs and leaves the active run alone.
+    Each trial that ends prints one line: its id, params, objective and wall time."""
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'other.db'}")
     mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'other.db'}")
     ours = f"sqlite:///{tmp_path / 'mlflow.db'}"
@@ -131,6 +140,11 @@ def test_sweep_with_an_active_mlflow_run(
     assert len(checkpoint_dirs(shared / "train")) == 2  # one per trial
     assert len(list((shared / "models").iterdir())) == 2
     assert not (tmp_path / "tune").exists() and not (tmp_path / "train").exists()
+    ends = [line for line in capsys.readouterr().out.splitlines() if line.startswith("trial ")]
+    assert len(ends) == 2, ends
+    assert all(
+        " finished: loss.temperature=" in line and "sweep/objective=" in line for line in ends
+    )
 
 
 def test_failing_trial_is_marked_failed_while_the_sweep_goes_on(
