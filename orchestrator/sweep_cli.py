@@ -93,8 +93,8 @@ def _add_verbose(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--verbose",
         action="store_true",
-        help="also print Ray Train's lines for every report and checkpoint of every rank, and "
-        "Tune's result of every epoch (default: Tune's table, one line per trial that ends)",
+        help="also print Tune's result of every epoch and Ray Train's INFO logs (default: "
+        "Tune's table, one line per trial that ends)",
     )
 
 
