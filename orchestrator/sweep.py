@@ -392,8 +392,11 @@ def summarise(settings: SweepSettings, space: SearchSpace | None) -> dict[str, f
     study = rebuild_study(records, settings.mode, space.study_distributions() if space else None)
     with tempfile.TemporaryDirectory(prefix="supcon-summary-") as tmp:
         files, skipped = study_plots(study, Path(tmp), OBJECTIVE)
-        heatmap = grid_heatmap(records, Path(tmp) / "grid_heatmap.png", OBJECTIVE, settings.mode)
-        files += [heatmap] if heatmap else []
+        if space is not None and space.is_grid:  # TPE's temperatures are not a grid's axis
+            heatmap = grid_heatmap(
+                records, Path(tmp) / "grid_heatmap.png", OBJECTIVE, settings.mode
+            )
+            files += [heatmap] if heatmap else []
         log_summary(target.uri, target.parent_run_id, metrics, files, "plots")
     for name, why in skipped.items():
         log.info("sweep %s: no %s plot (%s)", settings.name, name, why)
