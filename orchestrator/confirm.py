@@ -252,7 +252,6 @@ class Confirmation:
     n_boot: int = 1000
 
     def _parent(self) -> SweepRun:
-        s = self.sweep_settings
         parent = SweepRun.start(
             self.uri,
             self.experiment,
@@ -262,8 +261,8 @@ class Confirmation:
                 "sweep": self.sweep.name,
                 "metric": self.metric,
                 "mode": self.mode,
-                "workers_per_trial": self.resources.get("workers_per_trial", s.workers_per_trial),
-                "gpus_per_trial": self.resources.get("gpus_per_trial", s.gpus_per_trial),
+                "workers_per_trial": self.resources["workers_per_trial"],
+                "gpus_per_trial": self.resources["gpus_per_trial"],
             },
             tags={CONFIRM_TAG: self.sweep.run_id},
             space_text=None,

@@ -24,6 +24,7 @@ from orchestrator.tracking.store import (
     _quoted,
     _sqlite_path,
     decode_param,
+    existing_store,
     safe_uri,
 )
 from trainer.config import TrainerConfig, apply_overrides, to_yaml
@@ -60,10 +61,7 @@ def query_best(
     """
     if mode not in ("min", "max"):
         raise ValueError(f"mode must be min or max, got {mode!r}")
-    db = _sqlite_path(uri)
-    if db is not None and not db.is_file():
-        raise TrackingError(f"no MLflow store at {db} (run a sweep, or pass --tracking-uri/--out)")
-    client = MlflowClient(uri)
+    client = existing_store(uri)
     experiment_id = find_experiment(client, uri, experiment)
     where = f"attributes.status = 'FINISHED' and tags.`{TRIAL_TAG}` IS NOT NULL"
     if parent_run_id:
@@ -98,10 +96,7 @@ def query_best(
 def configured_runs(uri: str, experiment: str) -> list[dict[str, Any]]:
     """Every finished run tagged with a configuration id (a confirmation's reruns and the
     sweep trials it confirmed), as :func:`query_best` rows."""
-    db = _sqlite_path(uri)
-    if db is not None and not db.is_file():
-        raise TrackingError(f"no MLflow store at {db} (run a sweep, or pass --tracking-uri/--out)")
-    client = MlflowClient(uri)
+    client = existing_store(uri)
     experiment_id = find_experiment(client, uri, experiment)
     where = f"attributes.status = 'FINISHED' and tags.`{CONFIG_ID_TAG}` IS NOT NULL"
     rows, token = [], None

@@ -58,6 +58,15 @@ def _sqlite_path(uri: str) -> Path | None:
     return Path(uri.removeprefix("sqlite:///"))
 
 
+def existing_store(uri: str) -> MlflowClient:
+    """A client of the store at ``uri``; TrackingError when it is an embedded (SQLite) store
+    that does not exist, which a query must not create (MLflow would, empty)."""
+    db = _sqlite_path(uri)
+    if db is not None and not db.is_file():
+        raise TrackingError(f"no MLflow store at {db} (run a sweep, or pass --tracking-uri/--out)")
+    return MlflowClient(uri)
+
+
 def resolve_tracking_uri(uri: str | None, out_dir: Path) -> str:
     """Explicit ``uri`` > ``MLFLOW_TRACKING_URI`` > ``sqlite:///<out_dir>/mlflow.db``.
 

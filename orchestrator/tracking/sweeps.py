@@ -21,8 +21,8 @@ from orchestrator.tracking.store import (
     TUNE_DIR_TAG,
     TrackingError,
     _quoted,
-    _sqlite_path,
     decode_param,
+    existing_store,
     safe_uri,
 )
 
@@ -40,13 +40,6 @@ class SweepRef:
     tune_dir: str | None
     metric: str
     mode: str
-
-
-def _client(uri: str) -> MlflowClient:
-    db = _sqlite_path(uri)
-    if db is not None and not db.is_file():
-        raise TrackingError(f"no MLflow store at {db} (run a sweep, or pass --tracking-uri/--out)")
-    return MlflowClient(uri)
 
 
 def _sweep_parents(client: MlflowClient, experiment_id: str) -> list[Any]:
@@ -72,7 +65,7 @@ def find_sweep(
 ) -> tuple[str, SweepRef]:
     """(experiment id, the sweep) named ``name`` or with parent run ``parent_run_id``;
     TrackingError names what is missing and lists the sweeps there are."""
-    client = _client(uri)
+    client = existing_store(uri)
     experiment_id = find_experiment(client, uri, experiment)
     parents = _sweep_parents(client, experiment_id)
     found = [
@@ -96,7 +89,7 @@ def finished_trials(uri: str, experiment_id: str, parent_run_id: str) -> list[di
         f"attributes.status = 'FINISHED' and tags.`{TRIAL_TAG}` IS NOT NULL "
         f"and tags.`{PARENT_TAG}` = {_quoted(parent_run_id)}"
     )
-    runs = _client(uri).search_runs([experiment_id], where, ViewType.ACTIVE_ONLY, 10_000)
+    runs = existing_store(uri).search_runs([experiment_id], where, ViewType.ACTIVE_ONLY, 10_000)
     return [_row(r) for r in runs]
 
 
@@ -107,7 +100,7 @@ def tag_run(uri: str, run_id: str, tags: Mapping[str, str]) -> None:
 def trial_runs(uri: str, experiment_id: str, parent_run_id: str) -> list[Any]:
     """Every trial run under ``parent_run_id``, whatever its status (MLflow ``Run`` objects)."""
     where = f"tags.`{TRIAL_TAG}` IS NOT NULL and tags.`{PARENT_TAG}` = {_quoted(parent_run_id)}"
-    return _client(uri).search_runs([experiment_id], where, ViewType.ACTIVE_ONLY, 10_000)
+    return existing_store(uri).search_runs([experiment_id], where, ViewType.ACTIVE_ONLY, 10_000)
 
 
 def log_summary(
