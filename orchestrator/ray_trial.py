@@ -149,10 +149,26 @@ def _publish_model(spec: TrialSpec, reporter: RayReporter) -> None:
     log.info("trial %s: final model in %s", spec.trial_id, uri)
 
 
+def _quiet_report_lines() -> None:
+    """Silence Ray Train's "Reporting training result ..." INFO line (one per rank per report).
+
+    Ray 2.60 logs it through ``logging.getLogger(__file__)`` in its train context module: a logger
+    named by a file path, outside ``ray.train``, so RunConfig's LoggingConfig does not reach it and
+    it propagates to the worker's root logger at INFO.
+    """
+    try:
+        from ray.train.v2._internal.execution import context as train_context
+    except ImportError:  # another Ray layout: nothing of ours to silence
+        return
+    logging.getLogger(train_context.__file__).setLevel(logging.WARNING)
+
+
 def train_worker(config: dict[str, TrialSpec]) -> None:
     """Ray Train's ``train_loop_per_worker``; ``config[SPEC_KEY]`` comes from the trial driver."""
     spec = config[SPEC_KEY]
     launch_s = time.time() - spec.driver_started
+    if not spec.verbose:
+        _quiet_report_lines()
     world_rank = ray.train.get_context().get_world_rank()
     cfg = spec.config()
     resume, resumed_from = _restore(spec.out_dir, world_rank)

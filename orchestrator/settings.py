@@ -176,7 +176,8 @@ class TrialSpec:
     ``objective``: what the sweep selects on; its value travels in the trial's reports.
     ``corpora_checked``: the sweep's driver checked every corpus's files, so trials do not.
     ``run_tags``: set on the trial's MLflow run when rank 0 opens it (a confirmation run's
-    configuration id and seed).
+    configuration id and seed). ``verbose``: keep Ray Train's per-rank "Reporting training
+    result" log lines (``--verbose``).
     """
 
     base: TrainerConfig
@@ -191,6 +192,7 @@ class TrialSpec:
     objective: Objective | None = None
     corpora_checked: bool = False
     run_tags: Mapping[str, str] = field(default_factory=dict)
+    verbose: bool = False
 
     @property
     def out_dir(self) -> Path:

@@ -84,6 +84,7 @@ def torch_trainer(
         objective=settings.objective,
         corpora_checked=corpora_checked,
         run_tags=run_tags or {},
+        verbose=settings.verbose,
     )
     return TorchTrainer(
         train_worker,

@@ -93,8 +93,9 @@ def _add_verbose(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--verbose",
         action="store_true",
-        help="also print Tune's result of every epoch and Ray Train's INFO logs (default: "
-        "Tune's table, one line per trial that ends)",
+        help="also print Tune's result of every epoch and Ray Train's INFO logs, with its "
+        "per-rank 'Reporting training result' lines (default: Tune's table, one line per "
+        "trial that ends)",
     )
 
 

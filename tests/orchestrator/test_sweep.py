@@ -124,7 +124,8 @@ def test_sweep_with_an_active_mlflow_run(
 ) -> None:
     """Inside a process that already has an active MLflow run (the normal state inside a Tune
     trial), the sweep logs to its own parent and child runs and leaves the active run alone.
-    Each trial that ends prints one line: its id, params, objective and wall time."""
+    Each trial that ends prints one line: its id, params, objective and wall time; Ray Train's
+    per-rank "Reporting training result" lines are off (they are kept only at --verbose)."""
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'other.db'}")
     mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'other.db'}")
     ours = f"sqlite:///{tmp_path / 'mlflow.db'}"
@@ -145,6 +146,15 @@ def test_sweep_with_an_active_mlflow_run(
     assert all(
         " finished: loss.temperature=" in line and "sweep/objective=" in line for line in ends
     )
+    logs = Path(ray_session._private.worker._global_node.get_logs_dir_path())
+    worker_logs = list(logs.glob("worker-*"))
+    assert worker_logs
+    noisy = [
+        p.name
+        for p in worker_logs
+        if "Reporting training result" in p.read_text("utf-8", "replace")
+    ]
+    assert not noisy, noisy
 
 
 def test_failing_trial_is_marked_failed_while_the_sweep_goes_on(
