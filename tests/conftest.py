@@ -17,5 +17,5 @@ from trainer.data.synth import generate
 def synth_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The tiny synthetic corpus, seed 0, generated once per session."""
     return generate(
-        tmp_path_factory.mktemp("corpus") / "synth", seed=0, size="tiny", progress=False
+        tmp_path_factory.mktemp("corpus") / "synth", seed=0, size="micro", progress=False
     )

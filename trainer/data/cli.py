@@ -42,10 +42,11 @@ def add_commands(parser: argparse.ArgumentParser) -> None:
     synth.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     synth.add_argument(
         "--size",
-        choices=("tiny", "small"),
+        choices=("micro", "tiny", "small"),
         default="tiny",
-        help="tiny: ~300 clips of 1-2 s, seconds to make (tests, make sweep); "
-        "small: ~2,400 clips of 2-5 s",
+        help="micro: ~300 clips of 1-2 s, seconds to make (the tests); tiny (default, make "
+        "sweep): ~1,700 clips of 1-2 s with >= 100 per class in every scored set and a weaker "
+        "vocoder artefact, about a minute to make; small: ~2,400 clips of 2-5 s",
     )
     synth.set_defaults(handler=_synth)
 

@@ -14,7 +14,7 @@ from trainer.data.corpora import parse_protocol, read_corpus
 from trainer.data.errors import CorpusError, MissingAudioError, ProtocolFormatError
 from trainer.data.synth import SIZES
 
-TINY = SIZES["tiny"]
+TINY = SIZES["micro"]
 
 
 def _cfg(kind: str, root: Path, **kw) -> DatasetConfig:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -108,10 +110,49 @@ def test_deterministic_for_a_seed() -> None:
         np.testing.assert_array_equal(a, b)
 
 
+def test_the_local_default_scores_every_set_on_100_clips_per_class() -> None:
+    """The tiny corpus (make sweep's) has >= 100 bona fide and >= 100 spoof clips in every set a
+    trial scores (dev, and the eval subset of 2021), so one error moves an EER by at most 1%."""
+    _, protocols = synth.plan(0, synth.SIZES["tiny"])
+    counts = {}
+    for rel, lines in protocols.items():
+        for line in lines[1:] if rel.endswith(".csv") else lines:
+            fields = line.replace(",", " ").split()
+            if "trial_metadata" in rel and fields[7] != "eval":
+                continue  # 2021's progress and hidden subsets are not scored
+            label = "spoof" if "spoof" in fields else "bonafide"
+            counts[(rel, label)] = counts.get((rel, label), 0) + 1
+    scored = {rel for rel, _ in counts if "train" not in rel}
+    assert len(scored) == 5, scored  # 2019 dev and eval, 2021 LA and DF, In-the-Wild
+    assert all(counts[(rel, label)] >= 100 for rel in scored for label in ("bonafide", "spoof"))
+
+
+def test_the_artifact_knob_leaves_part_of_the_natural_wave_in_a_spoof() -> None:
+    """At artifact 0.5 a spoof is half natural, half vocoded: it correlates with the natural
+    utterance far more than the fully vocoded spoof (artifact 1.0, the micro corpus) does."""
+    full = synth.SIZES["micro"]
+    half = dataclasses.replace(full, artifact=0.5)
+    clips, _ = synth.plan(0, full)
+    i = next(i for i, c in enumerate(clips) if c.spoof and not c.channel)
+    natural = synth.render(dataclasses.replace(clips[i], spoof=False), 0, i + 1, full)
+
+    def corr(size: synth.Size) -> float:
+        return float(np.corrcoef(natural, synth.render(clips[i], 0, i + 1, size))[0, 1])
+
+    assert corr(half) > 0.6 and corr(half) > corr(full) + 0.3, (corr(half), corr(full))
+
+
 def test_existing_output_is_reused_or_refused(synth_root: Path, tmp_path: Path) -> None:
-    assert synth.generate(synth_root, seed=0, size="tiny") == synth_root
+    assert synth.generate(synth_root, seed=0, size="micro") == synth_root
     with pytest.raises(FileExistsError, match="seed=1"):
-        synth.generate(synth_root, seed=1, size="tiny")
+        synth.generate(synth_root, seed=1, size="micro")
+    with pytest.raises(FileExistsError, match="size=tiny"):
+        synth.generate(synth_root, seed=0, size="tiny")
+    old = tmp_path / "old"
+    shutil.copytree(synth_root, old)
+    (old / synth.STAMP).write_text(json.dumps({"seed": 0, "size": "micro", "version": 1}))
+    with pytest.raises(FileExistsError, match=r"older generator .*delete it"):
+        synth.generate(old, seed=0, size="micro")
     (tmp_path / "keep.txt").write_text("user data")
     with pytest.raises(FileExistsError):
         synth.generate(tmp_path, seed=0, size="tiny")
@@ -135,7 +176,7 @@ def test_a_failed_generation_leaves_nothing(tmp_path: Path, monkeypatch) -> None
 
 
 def test_cli_synth_then_check_json(synth_root: Path, capsys) -> None:
-    assert main(["synth", "--out", str(synth_root)]) == 0
+    assert main(["synth", "--out", str(synth_root), "--size", "micro"]) == 0
     assert f"--root {synth_root / 'LA'}" in capsys.readouterr().out
     assert (
         main(
