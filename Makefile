@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 OUT ?= runs
 
-.PHONY: sweep test test-fast lint format bench clean
+.PHONY: sweep test test-fast lint format bench bench-search clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -41,6 +41,10 @@ bench: $(STAMP)
 	$(BIN)/python bench/train_step.py
 	$(BIN)/python bench/front_door.py
 	$(BIN)/python bench/bootstrap.py
+
+# The grid against TPE + ASHA on the local task: about 20 minutes on 2 cores.
+bench-search: $(STAMP)
+	$(BIN)/python bench/search_efficiency.py
 
 clean:
 	rm -rf $(VENV) $(OUT) .pytest_cache .ruff_cache *.egg-info
