@@ -224,6 +224,7 @@ def _outcome(settings: SweepSettings, results: ResultGrid, eval_failures: dict[s
     best trial could not be scored on the evaluation sets."""
     from orchestrator.best import print_table
     from orchestrator.tracking import query_best, safe_uri
+    from orchestrator.tracking.store import ui_link
 
     target = settings.target
     rows = query_best(
@@ -241,6 +242,7 @@ def _outcome(settings: SweepSettings, results: ResultGrid, eval_failures: dict[s
         f"\nTune results: {settings.tune_dir}/{settings.name}"
         f"\nMLflow: {safe_uri(target.uri)}"
         f"  (supcon-sweep best --experiment {target.experiment})"
+        f"\nMLflow UI: {ui_link(target.uri, target.experiment_id)}"
     )
     for trial_id, error in eval_failures.items():
         print(f"error: evaluation of trial {trial_id} failed: {error}", file=sys.stderr)

@@ -52,6 +52,16 @@ def safe_uri(uri: str) -> str:
     return f"{head}://{authority}{slash}{path}" + ("?..." if query else "")
 
 
+def ui_link(uri: str, experiment_id: str) -> str:
+    """Where to look at an experiment's runs in the MLflow UI. MLflow 3.17's UI opens on its
+    GenAI pages unless the URL asks for its model-training view (``workflowType``): a remembered
+    toggle there outranks the experiment's ``mlflow.experimentKind`` tag."""
+    page = f"#/experiments/{experiment_id}?workflowType=machine_learning"
+    if uri.startswith(("http://", "https://")):
+        return f"{safe_uri(uri).rstrip('/')}/{page}"
+    return f"mlflow ui --backend-store-uri {safe_uri(uri)} --host 127.0.0.1, then open http://127.0.0.1:5000/{page}"
+
+
 def _sqlite_path(uri: str) -> Path | None:
     if not uri.startswith("sqlite:///") or uri == "sqlite:///:memory:":
         return None

@@ -141,7 +141,12 @@ def test_sweep_with_an_active_mlflow_run(
     assert len(checkpoint_dirs(shared / "train")) == 2  # one per trial
     assert len(list((shared / "models").iterdir())) == 2
     assert not (tmp_path / "tune").exists() and not (tmp_path / "train").exists()
-    ends = [line for line in capsys.readouterr().out.splitlines() if line.startswith("trial ")]
+    out = capsys.readouterr().out
+    experiment_id = MlflowClient(ours).get_experiment_by_name(DEFAULT_EXPERIMENT).experiment_id
+    ui = f"/#/experiments/{experiment_id}?workflowType=machine_learning"
+    assert f"MLflow UI: mlflow ui --backend-store-uri {ours} --host 127.0.0.1" in out
+    assert ui in out  # the runs page, not 3.17's GenAI overview
+    ends = [line for line in out.splitlines() if line.startswith("trial ")]
     assert len(ends) == 2, ends
     assert all(
         " finished: loss.temperature=" in line and "sweep/objective=" in line for line in ends

@@ -347,3 +347,17 @@ def test_experiments_open_on_their_runs_in_the_mlflow_ui(store: Path, tmp_path: 
         SweepRun.start(uri, name, "s", searcher="grid", params={}, tags={}, space_text=None)
     assert other.get_experiment(plain).tags["mlflow.experimentKind"] == "custom_model_development"
     assert other.get_experiment(chosen).tags["mlflow.experimentKind"] == "genai_development"
+
+
+def test_the_ui_link_opens_the_runs_without_credentials() -> None:
+    """MLflow 3.17's UI opens experiments on its GenAI pages unless the URL asks for the
+    model-training view; the link a sweep prints asks for it and hides a password."""
+    from orchestrator.tracking.store import ui_link
+
+    remote = ui_link("https://bob:s3cret@mlflow.example.com/", "7")
+    assert remote == "https://***@mlflow.example.com/#/experiments/7?workflowType=machine_learning"
+    local = ui_link("sqlite:///runs/mlflow.db", "1")
+    assert local.startswith(
+        "mlflow ui --backend-store-uri sqlite:///runs/mlflow.db --host 127.0.0.1"
+    )
+    assert local.endswith("http://127.0.0.1:5000/#/experiments/1?workflowType=machine_learning")
