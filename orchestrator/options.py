@@ -14,7 +14,7 @@ from orchestrator.settings import DEFAULT_EXPERIMENT
 # One exit policy for every command: the trainer's, re-exported.
 from trainer.cli import EXIT_BAD_INPUT as EXIT_BAD_INPUT
 from trainer.cli import EXIT_FAILED as EXIT_FAILED
-from trainer.config import ConfigError
+from trainer.config import ConfigError, TrainerConfig, apply_overrides
 
 DEFAULT_OUT = Path("runs")
 DEFAULT_JOB_SERVER = "http://127.0.0.1:8265"
@@ -95,6 +95,24 @@ def check_gpus(workers: int, gpus: int) -> None:
             f"a GPU of its own (NCCL fails when two ranks share one, and a rank uses only one); "
             f"use --gpus-per-trial {workers}, or --workers-per-trial {gpus}"
         )
+
+
+def worker_threads(cfg: TrainerConfig, cpus_per_worker: float) -> TrainerConfig:
+    """The config a Ray worker runs: ``runtime.threads`` unset becomes the worker's CPUs; set
+    above them, a warning says that the node is oversubscribed (two 2-thread ranks on 2 cores
+    ran a local trial 2.5x slower than two 1-thread ranks)."""
+    cpus = max(1, int(cpus_per_worker))
+    threads = cfg.runtime.threads
+    if threads is None:
+        return apply_overrides(cfg, {"runtime.threads": cpus})
+    if threads > cpus:
+        print(
+            f"warning: runtime.threads={threads} with --cpus-per-worker {cpus_per_worker:g}: "
+            f"each rank runs {threads} threads on {cpus} reserved CPU(s), which oversubscribes "
+            f"the node; unset runtime.threads (or set it to {cpus}) unless that is intended",
+            file=sys.stderr,
+        )
+    return cfg
 
 
 def storage_path(storage: str | None) -> str:

@@ -23,6 +23,7 @@ from orchestrator.options import (
     check_gpus,
     check_ray_address,
     storage_path,
+    worker_threads,
 )
 from orchestrator.settings import SETTINGS_FILE, SweepSettings
 from search_spaces import SearchSpace, SpaceError, load_space
@@ -173,9 +174,7 @@ def _validated(args: argparse.Namespace) -> tuple[TrainerConfig, SearchSpace]:
     """The base config and the space, checked with the objective and the trial's resources;
     ConfigError or SpaceError names what is wrong."""
     cfg = load_config(args.config, [*args.overrides, "runtime.progress=false"])
-    if cfg.runtime.threads is None:
-        cfg = apply_overrides(cfg, {"runtime.threads": max(1, int(args.cpus_per_worker))})
-    cfg = resolve_roots(cfg)
+    cfg = resolve_roots(worker_threads(cfg, args.cpus_per_worker))
     space = load_space(args.space, cfg)
     check_objective(args.metric, args.mode, args.scheduler)
     check_gpus(args.workers_per_trial, args.gpus_per_trial)

@@ -17,6 +17,7 @@ from orchestrator.options import (
     bad_input,
     check_gpus,
     check_ray_address,
+    worker_threads,
 )
 from orchestrator.settings import SweepSettings
 from trainer import cli as trainer_cli
@@ -91,7 +92,8 @@ def _settings(args: argparse.Namespace, cfg: TrainerConfig) -> SweepSettings:
 
 def _on_ray(args: argparse.Namespace) -> int:
     try:
-        cfg = resolve_roots(load_config(args.config, [*args.overrides, "runtime.progress=false"]))
+        cfg = load_config(args.config, [*args.overrides, "runtime.progress=false"])
+        cfg = resolve_roots(worker_threads(cfg, args.cpus_per_worker))
         args.workers = args.workers or cfg.runtime.world_size or 2
         check_gpus(args.workers, args.gpus)
         if cfg.runtime.world_size not in (None, args.workers):

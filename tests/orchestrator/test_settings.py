@@ -91,3 +91,18 @@ def test_settings_are_frozen_and_gain_their_target_by_replace(tmp_path: Path) ->
     elsewhere = replace(target, uri="sqlite:////elsewhere.db")
     with pytest.raises(ValueError, match="is not the sweep's store"):
         replace(settings, tracking=elsewhere)
+
+
+def test_a_ray_worker_runs_as_many_threads_as_the_cpus_it_reserves(capsys) -> None:
+    """The local default leaves runtime.threads unset: a Ray rank gets its --cpus-per-worker;
+    a config that asks for more keeps its value, with a warning that names the oversubscription."""
+    from orchestrator.options import worker_threads
+
+    local = load_config()
+    assert local.runtime.threads is None
+    assert worker_threads(local, 2.0).runtime.threads == 2
+    assert worker_threads(local, 0.5).runtime.threads == 1
+    assert capsys.readouterr().err == ""
+    assert worker_threads(load_config(overrides=["runtime.threads=4"]), 1.0).runtime.threads == 4
+    err = capsys.readouterr().err
+    assert "runtime.threads=4 with --cpus-per-worker 1" in err and "oversubscribes" in err
