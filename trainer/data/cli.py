@@ -46,7 +46,13 @@ def add_commands(parser: argparse.ArgumentParser) -> None:
         default="tiny",
         help="micro: ~300 clips of 1-2 s, seconds to make (the tests); tiny (default, make "
         "sweep): ~1,700 clips of 1-2 s with >= 100 per class in every scored set and a weaker "
-        "vocoder artefact, about a minute to make; small: ~2,400 clips of 2-5 s",
+        "vocoder artefact, about half a minute to make on 2 cores; small: ~2,400 clips of 2-5 s",
+    )
+    synth.add_argument(
+        "--workers",
+        type=int,
+        help="processes rendering clips (default: one per available core, one for fewer than "
+        "500 clips); the files are the same for any number",
     )
     synth.set_defaults(handler=_synth)
 
@@ -81,7 +87,7 @@ def _synth(args: argparse.Namespace) -> int:
     from trainer.data.synth import generate
 
     try:
-        out = generate(args.out, seed=args.seed, size=args.size)
+        out = generate(args.out, seed=args.seed, size=args.size, workers=args.workers)
     except FileExistsError as err:
         print(f"error: {err}", file=sys.stderr)
         return 1

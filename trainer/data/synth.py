@@ -12,10 +12,12 @@ generator seeded by (seed, corpus, index).
 from __future__ import annotations
 
 import json
+import multiprocessing
 import os
 import shutil
 import tempfile
 from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -288,11 +290,61 @@ def plan(seed: int, size: Size) -> tuple[list[Clip], dict[str, list[str]]]:
     return clips, protocols
 
 
-def generate(out: Path, *, seed: int = 0, size: str = "tiny", progress: bool = True) -> Path:
+# Below this many clips one process is quicker than a pool, whose processes each import torch.
+POOL_MIN_CLIPS = 500
+
+
+def _quiet_worker() -> None:
+    """A pool process renders one clip at a time with one thread: the pool is the parallelism."""
+    import torch
+
+    torch.set_num_threads(1)
+
+
+def _write(job: tuple[Path, Clip, int, int, Size]) -> None:
+    staging, clip, seed, index, size = job
+    target = staging / clip.rel
+    target.parent.mkdir(parents=True, exist_ok=True)
+    sf.write(target, render(clip, seed, index, size), sig.SR, format=clip.fmt, subtype="PCM_16")
+
+
+def _write_all(jobs: list, workers: int, progress: bool, desc: str) -> None:
+    bar = tqdm(total=len(jobs), desc=desc, unit="clip", disable=not progress)
+    if workers <= 1:
+        for job in jobs:
+            _write(job)
+            bar.update()
+        bar.close()
+        return
+    pool = ProcessPoolExecutor(
+        workers, mp_context=multiprocessing.get_context("spawn"), initializer=_quiet_worker
+    )
+    try:
+        for _ in pool.map(_write, jobs, chunksize=16):
+            bar.update()
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)  # a failed clip stops the rest
+        bar.close()
+
+
+def default_workers(n_clips: int) -> int:
+    """Processes for a corpus of ``n_clips``: one per available core, one for a small corpus."""
+    return 1 if n_clips < POOL_MIN_CLIPS else max(1, len(os.sched_getaffinity(0)))
+
+
+def generate(
+    out: Path,
+    *,
+    seed: int = 0,
+    size: str = "tiny",
+    progress: bool = True,
+    workers: int | None = None,
+) -> Path:
     """Write the corpus under ``out``; nothing appears there unless every file was written.
 
     An existing ``out`` made with the same seed and size is reused as it is; any other existing,
-    non-empty ``out`` is an error (nothing is overwritten).
+    non-empty ``out`` is an error (nothing is overwritten). Clips are rendered by ``workers``
+    processes (default :func:`default_workers`); the files do not depend on how many.
     """
     if size not in SIZES:
         raise ValueError(f"unknown size {size!r}; expected one of {sorted(SIZES)}")
@@ -313,18 +365,15 @@ def generate(out: Path, *, seed: int = 0, size: str = "tiny", progress: bool = T
             "choose an empty or new --out"
         )
     clips, protocols = plan(seed, SIZES[size])
+    workers = default_workers(len(clips)) if workers is None else workers
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
         for rel, lines in protocols.items():
             (staging / rel).parent.mkdir(parents=True, exist_ok=True)
             (staging / rel).write_text("\n".join(lines) + "\n", encoding="utf-8")
-        bar = tqdm(clips, desc=f"synth {size}", unit="clip", disable=not progress)
-        for index, clip in enumerate(bar):
-            target = staging / clip.rel
-            target.parent.mkdir(parents=True, exist_ok=True)
-            wave = render(clip, seed, index + 1, SIZES[size])
-            sf.write(target, wave, sig.SR, format=clip.fmt, subtype="PCM_16")
+        jobs = [(staging, clip, seed, i + 1, SIZES[size]) for i, clip in enumerate(clips)]
+        _write_all(jobs, workers, progress, f"synth {size}")
         (staging / STAMP).write_text(json.dumps(stamp) + "\n")
         if out.exists():
             out.rmdir()

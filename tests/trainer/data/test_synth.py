@@ -171,8 +171,32 @@ def test_a_failed_generation_leaves_nothing(tmp_path: Path, monkeypatch) -> None
 
     monkeypatch.setattr(synth.sf, "write", failing_write)
     with pytest.raises(OSError, match="disk full"):
-        synth.generate(tmp_path / "corpus", seed=0, size="tiny", progress=False)
+        synth.generate(tmp_path / "corpus", seed=0, size="tiny", progress=False, workers=1)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_clip_failing_in_a_worker_process_leaves_nothing(tmp_path: Path, monkeypatch) -> None:
+    real_plan = synth.plan
+
+    def plan_with_a_bad_clip(seed, size):
+        clips, protocols = real_plan(seed, size)
+        clips[40] = dataclasses.replace(clips[40], fmt="NO-SUCH-FORMAT")
+        return clips, protocols
+
+    monkeypatch.setattr(synth, "plan", plan_with_a_bad_clip)
+    with pytest.raises(ValueError, match="NO-SUCH-FORMAT"):
+        synth.generate(tmp_path / "corpus", seed=0, size="micro", progress=False, workers=2)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_the_files_do_not_depend_on_the_number_of_processes(
+    synth_root: Path, tmp_path: Path
+) -> None:
+    """The session corpus (micro: one process) and the same corpus made by a pool of two."""
+    pooled = synth.generate(tmp_path / "pooled", seed=0, size="micro", progress=False, workers=2)
+    files = sorted(p.relative_to(synth_root) for p in synth_root.rglob("*") if p.is_file())
+    assert files == sorted(p.relative_to(pooled) for p in pooled.rglob("*") if p.is_file())
+    assert all((synth_root / f).read_bytes() == (pooled / f).read_bytes() for f in files)
 
 
 def test_cli_synth_then_check_json(synth_root: Path, capsys) -> None:
