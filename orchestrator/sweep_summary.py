@@ -25,6 +25,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
 import optuna
+from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 from optuna.distributions import BaseDistribution, CategoricalDistribution
 from optuna.trial import TrialState, create_trial
 
@@ -135,6 +136,22 @@ _PLOTS = {
 }
 
 
+def draw(study: optuna.Study, name: str, target_name: str) -> plt.Figure:
+    """Optuna's ``name`` plot of ``study`` (a key of ``_PLOTS``). Log-scaled x axes are labelled
+    at 1, 2 and 5 per decade, in plain numbers: Optuna's slice plot labels every minor tick of a
+    temperature axis as 2x10^-1, 3x10^-1, ..., which print on top of each other."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # Optuna's matplotlib plots are "experimental"
+        axes = _PLOTS[name](study, target_name=target_name)
+    fig = np.ravel(axes)[0].figure
+    for ax in fig.axes:
+        if ax.get_xscale() == "log":
+            ax.xaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
+            ax.xaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:g}"))
+            ax.xaxis.set_minor_formatter(NullFormatter())
+    return fig
+
+
 def study_plots(
     study: optuna.Study, folder: Path, target_name: str
 ) -> tuple[list[Path], dict[str, str]]:
@@ -142,15 +159,12 @@ def study_plots(
     could not be drawn (e.g. importances of fewer than two trials), why."""
     folder.mkdir(parents=True, exist_ok=True)
     files, skipped = [], {}
-    for name, draw in _PLOTS.items():
+    for name in _PLOTS:
         try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")  # Optuna's matplotlib plots are "experimental"
-                axes = draw(study, target_name=target_name)
+            fig = draw(study, name, target_name)
         except (ValueError, RuntimeError, ZeroDivisionError) as err:
             skipped[name] = str(err).splitlines()[0] if str(err) else type(err).__name__
             continue
-        fig = np.ravel(axes)[0].figure
         files.append(folder / f"{name}.png")
         fig.savefig(files[-1], dpi=110, bbox_inches="tight")
         plt.close(fig)

@@ -15,6 +15,7 @@ from orchestrator.sweep_summary import (
     FINISHED,
     STOPPED,
     TrialRecord,
+    draw,
     grid_heatmap,
     rebuild_study,
     study_plots,
@@ -88,6 +89,22 @@ def test_study_is_rebuilt_in_start_order_with_the_spaces_distributions(tmp_path:
     }
     assert {"optimization_history", "slice"} <= names, skipped
     assert all(f.stat().st_size > 5000 for f in files)
+
+
+def test_the_slice_plots_temperature_axis_has_readable_labels() -> None:
+    """Temperatures 0.07-0.3 on a log axis: Optuna labels 2x10^-1, 3x10^-1, ... on top of each
+    other; the saved plot labels 0.05, 0.1, 0.2, 0.5 and nothing in between."""
+    import matplotlib.pyplot as plt
+
+    dists = {"loss.temperature": FloatDistribution(0.05, 0.5, log=True)}
+    fig = draw(rebuild_study(_records(), "min", dists), "slice", "sweep/objective")
+    fig.canvas.draw()
+    log_axes = [ax for ax in fig.axes if ax.get_xscale() == "log"]
+    assert len(log_axes) == 1
+    minor = [t.get_text() for t in log_axes[0].xaxis.get_minorticklabels()]
+    major = [t.get_text() for t in log_axes[0].xaxis.get_majorticklabels()]
+    assert not any(minor) and {"0.1", "0.2"} <= set(major), (minor, major)
+    plt.close(fig)
 
 
 def test_grid_heatmap_has_one_panel_per_queue_size(tmp_path: Path) -> None:
