@@ -309,22 +309,17 @@ def _write(job: tuple[Path, Clip, int, int, Size]) -> None:
 
 
 def _write_all(jobs: list, workers: int, progress: bool, desc: str) -> None:
-    bar = tqdm(total=len(jobs), desc=desc, unit="clip", disable=not progress)
-    if workers <= 1:
-        for job in jobs:
-            _write(job)
-            bar.update()
-        bar.close()
-        return
-    pool = ProcessPoolExecutor(
-        workers, mp_context=multiprocessing.get_context("spawn"), initializer=_quiet_worker
-    )
+    pool = None
+    if workers > 1:
+        context = multiprocessing.get_context("spawn")
+        pool = ProcessPoolExecutor(workers, mp_context=context, initializer=_quiet_worker)
+    written = pool.map(_write, jobs, chunksize=16) if pool else map(_write, jobs)
     try:
-        for _ in pool.map(_write, jobs, chunksize=16):
-            bar.update()
+        for _ in tqdm(written, total=len(jobs), desc=desc, unit="clip", disable=not progress):
+            pass
     finally:
-        pool.shutdown(wait=True, cancel_futures=True)  # a failed clip stops the rest
-        bar.close()
+        if pool:
+            pool.shutdown(wait=True, cancel_futures=True)  # a failed clip stops the rest
 
 
 def default_workers(n_clips: int) -> int:
