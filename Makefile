@@ -42,7 +42,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/front_door.py
 	$(BIN)/python bench/bootstrap.py
 
-# The grid against TPE + ASHA on the local task: about 20 minutes on 2 cores.
+# The 24-trial grid against TPE + ASHA on the local task: 15 minutes on 2 cores.
 bench-search: $(STAMP)
 	$(BIN)/python bench/search_efficiency.py
 
