@@ -278,10 +278,16 @@ def build_tuner(
     )
 
 
+# A local instance's job: no Ray Train preemption watcher (see ray_init_kwargs).
+LOCAL_RUNTIME_ENV = {"env_vars": {"RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0"}}
+
+
 def ray_init_kwargs(address: str | None, max_concurrent: int) -> dict[str, Any]:
     """``ray.init``'s arguments: join ``address``; else, inside a Ray Job (whose supervisor sets
     ``RAY_ADDRESS``) or wherever a user set it, join that cluster as a plain ``ray.init()``
-    does; else start an isolated local instance bound to 127.0.0.1 with the driver slots."""
+    does; else start an isolated local instance bound to 127.0.0.1 with the driver slots, and
+    without Ray Train's preemption watcher: one machine has no node to be drained, and in Ray
+    2.60 the watcher prints an error-level ``core_worker.cc`` line for every trial."""
     if address:
         return {"address": address, "log_to_driver": True}
     if os.environ.get("RAY_ADDRESS"):
@@ -292,6 +298,7 @@ def ray_init_kwargs(address: str | None, max_concurrent: int) -> dict[str, Any]:
         "resources": {DRIVER_RESOURCE: max_concurrent},
         "include_dashboard": True,
         "dashboard_host": "127.0.0.1",
+        "runtime_env": LOCAL_RUNTIME_ENV,
     }
 
 

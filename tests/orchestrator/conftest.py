@@ -17,6 +17,8 @@ use_ray_token_auth()
 def ray_session():
     import ray
 
+    from orchestrator.sweep import LOCAL_RUNTIME_ENV
+
     # address="local" ignores RAY_ADDRESS and stale cluster files: never joins another Ray.
     ray.init(
         address="local",
@@ -26,6 +28,7 @@ def ray_session():
         include_dashboard=True,
         dashboard_host="127.0.0.1",
         log_to_driver=False,
+        runtime_env=LOCAL_RUNTIME_ENV,  # as the CLI starts a local instance
     )
     yield ray
     ray.shutdown()
