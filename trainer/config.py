@@ -10,7 +10,7 @@ import hashlib
 import json
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -41,6 +41,14 @@ class ModelConfig(_Strict):
     the real XLS-R 300M architecture with random weights, for performance work offline.
     ``revision``: the hub revision (branch, tag or commit) of ``pretrained``; ``best --export``
     pins the commit a trial loaded, so a rerun gets the same weights.
+
+    ``gradient_checkpointing``: recompute the transformer layers' activations in backward (about
+    a third more compute for a fraction of the memory). ``auto`` turns it on only where a
+    training step would not fit without it: off on CPU; on CUDA a one-time probe step at the
+    largest training batch decides (:mod:`trainer.memory`). ``attention``: the encoder's
+    attention through PyTorch's ``scaled_dot_product_attention`` (``sdpa``: PyTorch picks the
+    flash or memory-efficient kernel when the inputs allow it) or HF's matmul-softmax-matmul
+    (``eager``, the reference).
     """
 
     pretrained: str | None = None
@@ -49,7 +57,8 @@ class ModelConfig(_Strict):
     embedding_dim: int = Field(default=256, ge=2)
     layers: Literal["mean", "last", "weighted"] = "mean"
     dropout: float = Field(default=0.1, ge=0.0, lt=1.0)
-    gradient_checkpointing: bool = False
+    gradient_checkpointing: bool | Literal["auto"] = "auto"
+    attention: Literal["sdpa", "eager"] = "sdpa"
     spec_augment: SpecAugmentConfig = SpecAugmentConfig()
 
     @model_validator(mode="after")
@@ -87,7 +96,16 @@ class QueueConfig(_Strict):
 
 
 class DataConfig(_Strict):
-    """Training and dev splits, evaluation sets by name, and the loader settings."""
+    """Training and dev splits, evaluation sets by name, and the loader settings.
+
+    ``eval_batch_size: auto``: 32 on CPU; on CUDA the largest power of two (at most 1024) whose
+    inference forward at the evaluation crop fits in 70% of the GPU memory left to this process.
+    ``num_workers: auto``: no worker process on CPU (the trainer's own threads use the cores); on
+    CUDA one per CPU this process may use, less one for itself, at most 8.
+    ``pad_multiple``: a ``full``-crop batch is zero-padded to its longest clip rounded up to a
+    multiple of this many samples (null: no rounding); with ``runtime.compile`` that bounds the
+    number of shapes the compiled encoder sees (16000: at most 10 for 10-s crops).
+    """
 
     train: DatasetConfig
     dev: DatasetConfig
@@ -96,8 +114,9 @@ class DataConfig(_Strict):
     eval_crop: CropConfig = CropConfig(policy="head")
     rawboost: RawBoostConfig = RawBoostConfig()
     sampler: SamplerConfig = SamplerConfig()
-    eval_batch_size: int = Field(default=32, ge=1)
-    num_workers: int = Field(default=0, ge=0)
+    eval_batch_size: Annotated[int, Field(ge=1)] | Literal["auto"] = "auto"
+    num_workers: Annotated[int, Field(ge=0)] | Literal["auto"] = "auto"
+    pad_multiple: int | None = Field(default=None, ge=1)
 
 
 class Stage1Config(_Strict):
@@ -134,7 +153,16 @@ class RuntimeConfig(_Strict):
     sampler's plan, the epoch length and the global batch depend on it), ``any`` allows it.
     ``world_size``: the number of DDP ranks the config is meant for (the global batch is
     ``data.sampler.batch_size`` times it, and the epoch's length depends on it); a run with
-    another number refuses to start. ``null``: any (``best --export`` sets it)."""
+    another number refuses to start. ``null``: any (``best --export`` sets it).
+
+    Speed (none changes the method): ``compile`` runs the encoder through ``torch.compile``
+    (the first steps pay the compilation; fixed crops keep one graph). ``adamw``: the optimiser's
+    implementation, ``auto`` = ``fused`` (one kernel for all parameters) on CUDA, ``foreach`` on
+    CPU. ``sync_every``: the host waits for the device (the non-finite-loss check, the progress
+    bar's loss) once per this many steps rather than every step; a non-finite loss still names
+    the exact step it appeared at. ``gpu_memory_fraction``: the share of the GPU's memory this
+    process may allocate (a trial given 0.5 GPU gets 0.5; the Ray adapter sets it from the
+    trial's GPU share), null for all of it."""
 
     device: Literal["auto", "cpu", "cuda"] = "auto"
     precision: Literal["auto", "fp32", "tf32", "bf16"] = "auto"
@@ -142,6 +170,10 @@ class RuntimeConfig(_Strict):
     progress: bool = True
     resume_world_size: Literal["same", "any"] = "same"
     world_size: int | None = Field(default=None, ge=1)
+    compile: bool = False
+    adamw: Literal["auto", "fused", "foreach", "for-loop"] = "auto"
+    sync_every: int = Field(default=50, ge=1)
+    gpu_memory_fraction: float | None = Field(default=None, gt=0.0, le=1.0)
 
 
 class TrainerConfig(_Strict):

@@ -152,6 +152,14 @@ def all_reduce_sum(x: torch.Tensor) -> torch.Tensor:
     return out
 
 
+def all_reduce_min(x: torch.Tensor) -> torch.Tensor:
+    """A new tensor holding the element-wise minimum of ``x`` over ranks."""
+    out = x.detach().clone()
+    if is_distributed():
+        torch_dist.all_reduce(out, op=torch_dist.ReduceOp.MIN)
+    return out
+
+
 def all_reduce_mean(x: torch.Tensor) -> torch.Tensor:
     """A new tensor holding the element-wise mean of ``x`` over ranks (integers become float)."""
     return all_reduce_sum(x) / world_size()

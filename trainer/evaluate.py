@@ -25,6 +25,7 @@ from trainer.config import TrainerConfig, load_config, to_yaml
 from trainer.data.corpora import CorpusSplit
 from trainer.data.records import Utterance
 from trainer.embed import embed
+from trainer.memory import resolve_eval_batch
 from trainer.metrics import (
     SetResult,
     bootstrap_eer_ci,
@@ -35,7 +36,7 @@ from trainer.metrics import (
     write_scores,
 )
 from trainer.model import SupConModel
-from trainer.runtime import Runtime
+from trainer.runtime import Runtime, loader_workers
 from trainer.stage2 import freeze
 
 MODEL_DIR = "model"
@@ -52,18 +53,21 @@ class ModelNotFoundError(FileNotFoundError):
 def embed_split(
     model: nn.Module, split: CorpusSplit, cfg: TrainerConfig, rt: Runtime, desc: str
 ) -> torch.Tensor:
-    """(N, D) embeddings of ``split`` with the config's evaluation crop and batch size."""
+    """(N, D) embeddings of ``split`` with the config's evaluation crop, batch size and loader
+    workers (``auto`` resolved for this device, see :mod:`trainer.memory`)."""
     return embed(
         model,
         split.utterances,
         cfg.data.eval_crop,
         device=rt.device,
         precision=rt.autocast(),
-        batch_size=cfg.data.eval_batch_size,
-        num_workers=cfg.data.num_workers,
+        batch_size=resolve_eval_batch(cfg, model, rt),
+        num_workers=loader_workers(cfg.data.num_workers, cfg.runtime, rt.device),
         seed=cfg.seed,
         desc=desc,
         progress=rt.show_progress,
+        static_batches=cfg.runtime.compile,
+        pad_multiple=cfg.data.pad_multiple,
     )
 
 

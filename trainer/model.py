@@ -92,7 +92,8 @@ def encoder_settings(spec: SpecAugmentConfig) -> dict[str, Any]:
 
 
 def build_encoder(cfg: ModelConfig) -> Wav2Vec2Model:
-    """A ``Wav2Vec2Model`` from ``cfg.preset`` (random weights) or ``cfg.pretrained``, DDP-safe."""
+    """A ``Wav2Vec2Model`` from ``cfg.preset`` (random weights) or ``cfg.pretrained``, DDP-safe,
+    its attention through ``cfg.attention``."""
     settings = encoder_settings(cfg.spec_augment)
     if cfg.preset is not None:
         config = Wav2Vec2Config(**_XLSR_COMMON, **_PRESETS[cfg.preset], **settings)
@@ -100,6 +101,7 @@ def build_encoder(cfg: ModelConfig) -> Wav2Vec2Model:
     else:
         encoder = _load_pretrained(cfg.pretrained, {**settings, "revision": cfg.revision})
     _check_masking(encoder.config, cfg.pretrained or cfg.preset)
+    encoder.set_attn_implementation(cfg.attention)
     return encoder
 
 
@@ -206,11 +208,22 @@ class SupConModel(nn.Module):
         super().__init__()
         self.cfg = cfg
         self.encoder = build_encoder(cfg)
-        if cfg.gradient_checkpointing:
-            # Non-reentrant: works under DDP and without inputs that require grad.
-            self.encoder.activation_checkpointing_enable({"use_reentrant": False})
+        # ``auto`` starts off; trainer.memory decides before training.
+        self.set_checkpointing(cfg.gradient_checkpointing is True)
         config = self.encoder.config
         self.head = _Head(cfg, config.hidden_size, config.num_hidden_layers + 1)
+
+    def set_checkpointing(self, on: bool) -> None:
+        """Gradient checkpointing of the encoder's layers on or off (before wrapping in DDP)."""
+        if on:
+            # Non-reentrant: works under DDP and without inputs that require grad.
+            self.encoder.activation_checkpointing_enable({"use_reentrant": False})
+        elif self.encoder.is_activation_checkpointing:
+            self.encoder.activation_checkpointing_disable()
+
+    @property
+    def checkpointing(self) -> bool:
+        return self.encoder.is_activation_checkpointing
 
     def encoder_parameters(self) -> Iterator[nn.Parameter]:
         return self.encoder.parameters()
@@ -287,6 +300,18 @@ class SupConModel(nn.Module):
         if embed is None or not torch.is_grad_enabled():
             return 0.0
         return 0.0 * embed.sum()
+
+
+def padding_mask(mask: torch.Tensor, device: torch.device) -> torch.Tensor | None:
+    """A batch's 0/1 ``mask`` (B, T) moved to ``device``, or None when no clip is padded.
+
+    Checked on the loader's host copy, so the question costs no device sync. Without a mask the
+    encoder skips its padding path, whose boolean-mask assignment waits for the device every
+    forward, and SDPA may take the flash kernel, which takes no mask; the output is the same.
+    """
+    if mask.device.type == "cpu" and bool(mask.all()):
+        return None
+    return mask.to(device, non_blocking=True)
 
 
 def _normalise(wave: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:

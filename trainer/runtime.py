@@ -1,4 +1,5 @@
-"""Device, precision, threads and seeding of one trainer process."""
+"""Device, precision, threads, memory share and seeding of one trainer process, and the
+implementation choices that follow from them (AdamW's kernel, loader workers)."""
 
 from __future__ import annotations
 
@@ -46,6 +47,10 @@ def setup(cfg: RuntimeConfig, seed: int) -> Runtime:
     threads = cfg.threads or int(os.environ.get("OMP_NUM_THREADS", 0)) or None
     if threads:
         torch.set_num_threads(threads)
+    if use_cuda and cfg.gpu_memory_fraction is not None:
+        # Several trials packed on one GPU: the caching allocator raises OutOfMemoryError past
+        # this share instead of taking memory a neighbour needs.
+        torch.cuda.set_per_process_memory_fraction(cfg.gpu_memory_fraction, device)
     seed_everything(seed + distributed.world_rank())
     bf16 = use_cuda and cfg.precision in ("auto", "bf16")
     return Runtime(device=device, bf16=bf16, show_progress=cfg.progress and distributed.is_main())
@@ -64,3 +69,32 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
+
+
+def adamw_options(choice: str, device: torch.device) -> dict[str, bool]:
+    """``torch.optim.AdamW`` keyword arguments for ``runtime.adamw``: ``auto`` is the fused
+    kernel on CUDA (one launch for every parameter) and ``foreach`` elsewhere."""
+    if choice == "auto":
+        choice = "fused" if device.type == "cuda" else "foreach"
+    if choice == "fused":
+        return {"fused": True}
+    return {"foreach": choice == "foreach"}
+
+
+def cpus_of_this_process(cfg: RuntimeConfig) -> int:
+    """The CPUs this rank may use: ``runtime.threads`` when set (a Ray worker gets its reserved
+    CPUs there), else this process's CPU affinity shared among the node's ranks."""
+    if cfg.threads:
+        return cfg.threads
+    local_ranks = int(os.environ.get("LOCAL_WORLD_SIZE", 1))
+    return max(1, len(os.sched_getaffinity(0)) // max(1, local_ranks))
+
+
+def loader_workers(setting: int | str, cfg: RuntimeConfig, device: torch.device) -> int:
+    """``data.num_workers``: as set, or (``auto``) none on CPU, where the trainer's threads use the
+    cores, and on CUDA one per CPU of this rank less one for the rank itself, at most 8."""
+    if setting != "auto":
+        return int(setting)
+    if device.type != "cuda":
+        return 0
+    return min(8, cpus_of_this_process(cfg) - 1)

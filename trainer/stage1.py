@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch.profiler import record_function
 from tqdm import tqdm
 
 from trainer import checkpoint, distributed
@@ -28,17 +29,23 @@ from trainer.data.records import Utterance
 from trainer.data.sampler import BalancedBatchSampler, balanced_subset
 from trainer.embed import embed
 from trainer.loss import supcon_loss
+from trainer.memory import resolve_checkpointing, resolve_eval_batch
 from trainer.metrics import compute_eer
-from trainer.model import SupConModel
+from trainer.model import SupConModel, padding_mask
 from trainer.queue import CrossBatchQueue
 from trainer.reporting import Reporter
-from trainer.runtime import Runtime
+from trainer.runtime import Runtime, adamw_options, loader_workers
 
 log = logging.getLogger(__name__)
 
 
 class NonFiniteLossError(RuntimeError):
-    """The loss became NaN or inf; the trial must fail visibly, not continue silently."""
+    """The loss became NaN or inf at global step ``step``; the trial must fail visibly, not
+    continue silently."""
+
+    def __init__(self, message: str, step: int) -> None:
+        super().__init__(message)
+        self.step = step
 
 
 @dataclass
@@ -76,13 +83,16 @@ class Stage1Result:
 
 
 def build_optimizer(cfg: TrainerConfig, model: SupConModel) -> torch.optim.AdamW:
-    """AdamW over two groups: encoder at ``stage1.lr_encoder``, head at ``stage1.lr_head``."""
+    """AdamW over two groups: encoder at ``stage1.lr_encoder``, head at ``stage1.lr_head``; the
+    implementation (fused, foreach, for-loop) from ``runtime.adamw`` for the model's device."""
     s1 = cfg.stage1
     groups = [
         {"params": list(model.encoder_parameters()), "lr": s1.lr_encoder},
         {"params": list(model.head_parameters()), "lr": s1.lr_head},
     ]
-    return torch.optim.AdamW(groups, weight_decay=s1.weight_decay)
+    device = next(model.parameters()).device
+    options = adamw_options(cfg.runtime.adamw, device)
+    return torch.optim.AdamW(groups, weight_decay=s1.weight_decay, **options)
 
 
 def build_schedule(
@@ -149,9 +159,53 @@ def dev_supcon_loss(z: torch.Tensor, labels: torch.Tensor, cfg: TrainerConfig) -
     return float(torch.stack(losses).mean())
 
 
+class LossWatch:
+    """This rank's step losses, kept on the device and checked every ``every`` steps.
+
+    A check is one host sync and one all-reduce: it raises :class:`NonFiniteLossError` naming
+    the first step at which any rank's loss was NaN or inf, and otherwise returns the checked
+    losses as floats. Between checks nothing waits for the device, so the host keeps queueing
+    work; the steps after a non-finite loss (at most ``every - 1``) are wasted, not hidden.
+    Every rank must add and check at the same steps (the all-reduce is a collective).
+    """
+
+    def __init__(self, every: int) -> None:
+        self.every = every
+        self.losses: list[torch.Tensor] = []  # 0-d device tensors
+        self.first_step = 0
+
+    def add(self, loss: torch.Tensor, step: int) -> list[float]:
+        """Record ``loss`` (0-d, detached) of global step ``step``; check when ``every`` are
+        pending. Returns the losses checked now ([] when none)."""
+        if not self.losses:
+            self.first_step = step
+        self.losses.append(loss)
+        return self.check() if len(self.losses) >= self.every else []
+
+    def check(self) -> list[float]:
+        if not self.losses:
+            return []
+        losses = torch.stack(self.losses).float()  # (n,)
+        n = len(self.losses)
+        bad = ~torch.isfinite(losses)
+        first = torch.where(bad.any(), bad.float().argmax(), torch.tensor(n, device=bad.device))
+        first = int(distributed.all_reduce_min(first))
+        values = losses.tolist()
+        self.losses = []
+        if first < n:
+            step = self.first_step + first
+            value = values[first] if not math.isfinite(values[first]) else "not finite on a rank"
+            raise NonFiniteLossError(f"stage 1 loss is {value}", step)
+        return values
+
+
 class Stepper:
     """One stage-1 optimisation step: forward, SupCon (local or gathered batch, + queue),
-    backward, clip, AdamW, then enqueue the gathered batch. The benchmark times exactly this."""
+    backward, clip, AdamW, then enqueue the gathered batch. The benchmark times exactly this.
+
+    Nothing in a step waits for the device (:class:`LossWatch` checks the losses); the
+    ``stage1/*`` profiler ranges name its parts in a ``torch.profiler`` trace.
+    """
 
     def __init__(
         self,
@@ -171,35 +225,37 @@ class Stepper:
 
     def __call__(
         self, batch: dict[str, torch.Tensor], *, use_queue: bool
-    ) -> tuple[float, torch.Tensor]:
-        """Returns (this rank's loss, its detached embeddings (B, D))."""
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Returns (this rank's loss, detached, 0-d on the device; its embeddings (B, D))."""
         cfg, device = self.cfg, self.rt.device
-        wave = batch["waveform"].to(device, non_blocking=True)
-        mask = batch["attention_mask"].to(device, non_blocking=True)
-        labels = batch["label"].to(device, non_blocking=True)
-        with self.rt.autocast():
+        wave = batch["waveform"].to(device, non_blocking=True)  # (B, T)
+        mask = padding_mask(batch["attention_mask"], device)  # (B, T) or None
+        labels = batch["label"].to(device, non_blocking=True)  # (B,)
+        with record_function("stage1/forward"), self.rt.autocast():
             z = self.ddp(wave, mask)  # (B, D)
-        loss, gathered_z, gathered_labels = contrastive_step(
-            z,
-            labels,
-            self.queue,
-            similarity=cfg.loss.similarity,
-            temperature=cfg.loss.temperature,
-            use_queue=use_queue,
-            queue_positives=cfg.queue.positives,
-            contrast=cfg.loss.contrast,
-        )
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        if distributed.all_reduce_sum((~torch.isfinite(loss.detach())).float()).item() > 0:
-            raise NonFiniteLossError(f"stage 1 loss is {loss.item()}")
-        if cfg.stage1.grad_clip is not None:
-            torch.nn.utils.clip_grad_norm_(self.clip_params, cfg.stage1.grad_clip)
-        self.optimizer.step()
-        self.scheduler.step()
+        with record_function("stage1/loss"):
+            loss, gathered_z, gathered_labels = contrastive_step(
+                z,
+                labels,
+                self.queue,
+                similarity=cfg.loss.similarity,
+                temperature=cfg.loss.temperature,
+                use_queue=use_queue,
+                queue_positives=cfg.queue.positives,
+                contrast=cfg.loss.contrast,
+            )
+        with record_function("stage1/backward"):
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+        with record_function("stage1/optimizer"):
+            if cfg.stage1.grad_clip is not None:
+                torch.nn.utils.clip_grad_norm_(self.clip_params, cfg.stage1.grad_clip)
+            self.optimizer.step()
+            self.scheduler.step()
         if use_queue:
-            self.queue.enqueue(gathered_z, gathered_labels)
-        return loss.item(), z.detach()
+            with record_function("stage1/enqueue"):
+                self.queue.enqueue(gathered_z, gathered_labels)
+        return loss.detach(), z.detach()
 
 
 def _monitor_clips(dev: CorpusSplit, cfg: TrainerConfig) -> list[Utterance]:
@@ -255,14 +311,22 @@ class Stage1:
         dataset = AudioDataset(
             train.utterances, cfg.data.train_crop, augment=augment, seed=cfg.seed
         )
+        self.workers = loader_workers(cfg.data.num_workers, cfg.runtime, rt.device)
         self.loader = make_loader(
             dataset,
             batch_sampler=self.sampler,
-            num_workers=cfg.data.num_workers,
+            num_workers=self.workers,
             seed=cfg.seed,
             world_rank=distributed.world_rank(),
             pin_memory=rt.device.type == "cuda",
+            pad_multiple=cfg.data.pad_multiple,
         )
+        # Both before DDP wraps the model: the probes run it alone.
+        resolve_checkpointing(cfg, model, rt)
+        self.eval_batch = resolve_eval_batch(cfg, model, rt)
+        if cfg.runtime.compile:
+            # In place: the state dict keeps its keys, so checkpoints do not depend on it.
+            model.encoder.compile()
         self.optimizer = build_optimizer(cfg, model)
         total_steps = cfg.stage1.epochs * len(self.sampler)
         self.scheduler = build_schedule(cfg, self.optimizer, total_steps)
@@ -320,23 +384,16 @@ class Stage1:
         q = self.cfg.queue
         return q.size > 0 and epoch >= q.start_epoch and step >= q.start_step
 
-    def _step(
-        self, batch: dict[str, torch.Tensor], epoch: int, step: int
-    ) -> tuple[float, torch.Tensor]:
-        try:
-            return self.stepper(batch, use_queue=self._queue_on(epoch, step))
-        except NonFiniteLossError as err:
-            raise NonFiniteLossError(
-                f"{err} at epoch {epoch}, step {step}: stopping the trial (lower the learning "
-                "rates or raise loss.temperature)"
-            ) from None
-
     def _train_epoch(self, epoch: int, progress: Progress) -> EpochResult:
-        """One pass over this epoch's batches; advances ``progress.step`` once per batch."""
+        """One pass over this epoch's batches; advances ``progress.step`` once per batch. The
+        losses are checked (a host sync) after the first step, every ``runtime.sync_every``
+        steps and at the end of the epoch."""
         rt = self.rt
         self.sampler.set_epoch(epoch)
         self.stepper.ddp.train()
-        total, batches, first_step_at = 0.0, 0, None
+        watch = LossWatch(self.cfg.runtime.sync_every)
+        losses: list[float] = []
+        first_step_at = None
         bona_sum = torch.zeros(self.cfg.model.embedding_dim, device=rt.device)  # (D,)
         n_bona = torch.zeros((), device=rt.device)
         bar = tqdm(
@@ -346,19 +403,28 @@ class Stage1:
             leave=False,
             disable=not rt.show_progress,
         )
-        for batch in bar:
-            labels = batch["label"].to(rt.device, non_blocking=True)
-            loss, z = self._step(batch, epoch, progress.step)
-            bona = labels == 1
-            bona_sum += z.float()[bona].sum(0)
-            n_bona += bona.sum()
-            total += loss
-            batches += 1
-            progress.step += 1
-            if first_step_at is None:
-                first_step_at = time.monotonic()
-            bar.set_postfix(loss=f"{loss:.4f}")
-        mean_loss = torch.tensor(total / max(1, batches), device=rt.device)
+        try:
+            for batch in bar:
+                bona = batch["label"].to(rt.device, non_blocking=True) == 1  # (B,)
+                loss, z = self.stepper(batch, use_queue=self._queue_on(epoch, progress.step))
+                bona_sum += (z.float() * bona[:, None]).sum(0)  # no boolean indexing: no sync
+                n_bona += bona.sum()
+                checked = watch.add(loss, progress.step)
+                progress.step += 1
+                if first_step_at is None:
+                    checked += watch.check()
+                    first_step_at = time.monotonic()
+                if checked:
+                    losses += checked
+                    bar.set_postfix(loss=f"{checked[-1]:.4f}")
+            losses += watch.check()
+        except NonFiniteLossError as err:
+            raise NonFiniteLossError(
+                f"{err} at epoch {epoch}, step {err.step}: stopping the trial (lower the "
+                "learning rates or raise loss.temperature)",
+                err.step,
+            ) from None
+        mean_loss = torch.tensor(sum(losses) / max(1, len(losses)), device=rt.device)
         metrics = {
             "encoder/train/loss": float(distributed.all_reduce_mean(mean_loss)),
             "encoder/train/lr_encoder": self.optimizer.param_groups[0]["lr"],
@@ -378,10 +444,12 @@ class Stage1:
             cfg.data.eval_crop,
             device=self.rt.device,
             precision=self.rt.autocast(),
-            batch_size=cfg.data.eval_batch_size,
-            num_workers=cfg.data.num_workers,
+            batch_size=self.eval_batch,
+            num_workers=self.workers,
             seed=cfg.seed,
             desc="dev",
+            static_batches=cfg.runtime.compile,
+            pad_multiple=cfg.data.pad_multiple,
         )  # (N, D)
         labels = torch.tensor([u.target for u in dev])
         direction = torch.nn.functional.normalize(centroid.float().cpu(), dim=0)

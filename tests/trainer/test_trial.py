@@ -140,13 +140,18 @@ def test_resume_after_kill_matches_uninterrupted_run(synth_root: Path, tmp_path:
     assert "eval/pooled_mean/eer" in results(killed)
 
 
-def test_non_finite_loss_fails_the_trial(synth_root: Path, tmp_path: Path, capsys) -> None:
+@pytest.mark.parametrize("sync_every", [1, 50])
+def test_non_finite_loss_fails_the_trial(
+    synth_root: Path, tmp_path: Path, capsys, sync_every: int
+) -> None:
+    """Checked every step or every 50 (runtime.sync_every), the trial fails naming the step."""
     code = main(
         [
             "--out",
             str(tmp_path / "nan"),
             *micro(synth_root, epochs=1),
             "loss.temperature=1e-40",
+            f"runtime.sync_every={sync_every}",
         ]
     )
     assert code == 1

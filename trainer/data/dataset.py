@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import random
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -64,10 +65,16 @@ class AudioDataset(Dataset):
         }
 
 
-def collate(items: Sequence[dict[str, Any]]) -> dict[str, torch.Tensor]:
-    """Stack clips, zero-padding to the longest; ``attention_mask`` is 1 on real samples."""
+def collate(
+    items: Sequence[dict[str, Any]], pad_multiple: int | None = None
+) -> dict[str, torch.Tensor]:
+    """Stack clips, zero-padding to the longest (rounded up to a multiple of ``pad_multiple``
+    samples when set: fewer distinct shapes for a compiled model); ``attention_mask`` is 1 on
+    real samples."""
     lengths = torch.tensor([it["waveform"].shape[0] for it in items])
     longest = int(lengths.max())
+    if pad_multiple:
+        longest = -(-longest // pad_multiple) * pad_multiple
     waveform = torch.zeros(len(items), longest)  # (B, T)
     for row, it in enumerate(items):
         waveform[row, : it["waveform"].shape[0]] = it["waveform"]
@@ -97,12 +104,13 @@ def make_loader(
     seed: int = 0,
     world_rank: int = 0,
     pin_memory: bool = False,
+    pad_multiple: int | None = None,
 ) -> DataLoader:
     """A DataLoader whose worker seeding is a function of (seed, world_rank)."""
     generator = torch.Generator().manual_seed(seed * 1_000_003 + world_rank)
     common: dict[str, Any] = {
         "num_workers": num_workers,
-        "collate_fn": collate,
+        "collate_fn": functools.partial(collate, pad_multiple=pad_multiple),
         "worker_init_fn": _seed_worker_globals,
         "generator": generator,
         "pin_memory": pin_memory,
