@@ -83,7 +83,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         type=int,
         help="DDP ranks per rerun (default: the sweep's; another number changes the global batch)",
     )
-    p.add_argument("--gpus-per-trial", type=int, help="GPUs per rerun (default: the sweep's)")
+    p.add_argument("--gpus-per-trial", type=float, help="GPUs per rerun (default: the sweep's)")
     p.add_argument(
         "--storage",
         help="where the reruns' Train checkpoints and models go (default: the sweep's storage)",

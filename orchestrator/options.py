@@ -86,15 +86,46 @@ def check_ray_address(address: str | None, timeout: float = 5.0) -> None:
         raise ConnectionError(f"no Ray cluster reachable at {address}: {err}") from None
 
 
-def check_gpus(workers: int, gpus: int) -> None:
-    """One GPU per DDP rank, or none: NCCL refuses two ranks of one process group on one GPU
-    ("Duplicate GPU detected"), and a rank given two GPUs uses one."""
+def check_gpus(workers: int, gpus: float) -> None:
+    """One GPU per DDP rank, a share of one GPU for a one-rank trial, or none.
+
+    NCCL refuses two ranks of one process group on one GPU ("Duplicate GPU detected") and a
+    rank given two GPUs uses one; so ``gpus`` >= 1 must equal ``workers``. Below 1 (Ray's
+    fractional GPUs: 0.5 packs 2 trials on a GPU, 0.25 packs 4) the trial must have one rank,
+    else Ray could place two of its ranks on the same GPU, and 1 / ``gpus`` must be a whole
+    number, else part of every GPU stays unused."""
+    if gpus < 0:
+        raise ConfigError(f"--gpus-per-trial {gpus:g}: must be 0 (CPU), a share or a count")
+    if 0 < gpus < 1:
+        if workers != 1:
+            raise ConfigError(
+                f"--gpus-per-trial {gpus:g} with --workers-per-trial {workers}: a share of a GPU "
+                "is for a one-rank trial; with more ranks Ray may put two ranks of the trial on "
+                "one GPU, which NCCL refuses. Use --workers-per-trial 1 to pack trials, or "
+                f"--gpus-per-trial {workers}"
+            )
+        per_gpu = 1 / gpus
+        if abs(per_gpu - round(per_gpu)) > 1e-3:
+            raise ConfigError(
+                f"--gpus-per-trial {gpus:g}: {per_gpu:.2f} trials per GPU leaves part of each "
+                "GPU unused; use 1/N (0.5, 0.25, 0.2, ...)"
+            )
+        return
     if gpus and gpus != workers:
         raise ConfigError(
-            f"--gpus-per-trial {gpus} with --workers-per-trial {workers}: each DDP rank needs "
+            f"--gpus-per-trial {gpus:g} with --workers-per-trial {workers}: each DDP rank needs "
             f"a GPU of its own (NCCL fails when two ranks share one, and a rank uses only one); "
-            f"use --gpus-per-trial {workers}, or --workers-per-trial {gpus}"
+            f"use --gpus-per-trial {workers}, or --workers-per-trial {gpus:g}"
         )
+
+
+def gpu_share(cfg: TrainerConfig, gpus: float) -> TrainerConfig:
+    """The config of a trial given ``gpus`` < 1 of a GPU: ``runtime.gpu_memory_fraction`` that
+    share (unless set), so a packed trial's allocator stops at its share instead of taking the
+    memory of the trials beside it."""
+    if 0 < gpus < 1 and cfg.runtime.gpu_memory_fraction is None:
+        return apply_overrides(cfg, {"runtime.gpu_memory_fraction": gpus})
+    return cfg
 
 
 def worker_threads(cfg: TrainerConfig, cpus_per_worker: float) -> TrainerConfig:

@@ -43,11 +43,12 @@ class TrackingTarget:
 @dataclass(frozen=True)
 class TrialResources:
     """What one trial's Ray Train run holds: ``workers`` DDP ranks of ``cpus_per_worker`` CPUs
-    each, and ``gpus`` GPUs in all (0: gloo on CPUs). Recorded on the trial's MLflow run, so a
+    each, and ``gpus`` GPUs in all (0: gloo on CPUs; below 1, a one-rank trial's share of one
+    GPU). Recorded on the trial's MLflow run, so a
     later evaluation of the trial runs on the same resources."""
 
     workers: int
-    gpus: int
+    gpus: float
     cpus_per_worker: float
 
     def to_json(self) -> str:
@@ -79,7 +80,7 @@ class SweepSettings:
     scheduler: str
     workers_per_trial: int
     cpus_per_worker: float
-    gpus_per_trial: int
+    gpus_per_trial: float
     max_failures: int
     seed: int
     out_dir: str

@@ -61,6 +61,8 @@ def entrypoint(args: argparse.Namespace) -> str:
             continue
         if isinstance(value, Path) and value.resolve().is_relative_to(ROOT):
             value = value.resolve().relative_to(ROOT)  # the working_dir is unpacked elsewhere
+        if isinstance(value, float):
+            value = f"{value:g}"  # --gpus-per-trial 2, not 2.0
         words += ["--" + key.replace("_", "-"), str(value)]
     return shlex.join(words + list(args.overrides))
 

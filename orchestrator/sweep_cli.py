@@ -22,6 +22,7 @@ from orchestrator.options import (
     bad_input,
     check_gpus,
     check_ray_address,
+    gpu_share,
     storage_path,
     worker_threads,
 )
@@ -117,7 +118,13 @@ def eval_top_k(text: str) -> int | None:
 
 def _add_trial_resources(p: argparse.ArgumentParser) -> None:
     p.add_argument("--workers-per-trial", type=int, default=2, help="Ray Train workers (DDP ranks)")
-    p.add_argument("--gpus-per-trial", type=int, default=0, help="0 runs gloo on CPUs")
+    p.add_argument(
+        "--gpus-per-trial",
+        type=float,
+        default=0,
+        help="GPUs per trial: one per worker, or a share (0.5, 0.25) of one GPU for a one-worker "
+        "trial, packing 2 or 4 trials per GPU; 0 runs gloo on CPUs",
+    )
     p.add_argument("--cpus-per-worker", type=float, default=1.0)
     p.add_argument(
         "--max-failures",
@@ -178,7 +185,7 @@ def _validated(args: argparse.Namespace) -> tuple[TrainerConfig, SearchSpace]:
     space = load_space(args.space, cfg)
     check_objective(args.metric, args.mode, args.scheduler)
     check_gpus(args.workers_per_trial, args.gpus_per_trial)
-    return cfg, space
+    return gpu_share(cfg, args.gpus_per_trial), space
 
 
 def _settings(args: argparse.Namespace, cfg: TrainerConfig, space: SearchSpace) -> SweepSettings:

@@ -17,6 +17,7 @@ from orchestrator.options import (
     bad_input,
     check_gpus,
     check_ray_address,
+    gpu_share,
     worker_threads,
 )
 from orchestrator.settings import SweepSettings
@@ -51,9 +52,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "--gpus-per-trial",
         "--gpus",
         dest="gpus",
-        type=int,
+        type=float,
         default=0,
-        help="GPUs for the trial (0: gloo on CPU)",
+        help="GPUs for the trial: one per worker, or a share (0.5, 0.25) of one GPU for one "
+        "worker (0: gloo on CPU)",
     )
     group.add_argument("--cpus-per-worker", type=float, default=1.0)
     add_ray_args(group)
@@ -96,6 +98,7 @@ def _on_ray(args: argparse.Namespace) -> int:
         cfg = resolve_roots(worker_threads(cfg, args.cpus_per_worker))
         args.workers = args.workers or cfg.runtime.world_size or 2
         check_gpus(args.workers, args.gpus)
+        cfg = gpu_share(cfg, args.gpus)
         if cfg.runtime.world_size not in (None, args.workers):
             raise ConfigError(
                 f"--workers-per-trial {args.workers}, but the config's runtime.world_size is "

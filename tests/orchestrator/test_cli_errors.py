@@ -108,6 +108,9 @@ def test_bad_space_names_the_key(tmp_path: Path, capsys) -> None:
         # Two NCCL ranks on one GPU fail at start-up ("Duplicate GPU detected").
         (["--gpus-per-trial", "1", "--workers-per-trial", "2"], "a GPU of its own"),
         (["--gpus-per-trial", "4", "--workers-per-trial", "2"], "--gpus-per-trial 2"),
+        # A share of a GPU is for one rank: two ranks of the trial could land on one GPU.
+        (["--gpus-per-trial", "0.5", "--workers-per-trial", "2"], "two ranks of the trial on"),
+        (["--gpus-per-trial", "0.3", "--workers-per-trial", "1"], "use 1/N (0.5, 0.25"),
     ],
 )
 def test_a_sweep_that_cannot_work_is_refused_before_any_trial(

@@ -106,3 +106,20 @@ def test_a_ray_worker_runs_as_many_threads_as_the_cpus_it_reserves(capsys) -> No
     assert worker_threads(load_config(overrides=["runtime.threads=4"]), 1.0).runtime.threads == 4
     err = capsys.readouterr().err
     assert "runtime.threads=4 with --cpus-per-worker 1" in err and "oversubscribes" in err
+
+
+def test_a_packed_trial_gets_its_share_of_the_gpu_memory() -> None:
+    """--gpus-per-trial 0.25 with one worker: Ray packs 4 trials per GPU, each rank's
+    allocator stops at a quarter of the memory, and each Ray worker asks for 0.25 GPU."""
+    from orchestrator.options import check_gpus, gpu_share
+    from orchestrator.settings import TrialResources
+    from orchestrator.sweep import scaling
+
+    check_gpus(1, 0.25)  # accepted
+    local = load_config()
+    assert gpu_share(local, 0.25).runtime.gpu_memory_fraction == 0.25
+    assert gpu_share(local, 1).runtime.gpu_memory_fraction is None
+    own = load_config(overrides=["runtime.gpu_memory_fraction=0.2"])
+    assert gpu_share(own, 0.25).runtime.gpu_memory_fraction == 0.2  # the user's value stays
+    config = scaling(TrialResources(workers=1, gpus=0.25, cpus_per_worker=4.0))
+    assert config.use_gpu and config.resources_per_worker == {"CPU": 4.0, "GPU": 0.25}
