@@ -16,7 +16,8 @@ heaviest operators by device time); ``--eval`` the embedding throughput of the t
 (inference mode, the automatic batch, head 4 s and full 10 s crops); ``--loader`` the data
 loader's clips/s with the paper's RawBoost on a synthetic corpus, against the step's;
 ``--pack N`` runs N trial processes on one GPU, each with 1/N of its memory, and prints their
-aggregate samples/s against one process alone.
+aggregate samples/s against one process alone (on CPU, with the tiny preset, only as a check
+that the path runs).
 
     python bench/train_step.py                    # tiny preset on CPU (and xlsr-300m if CUDA)
     python bench/train_step.py --quick
@@ -147,7 +148,9 @@ def _plain(cfg: TrainerConfig, rt: Runtime, model: SupConModel, batch) -> Step:
 
 
 def build_steps(preset: str, device: torch.device, bf16: bool, args) -> tuple[dict, Runtime]:
-    cfg = _config(preset, args.batch, [])
+    share = getattr(args, "pack_now", 1)  # a packed trial's memory share, as the sweep sets it
+    extra = [f"runtime.gpu_memory_fraction={1 / share}"] if share > 1 else []
+    cfg = _config(preset, args.batch, extra)
     rt = Runtime(device=device, bf16=bf16, show_progress=False)
     torch.manual_seed(0)
     base = SupConModel(cfg.model).to(device)
@@ -354,23 +357,32 @@ def loader_throughput(args: argparse.Namespace, step_rate: float | None) -> None
 
 
 def _pack_child(rank: int, args: argparse.Namespace, barrier, results) -> None:
-    torch.cuda.set_per_process_memory_fraction(1 / args.pack_now, 0)
-    steps, _ = build_steps(args.preset or "xlsr-300m", torch.device("cuda", 0), True, args)
+    device = torch.device("cuda", 0) if args.pack_device == "cuda" else torch.device("cpu")
+    if device.type == "cuda":
+        torch.cuda.set_per_process_memory_fraction(1 / args.pack_now, 0)
+    else:  # a CPU code-path check: one thread per trial process
+        torch.set_num_threads(1)
+    preset = args.preset or ("xlsr-300m" if device.type == "cuda" else "tiny")
+    steps, _ = build_steps(preset, device, device.type == "cuda", args)
     step = steps["ours"]
     for _ in range(args.warmup):
         step()
-    torch.cuda.synchronize()
+    _sync(device)
     barrier.wait()
     start, count = time.perf_counter(), 0
     while time.perf_counter() - start < args.pack_seconds:
         step()
         count += 1
-    torch.cuda.synchronize()
+    _sync(device)
     results[rank] = count * args.batch / (time.perf_counter() - start)
 
 
-def pack(args: argparse.Namespace) -> None:
-    """N trial processes on one GPU against one alone: aggregate samples/s."""
+def pack(args: argparse.Namespace) -> bool:
+    """N trial processes on one device against one alone: aggregate samples/s.
+
+    On CUDA each process is capped at 1/N of the GPU's memory, as ``--gpus-per-trial 1/N`` caps
+    a trial. On CPU (one thread each) it only checks the code path: the figure says nothing
+    about a GPU. Returns False when a process failed."""
     ctx = mp.get_context("spawn")
     rates = {}
     for n in (1, args.pack):
@@ -384,13 +396,16 @@ def pack(args: argparse.Namespace) -> None:
         for p in procs:
             p.join()
         if len(results) != n:
-            print(f"pack {n}: {n - len(results)} process(es) failed (out of memory?)")
-            return
+            codes = [p.exitcode for p in procs]
+            print(f"pack {n}: {n - len(results)} process(es) failed (exit codes {codes})")
+            return False
         rates[n] = sum(results.values())
         each = ", ".join(f"{v:.1f}" for v in results.values())
-        print(f"pack {n}: {rates[n]:.1f} samples/s in all ({each})")
+        print(f"pack {n} on {args.pack_device}: {rates[n]:.1f} samples/s in all ({each})")
     gain = rates[args.pack] / rates[1]
-    print(f"packing {args.pack} per GPU: {gain:.2f}x one trial's samples/s (aim >= 1.5)")
+    print(f"packing {args.pack} per {args.pack_device}: {gain:.2f}x one trial's samples/s", end="")
+    print(" (aim >= 1.5)" if args.pack_device == "cuda" else " (CPU: a code-path check only)")
+    return True
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -422,7 +437,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--eval", action="store_true", help="embedding clips/s, 4 s and 10 s")
     parser.add_argument("--loader", action="store_true", help="the training loader's clips/s")
     parser.add_argument("--loader-workers", type=int, help="default: data.num_workers auto")
-    parser.add_argument("--pack", type=int, default=0, help="N trial processes on one GPU")
+    parser.add_argument(
+        "--pack",
+        type=int,
+        default=0,
+        help="N trial processes on one GPU, against one alone (on CPU: a code-path check)",
+    )
     parser.add_argument("--pack-seconds", type=float, default=30.0)
     args = parser.parse_args(argv)
     if args.quick:
@@ -431,12 +451,10 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
     cuda = torch.cuda.is_available()
     if args.pack:
-        if not cuda:
-            print("--pack needs CUDA")
-            return 2
-        args.seconds = args.seconds or 4.0
-        pack(args)
-        return 0
+        args.pack_device = "cuda" if cuda else "cpu"
+        tiny = args.preset == "tiny" or (args.preset is None and not cuda)
+        args.seconds = args.seconds or (1.0 if tiny else 4.0)
+        return 0 if pack(args) else 1
     presets = [args.preset] if args.preset else ["tiny"] + (["xlsr-300m"] if cuda else [])
     rate = None
     for preset in presets:
