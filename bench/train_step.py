@@ -284,6 +284,9 @@ def profile_step(step: Step, device: torch.device, n: int = 5) -> None:
     for e in by_self[:15]:
         t = e.self_device_time_total if use_device else e.self_cpu_time_total
         print(f"    {100 * t / max(total, 1):5.1f}%  {t / n / 1e3:7.2f} ms  {e.key[:70]}")
+    kernels = {e.key: e.count for e in events if "_scaled_dot_product" in e.key}
+    found = ", ".join(f"{k} ({c / n:g} per step)" for k, c in sorted(kernels.items()))
+    print(f"  attention kernels (SDPA picks one): {found or 'none: eager attention'}")
     if use_device:  # the CUDA runtime's blocking calls: where the host waits for the GPU
         names = ("cudaStreamSynchronize", "cudaDeviceSynchronize", "cudaEventSynchronize")
         calls = sum(e.count for e in events if e.key in names)
