@@ -37,6 +37,7 @@ from orchestrator.confirm_report import (
     table_rows,
     to_json,
 )
+from orchestrator.options import moved_share
 from orchestrator.resources import DRIVER_RESOURCE
 from orchestrator.settings import SweepSettings, TrackingTarget
 from orchestrator.sweep import fit_trial, torch_trainer
@@ -148,13 +149,15 @@ def tag_originals(uri: str, chosen: Sequence[Candidate]) -> None:
 
 
 @ray.remote(num_cpus=0, resources={DRIVER_RESOURCE: 1})
-def _run_job(settings: SweepSettings, job: ConfirmJob, tags: dict[str, str]) -> str | None:
-    """One rerun's Train run (resumed from its checkpoint if one is in storage); None or the
-    error that failed it."""
+def _run_job(
+    settings: SweepSettings, job: ConfirmJob, params: dict[str, Any], tags: dict[str, str]
+) -> str | None:
+    """One rerun's Train run of ``params`` (resumed from its checkpoint if one is in storage);
+    None or the error that failed it."""
     trainer = torch_trainer(
         settings,
         job.trial_id,
-        job.params,
+        params,
         [],
         with_eval=True,
         corpora_checked=True,
@@ -169,16 +172,18 @@ def _run_job(settings: SweepSettings, job: ConfirmJob, tags: dict[str, str]) -> 
 
 
 def run_jobs(
-    settings: SweepSettings, sweep: SweepRef, jobs: Sequence[ConfirmJob], max_concurrent: int
+    settings: SweepSettings, sweep: SweepSettings, ref: SweepRef, jobs: Sequence[ConfirmJob]
 ) -> dict[str, str]:
-    """Run ``jobs`` on the connected cluster, ``max_concurrent`` at a time; returns trial id ->
-    error for those that failed."""
+    """Run ``jobs`` on the connected cluster, ``settings.max_concurrent`` at a time, on
+    ``settings``' resources where ``sweep`` ran them on its own; returns trial id -> error for
+    those that failed."""
     pending, running, failures = list(jobs), {}, {}
     done = 0
     while pending or running:
-        while pending and len(running) < max_concurrent:
+        while pending and len(running) < settings.max_concurrent:
             job = pending.pop(0)
-            running[_run_job.remote(settings, job, job.tags(sweep))] = job
+            params = moved_share(job.params, sweep.gpus_per_trial, settings.gpus_per_trial)
+            running[_run_job.remote(settings, job, params, job.tags(ref))] = job
             print(f"confirm: started {job.trial_id}", file=sys.stderr)
         ready, _ = ray.wait(list(running), num_returns=1)
         job = running.pop(ready[0])
@@ -299,7 +304,7 @@ class Confirmation:
             f"{len(jobs) - len(todo)} already finished, {len(todo)} to run",
             file=sys.stderr,
         )
-        failures |= run_jobs(settings, self.sweep, todo, settings.max_concurrent)
+        failures |= run_jobs(settings, self.sweep_settings, self.sweep, todo)
         done = finished_jobs(self.uri, parent.experiment_id, parent.run_id)
         self._report(parent, jobs, done, scratch)
         return failures

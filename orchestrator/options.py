@@ -7,7 +7,9 @@ from __future__ import annotations
 import argparse
 import socket
 import sys
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 from orchestrator.settings import DEFAULT_EXPERIMENT
 
@@ -123,9 +125,23 @@ def gpu_share(cfg: TrainerConfig, gpus: float) -> TrainerConfig:
     """The config of a trial given ``gpus`` < 1 of a GPU: ``runtime.gpu_memory_fraction`` that
     share (unless set), so a packed trial's allocator stops at its share instead of taking the
     memory of the trials beside it."""
-    if 0 < gpus < 1 and cfg.runtime.gpu_memory_fraction is None:
+    if _share_fraction(gpus) and cfg.runtime.gpu_memory_fraction is None:
         return apply_overrides(cfg, {"runtime.gpu_memory_fraction": gpus})
     return cfg
+
+
+def _share_fraction(gpus: float) -> float | None:
+    return gpus if 0 < gpus < 1 else None
+
+
+def moved_share(params: Mapping[str, Any], was: float, now: float) -> dict[str, Any]:
+    """A trial's flattened config, run at ``was`` GPUs per trial, rerun at ``now`` (``confirm
+    --gpus-per-trial``): the memory fraction :func:`gpu_share` set for ``was`` becomes the one
+    for ``now`` (none on whole GPUs). A fraction the user set (any other value) stays."""
+    key = "runtime.gpu_memory_fraction"
+    if params.get(key) != _share_fraction(was):
+        return dict(params)
+    return {**params, key: _share_fraction(now)}
 
 
 def worker_threads(cfg: TrainerConfig, cpus_per_worker: float) -> TrainerConfig:

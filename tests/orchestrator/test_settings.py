@@ -123,3 +123,17 @@ def test_a_packed_trial_gets_its_share_of_the_gpu_memory() -> None:
     assert gpu_share(own, 0.25).runtime.gpu_memory_fraction == 0.2  # the user's value stays
     config = scaling(TrialResources(workers=1, gpus=0.25, cpus_per_worker=4.0))
     assert config.use_gpu and config.resources_per_worker == {"CPU": 4.0, "GPU": 0.25}
+
+
+def test_confirm_on_another_gpu_share_moves_the_memory_fraction_with_it() -> None:
+    """A sweep packed 4 per GPU, confirmed on 2 per GPU or whole GPUs: the reruns' memory cap
+    follows the confirmation's share, not the sweep's quarter; a cap the user chose stays."""
+    from orchestrator.options import moved_share
+
+    key = "runtime.gpu_memory_fraction"
+    packed = {"loss.temperature": 0.1, key: 0.25}
+    assert moved_share(packed, 0.25, 0.5) == {"loss.temperature": 0.1, key: 0.5}
+    assert moved_share(packed, 0.25, 1)[key] is None
+    assert moved_share({key: None}, 1, 0.5)[key] == 0.5
+    assert moved_share({key: 0.2}, 0.25, 0.5)[key] == 0.2  # the user's value stays
+    assert moved_share({key: 0.2}, 1, 0.5)[key] == 0.2
