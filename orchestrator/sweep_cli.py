@@ -237,11 +237,12 @@ def _outcome(settings: SweepSettings, results: ResultGrid, eval_failures: dict[s
         target.uri, target.experiment, OBJECTIVE, settings.mode, 5, target.parent_run_id
     )
     errors = len(results.errors)
-    k = "all" if settings.eval_top_k is None else settings.eval_top_k
+    k = settings.eval_top_k
+    scored = "every finished one" if k is None else f"the top {k} finished"
     print(
         f"\nsweep {settings.name}: {len(results)} trial(s), {errors} failed; "
-        f"best by {settings.metric} ({settings.mode}; objective: {_objective_text(settings)}), "
-        f"test sets scored for the top {k}:"
+        f"the best finished trials by {settings.metric} ({settings.mode}; objective: "
+        f"{_objective_text(settings)}), test sets scored for {scored}:"
     )
     print_table(rows, OBJECTIVE)
     print(
