@@ -8,6 +8,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -214,13 +215,32 @@ def parse_overrides(items: list[str]) -> list[tuple[str, Any]]:
     return pairs
 
 
+# pydantic names each member of a union it tried as a last location element ("literal['auto']",
+# "constrained-int", "bool"); no config key looks like that.
+_UNION_MEMBER = re.compile(r"^(literal\[.*\]|constrained-\w+|bool|int|float|str|none)$")
+
+
 def _format_error(err: ValidationError) -> str:
-    lines = []
+    """One line per bad key; a value that fits none of a union's members (``int | 'auto'``) gets
+    one line with every member's complaint, not one line per member under a made-up key."""
+    lines: dict[str, list[str]] = {}
+    inputs: dict[str, Any] = {}
     for e in err.errors():
-        key = ".".join(str(p) for p in e["loc"]) or "(top level)"
-        msg = "unknown key" if e["type"] == "extra_forbidden" else e["msg"]
-        lines.append(f"  {key}: {msg}")
-    return "invalid trainer config:\n" + "\n".join(lines)
+        loc = [str(p) for p in e["loc"]]
+        if len(loc) > 1 and _UNION_MEMBER.match(loc[-1]):
+            loc = loc[:-1]
+            inputs[".".join(loc)] = e["input"]
+        key = ".".join(loc) or "(top level)"
+        lines.setdefault(key, []).append(
+            "unknown key" if e["type"] == "extra_forbidden" else e["msg"]
+        )
+    out = []
+    for key, msgs in lines.items():
+        if key in inputs and len(msgs) > 1:
+            out.append(f"  {key}: {inputs[key]!r} fits none of: " + "; ".join(msgs))
+        else:
+            out += [f"  {key}: {msg}" for msg in msgs]
+    return "invalid trainer config:\n" + "\n".join(out)
 
 
 def load_config(

@@ -71,6 +71,20 @@ def test_bad_values_fail_naming_the_key(override: str, message: str) -> None:
         load_config(None, [override])
 
 
+def test_a_value_that_fits_no_member_of_an_auto_union_gets_one_line() -> None:
+    """``data.eval_batch_size: int | auto``: one line under the user's key with both
+    complaints, not pydantic's two lines under made-up keys (``...constrained-int``)."""
+    with pytest.raises(ConfigError) as err:
+        load_config(None, ["data.eval_batch_size=lots", "model.gradient_checkpointing=maybe"])
+    lines = set(str(err.value).splitlines()[1:])
+    assert lines == {
+        "  data.eval_batch_size: 'lots' fits none of: Input should be a valid integer, unable "
+        "to parse string as an integer; Input should be 'auto'",
+        "  model.gradient_checkpointing: 'maybe' fits none of: Input should be a valid "
+        "boolean, unable to interpret input; Input should be 'auto'",
+    }
+
+
 def test_malformed_overrides_and_files(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="is not key=value"):
         load_config(None, ["loss.temperature"])
