@@ -172,18 +172,22 @@ def _run_job(
 
 
 def run_jobs(
-    settings: SweepSettings, sweep: SweepSettings, ref: SweepRef, jobs: Sequence[ConfirmJob]
+    settings: SweepSettings,
+    sweep_settings: SweepSettings,
+    sweep: SweepRef,
+    jobs: Sequence[ConfirmJob],
 ) -> dict[str, str]:
     """Run ``jobs`` on the connected cluster, ``settings.max_concurrent`` at a time, on
-    ``settings``' resources where ``sweep`` ran them on its own; returns trial id -> error for
-    those that failed."""
+    ``settings``' resources where the sweep ran them on ``sweep_settings``' own; returns trial
+    id -> error for those that failed."""
     pending, running, failures = list(jobs), {}, {}
     done = 0
     while pending or running:
         while pending and len(running) < settings.max_concurrent:
             job = pending.pop(0)
-            params = moved_share(job.params, sweep.gpus_per_trial, settings.gpus_per_trial)
-            running[_run_job.remote(settings, job, params, job.tags(ref))] = job
+            was, now = sweep_settings.gpus_per_trial, settings.gpus_per_trial
+            params = moved_share(job.params, was, now)
+            running[_run_job.remote(settings, job, params, job.tags(sweep))] = job
             print(f"confirm: started {job.trial_id}", file=sys.stderr)
         ready, _ = ray.wait(list(running), num_returns=1)
         job = running.pop(ready[0])
