@@ -49,7 +49,7 @@ from orchestrator.tracking.sweeps import (
     log_summary,
     tag_run,
 )
-from trainer.config import apply_overrides, config_id
+from trainer.config import config_from_params, config_id
 from trainer.data.corpora import read_corpus
 from trainer.data.records import Utterance
 from trainer.metrics import read_scores
@@ -113,7 +113,7 @@ def candidates(
         )
     chosen: dict[str, Candidate] = {}
     for row in rows:
-        cid = config_id(apply_overrides({}, row["params"]))
+        cid = config_id(config_from_params(row["params"]))
         if cid not in chosen and len(chosen) < top:
             chosen[cid] = Candidate(len(chosen) + 1, row, cid, int(row["params"].get("seed", 0)))
     return list(chosen.values()), len(rows)
@@ -361,7 +361,7 @@ class Confirmation:
 def _eval_sets(cand: Candidate) -> dict[str, list[Utterance]]:
     """The evaluation sets of the candidates' config: name -> utterances in protocol order (the
     files were checked before the reruns started)."""
-    cfg = apply_overrides({}, cand.row["params"])
+    cfg = config_from_params(cand.row["params"])
     return {
         name: read_corpus(ds, check_files=False).utterances for name, ds in cfg.data.eval.items()
     }

@@ -35,7 +35,7 @@ from orchestrator.tracking import (
     safe_uri,
 )
 from orchestrator.tracking.store import TRIAL_TAG
-from trainer.config import ConfigError, apply_overrides, load_config
+from trainer.config import ConfigError, config_from_params, load_config
 from trainer.evaluate import MODEL_FILES
 
 log = logging.getLogger(__name__)
@@ -87,7 +87,7 @@ def _configured_sets(run) -> list[str]:
     """The evaluation sets of the trial's config, rebuilt from its params."""
     params = {k: v for k, v in run.data.params.items() if "." in k}
     try:
-        cfg = apply_overrides({}, {k: decode_param(v) for k, v in params.items()})
+        cfg = config_from_params({k: decode_param(v) for k, v in params.items()})
     except ConfigError as err:
         raise EvaluationError(f"run {run.info.run_id} has no valid trainer config: {err}") from None
     return list(cfg.data.eval)
@@ -204,7 +204,7 @@ def run_job(job: EvalJob, scratch: Path, *, progress: bool = False) -> dict[str,
 
     distributed.init_from_env()
     folder = local_folder(job.model_uri, scratch / "model")
-    cfg = load_config(folder / CONFIG, [f"runtime.progress={str(progress).lower()}"])
+    cfg = load_config(folder / CONFIG, [f"runtime.progress={str(progress).lower()}"], stored=True)
     rt = setup(cfg.runtime, cfg.seed)
     final = load_model(folder, rt.device)
     logger = RunLogger(job) if distributed.is_main() else None

@@ -19,7 +19,7 @@ from typing import Any
 
 from orchestrator.objective import Objective
 from orchestrator.storage import read_text, write_text
-from trainer.config import TrainerConfig, apply_overrides, validate_tree
+from trainer.config import TrainerConfig, apply_overrides, upgrade_stored, validate_tree
 
 DEFAULT_EXPERIMENT = "supcon-sweep"
 SETTINGS_FILE = "sweep_settings.json"
@@ -150,7 +150,7 @@ class SweepSettings:
         raw = json.loads(text)
         if not isinstance(raw, dict):
             raise ValueError("expected a JSON object")
-        raw["base"] = validate_tree(raw["base"])
+        raw["base"] = validate_tree(upgrade_stored(raw["base"]))
         if raw.get("tracking") is not None:
             raw["tracking"] = TrackingTarget(**raw["tracking"])
         return cls(**raw)

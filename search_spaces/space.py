@@ -7,7 +7,7 @@ A space file maps a dotted trainer config path to one distribution::
     queue.start_epoch: {int: [0, 8]}              # inclusive; optional step: {int: [0, 8192, 256]}
     queue.size: {categorical: [0, 256, 1024]}     # TPE chooses
     loss.similarity: {grid: [cosine, angular]}    # every value runs
-    queue.positives: true                         # fixed, the same in every trial
+    queue.same_label: exclude                     # fixed, the same in every trial
 
 Grid or TPE, never both. A space whose keys are all ``grid`` (or fixed) is a grid: the sweep runs
 the cartesian product, ``grid_points()``, once each. Any other space is sampled by Optuna's TPE
@@ -33,7 +33,14 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import yaml
 
-from trainer.config import ConfigError, TrainerConfig, apply_overrides, flatten, load_config
+from trainer.config import (
+    RENAMED,
+    ConfigError,
+    TrainerConfig,
+    apply_overrides,
+    flatten,
+    load_config,
+)
 
 if TYPE_CHECKING:
     from ray.tune.search.optuna import OptunaSearch
@@ -202,6 +209,8 @@ def _read_mapping(path: Path) -> dict[Any, Any]:
 def _check_key(path: Path, key: Any, leaves: dict[str, Any]) -> None:
     if key in leaves:
         return
+    if key in RENAMED:
+        raise SpaceError(f"{path}: {key}: replaced by {RENAMED[key]}")
     if isinstance(key, str) and any(leaf.startswith(f"{key}.") for leaf in leaves):
         raise SpaceError(f"{path}: {key}: is a config section; name one of its leaves")
     close = difflib.get_close_matches(str(key), list(leaves), n=1)

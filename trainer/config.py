@@ -84,16 +84,19 @@ class LossConfig(_Strict):
 class QueueConfig(_Strict):
     """The global cross-batch queue of detached (embedding, label) pairs (XBM-style memory).
 
-    ``size`` counts entries of both classes; with class-balanced batches the paper's |Q| (the
-    negatives an anchor sees) is ``size / 2``. ``size: 0`` disables it. The queue is off (neither
+    ``size`` counts entries of both classes. ``size: 0`` disables it. The queue is off (neither
     read nor filled) before epoch ``start_epoch`` (0-based) and global step ``start_step``.
-    ``positives`` decides whether same-label queue entries count as positives.
+    ``same_label``: what a queued entry with the anchor's own label is to that anchor.
+    ``exclude`` (the authors', see the README): it leaves the anchor's contrast set, so an
+    anchor contrasts with the opposite-class entries only, ``size / 2`` of them with
+    class-balanced batches (the paper's |Q|). ``negative``: it stays in the denominator as a
+    negative. ``positive``: it counts as a positive.
     """
 
     size: int = Field(default=0, ge=0)
     start_epoch: int = Field(default=0, ge=0)
     start_step: int = Field(default=0, ge=0)
-    positives: bool = True
+    same_label: Literal["exclude", "negative", "positive"] = "exclude"
 
 
 class DataConfig(_Strict):
@@ -244,16 +247,65 @@ def _format_error(err: ValidationError) -> str:
 
 
 def load_config(
-    path: Path | str | None = None, overrides: list[str] | None = None
+    path: Path | str | None = None, overrides: list[str] | None = None, *, stored: bool = False
 ) -> TrainerConfig:
-    """Read a YAML config (default ``trainer/configs/local.yaml``) and apply dotted overrides."""
+    """Read a YAML config (default ``trainer/configs/local.yaml``) and apply dotted overrides.
+    ``stored``: the file was written by this project (a model folder's ``config.yaml``), maybe
+    by an older version, whose renamed keys are read as today's (:func:`upgrade_stored`)."""
     path = Path(path) if path is not None else CONFIG_DIR / "local.yaml"
     if not path.is_file():
         raise ConfigError(f"config file not found: {path}")
     tree = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
     if not isinstance(tree, dict):
         raise ConfigError(f"{path}: expected a mapping at the top level")
+    if stored:
+        tree = upgrade_stored(tree)
     return apply_overrides(tree, dict(parse_overrides(overrides or [])))
+
+
+# Keys older versions took, and what replaced them. A config a user writes with one fails,
+# naming the new key; configs this project stored (model folders, MLflow params, saved sweeps,
+# checkpoints) are read through upgrade_stored.
+RENAMED = {
+    "queue.positives": "queue.same_label: exclude | negative | positive (positives: false was "
+    "'negative', true was 'positive'; the authors' loss is 'exclude')",
+}
+
+
+def _same_label(positives: Any) -> str:
+    return "positive" if positives in (True, "True", "true") else "negative"
+
+
+def upgrade_stored(tree: Mapping[str, Any]) -> dict[str, Any]:
+    """A copy of a stored config in today's keys: nested (``{"queue": {"positives": ...}}``) or
+    flat dotted params as MLflow holds them (``{"queue.positives": ...}``). ``positives: false``
+    was today's ``same_label: negative`` and ``true`` today's ``positive``."""
+    out = copy.deepcopy(dict(tree))
+    if "queue.positives" in out:
+        out.setdefault("queue.same_label", _same_label(out.pop("queue.positives")))
+    queue = out.get("queue")
+    if isinstance(queue, dict) and "positives" in queue:
+        queue.setdefault("same_label", _same_label(queue.pop("positives")))
+    return out
+
+
+def config_from_params(params: Mapping[str, Any]) -> TrainerConfig:
+    """The config of a run from its MLflow params (the flattened config, values decoded),
+    written by this version or an older one."""
+    return apply_overrides({}, upgrade_stored(params))
+
+
+def _renamed_in(tree: Mapping[str, Any]) -> list[str]:
+    found = []
+    for dotted in RENAMED:
+        node: Any = tree
+        for part in dotted.split("."):
+            if not isinstance(node, Mapping) or part not in node:
+                break
+            node = node[part]
+        else:
+            found.append(dotted)
+    return found
 
 
 def apply_overrides(
@@ -269,6 +321,10 @@ def apply_overrides(
 
 
 def validate_tree(tree: dict[str, Any]) -> TrainerConfig:
+    renamed = _renamed_in(tree)
+    if renamed:
+        lines = [f"  {key}: replaced by {RENAMED[key]}" for key in renamed]
+        raise ConfigError("invalid trainer config:\n" + "\n".join(lines))
     try:
         return TrainerConfig.model_validate(tree)
     except ValidationError as err:

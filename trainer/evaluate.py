@@ -110,7 +110,7 @@ def load_model(folder: Path, device: torch.device) -> FinalModel:
     missing = [name for name in MODEL_FILES if not (folder / name).is_file()]
     if missing:
         raise ModelNotFoundError(f"{folder}: no trained model (missing {', '.join(missing)})")
-    cfg = load_config(folder / CONFIG)
+    cfg = load_config(folder / CONFIG, stored=True)
     model = SupConModel(cfg.model)
     model.load_state_dict(torch.load(folder / WEIGHTS, map_location="cpu", weights_only=True))
     freeze(model)

@@ -59,6 +59,7 @@ def supcon_loss(
     *,
     similarity: Similarity,
     temperature: float,
+    exclude_same_label: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """SupCon "L_out" of Khosla et al. 2020 (arXiv:2004.11362, eq. 2), a float32 scalar.
 
@@ -71,9 +72,12 @@ def supcon_loss(
         self_index: (B,) long, the position of each anchor inside ``contrast``, or -1 if absent.
         similarity: ``"cosine"`` or ``"angular"`` (see :func:`pairwise_similarity`).
         temperature: tau > 0; the similarity is divided by it (no learnable scale).
+        exclude_same_label: optional (N,) bool; a flagged entry joins only the contrast sets of
+            anchors with another label: for an anchor of its own label it is neither a positive
+            nor in the denominator (queued entries under ``queue.same_label: exclude``).
 
-    For anchor i, A(i) is every contrast entry except its own position and P(i) the entries of
-    A(i) with the same label::
+    For anchor i, A(i) is every contrast entry except its own position and the flagged entries
+    of its label, and P(i) the entries of A(i) with the same label::
 
         L_i = -1/|P(i)| * sum_{p in P(i)} [ s_ip/tau - log sum_{a in A(i)} exp(s_ia/tau) ]
 
@@ -82,8 +86,8 @@ def supcon_loss(
     ``backward()`` works and, under DDP with a gradient-carrying gather, every rank still runs the
     gather's backward collective.
 
-    Computed in float32 whatever the input dtype or autocast state. The own entry is set to -inf
-    before a logsumexp, so nothing is exponentiated unshifted.
+    Computed in float32 whatever the input dtype or autocast state. The own entry (and every
+    excluded one) is set to -inf before a logsumexp, so nothing is exponentiated unshifted.
     """
     if anchors.ndim != 2 or contrast.ndim != 2 or anchors.shape[1] != contrast.shape[1]:
         raise ValueError(
@@ -94,13 +98,18 @@ def supcon_loss(
         raise ValueError("anchor_labels and self_index must be (B,) with B = anchors.shape[0]")
     if contrast_labels.shape != (n_contrast,):
         raise ValueError("contrast_labels must be (N,) with N = contrast.shape[0]")
+    if exclude_same_label is not None and exclude_same_label.shape != (n_contrast,):
+        raise ValueError("exclude_same_label must be (N,) with N = contrast.shape[0]")
     with torch.autocast(device_type=anchors.device.type, enabled=False):
         sim = pairwise_similarity(anchors.float(), contrast.float(), similarity)  # (B, N)
         columns = torch.arange(n_contrast, device=sim.device)
-        is_self = columns[None, :] == self_index[:, None]  # (B, N); -1 matches no column
-        positive = (anchor_labels.long()[:, None] == contrast_labels.long()[None, :]) & ~is_self
+        left_out = columns[None, :] == self_index[:, None]  # (B, N); -1 matches no column
+        same = anchor_labels.long()[:, None] == contrast_labels.long()[None, :]  # (B, N)
+        if exclude_same_label is not None:
+            left_out = left_out | (same & exclude_same_label.bool()[None, :])
+        positive = same & ~left_out
         n_positive = positive.sum(dim=1)  # (B,)
-        logits = (sim / temperature).masked_fill(is_self, float("-inf"))  # (B, N)
+        logits = (sim / temperature).masked_fill(left_out, float("-inf"))  # (B, N)
         log_prob = logits - torch.logsumexp(logits, dim=1, keepdim=True)  # (B, N)
         positive_sum = log_prob.masked_fill(~positive, 0.0).sum(dim=1)  # (B,)
         per_anchor = -positive_sum / n_positive.clamp_min(1)  # (B,); 0 where no positive

@@ -9,8 +9,10 @@ encoder, no momentum encoder. Usage per training step, on every rank:
 3. :meth:`CrossBatchQueue.enqueue` the batch *gathered across ranks* (the same tensors on every
    rank), so every rank holds identical contents without any extra communication.
 
-``size`` counts entries of both classes. With class-balanced batches an anchor sees about
-``size / 2`` opposite-class entries, which is what the paper reports as |Q| (negatives).
+``size`` counts entries of both classes. With class-balanced batches about ``size / 2`` are of
+the opposite class to an anchor, which is what the paper reports as |Q| (negatives); under
+``queue.same_label: exclude`` (the authors') those are the only queued entries the anchor
+contrasts with (:func:`trainer.contrastive.contrastive_step`).
 """
 
 from __future__ import annotations

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from trainer import checkpoint, distributed
-from trainer.config import ConfigError, TrainerConfig, to_yaml
+from trainer.config import ConfigError, TrainerConfig, to_yaml, upgrade_stored
 from trainer.data.corpora import CorpusSplit, read_corpus
 from trainer.evaluate import (
     CLASSIFIER,
@@ -69,7 +69,7 @@ def check_world_size(cfg: TrainerConfig) -> None:
 
 
 def _check_resumable(folder: Path, cfg: TrainerConfig) -> None:
-    saved = checkpoint.saved_config(folder)
+    saved = upgrade_stored(checkpoint.saved_config(folder))
     ours = cfg.model_dump(mode="json")
     differ = sorted(k for k in ours if k != "runtime" and saved.get(k) != ours[k])
     if differ:

@@ -241,7 +241,7 @@ class Stepper:
                 similarity=cfg.loss.similarity,
                 temperature=cfg.loss.temperature,
                 use_queue=use_queue,
-                queue_positives=cfg.queue.positives,
+                same_label=cfg.queue.same_label,
                 contrast=cfg.loss.contrast,
             )
         with record_function("stage1/backward"):

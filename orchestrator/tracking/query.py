@@ -27,7 +27,7 @@ from orchestrator.tracking.store import (
     existing_store,
     safe_uri,
 )
-from trainer.config import TrainerConfig, apply_overrides, to_yaml
+from trainer.config import TrainerConfig, apply_overrides, config_from_params, to_yaml
 
 
 def find_experiment(client: MlflowClient, uri: str, experiment: str) -> str:
@@ -157,7 +157,7 @@ def reproducible_config(row: dict[str, Any]) -> TrainerConfig:
     revision = row["tags"].get(REVISION_TAG)
     if revision:
         pins["model.revision"] = revision
-    return apply_overrides(apply_overrides({}, row["params"]), pins)
+    return apply_overrides(config_from_params(row["params"]), pins)
 
 
 def rerun_command(cfg: TrainerConfig, path: Path) -> str:

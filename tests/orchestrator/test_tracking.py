@@ -113,7 +113,7 @@ def test_query_best_orders_filters_and_parses(store: Path) -> None:
     assert params["stage1.weight_decay"] == 1e-5 and isinstance(
         params["stage1.weight_decay"], float
     )
-    assert params["model.pretrained"] is None and params["queue.positives"] is True
+    assert params["model.pretrained"] is None and params["queue.same_label"] == "exclude"
     assert params["data.train.kind"] == "asvspoof2019"
 
 

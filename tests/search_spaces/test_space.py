@@ -144,11 +144,11 @@ def test_tune_domains_keep_inclusive_int_bounds(tmp_path: Path, base) -> None:
     path = _write(
         tmp_path,
         "queue.start_epoch: {int: [0, 8]}\nqueue.size: {int: [0, 512, 256]}\n"
-        "queue.positives: false\n",
+        "queue.same_label: negative\n",
     )
     space = load_space(path, base)
     domains = {key: param.tune_domain() for key, param in space.params.items()}
-    assert domains["queue.positives"] is False
+    assert domains["queue.same_label"] == "negative"
     optuna_space = space.optuna_distributions()
     assert set(optuna_space) == {"queue.start_epoch", "queue.size"}  # fixed keys are not sampled
     assert (optuna_space["queue.start_epoch"].low, optuna_space["queue.start_epoch"].high) == (0, 8)
@@ -177,6 +177,7 @@ def test_space_points_apply_and_validate(base) -> None:
             r"did you mean loss\.temperature",
         ),
         ("loss: {uniform: [0.1, 0.5]}", "loss: is a config section"),
+        ("queue.positives: false", r"queue\.positives: replaced by queue\.same_label"),
         ("loss.temperature: {loguniform: [0, 1]}", r"loss\.temperature: loguniform needs lo > 0"),
         ("loss.temperature: {uniform: [1, 0]}", r"loss\.temperature: uniform needs lo < hi"),
         ("loss.temperature: {uniform: [1e-3, 1]}", r"loss\.temperature: '1e-3' is a string"),

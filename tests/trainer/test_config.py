@@ -6,7 +6,15 @@ from pathlib import Path
 
 import pytest
 
-from trainer.config import CONFIG_DIR, ConfigError, apply_overrides, config_id, flatten, load_config
+from trainer.config import (
+    CONFIG_DIR,
+    ConfigError,
+    apply_overrides,
+    config_from_params,
+    config_id,
+    flatten,
+    load_config,
+)
 
 
 @pytest.mark.parametrize("name", ["local.yaml", "paper.yaml"])
@@ -33,9 +41,36 @@ def test_paper_config_has_the_paper_hyperparameters() -> None:
     assert (cfg.stage2.lr, cfg.stage2.batch_size, cfg.stage2.patience) == (1e-4, 64, 15)
     # The authors' way where the code once deviated silently (issue 11).
     assert cfg.data.sampler.epoch == "bonafide_pass" and cfg.loss.contrast == "local"
-    assert cfg.queue.positives is False and cfg.runtime.precision == "fp32"
+    assert cfg.queue.same_label == "exclude"
     assert cfg.data.rawboost.algo == "paper" and cfg.data.rawboost.p == 0.7
     assert cfg.model.spec_augment.mask_time_prob == 0.075 and cfg.seed == 1337
+
+
+def test_the_old_queue_key_fails_naming_its_replacement(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"queue\.positives: replaced by queue\.same_label"):
+        load_config(None, ["queue.positives=false"])
+    written = tmp_path / "old.yaml"
+    written.write_text(
+        (CONFIG_DIR / "local.yaml").read_text().replace("same_label: exclude", "positives: true")
+    )
+    with pytest.raises(ConfigError, match="'negative', true was 'positive'"):
+        load_config(written)
+
+
+@pytest.mark.parametrize(("positives", "same_label"), [(False, "negative"), (True, "positive")])
+def test_stored_configs_of_older_versions_still_load(
+    tmp_path: Path, positives: bool, same_label: str
+) -> None:
+    """A model folder's config.yaml, or a run's MLflow params, written before queue.same_label:
+    read as the loss they trained, not refused."""
+    written = tmp_path / "config.yaml"
+    text = (CONFIG_DIR / "local.yaml").read_text()
+    written.write_text(text.replace("same_label: exclude", f"positives: {str(positives).lower()}"))
+    assert load_config(written, stored=True).queue.same_label == same_label
+    params = flatten(load_config())
+    del params["queue.same_label"]
+    params["queue.positives"] = positives
+    assert config_from_params(params).queue.same_label == same_label
 
 
 def test_overrides_apply_with_yaml_types() -> None:

@@ -27,12 +27,14 @@ WORLD_SIZE = 2
 GLOBAL_BATCH = 8  # 4 per rank, 2 of each class
 QUEUE_SIZE = 12  # wraps on the second enqueue
 STEPS = 3
-# name -> (similarity, temperature, queue_positives, contrast)
+# name -> (similarity, temperature, queue.same_label, contrast)
 VARIANTS = {
-    "cosine": ("cosine", 0.3, True, "global"),
-    "angular": ("angular", 0.1, False, "global"),
-    "cosine_local": ("cosine", 0.3, True, "local"),
-    "angular_local": ("angular", 0.1, False, "local"),
+    "cosine": ("cosine", 0.3, "positive", "global"),
+    "angular": ("angular", 0.1, "negative", "global"),
+    "exclude": ("cosine", 0.3, "exclude", "global"),
+    "cosine_local": ("cosine", 0.3, "positive", "local"),
+    "angular_local": ("angular", 0.1, "negative", "local"),
+    "exclude_local": ("angular", 0.1, "exclude", "local"),
 }
 GLOBAL_VARIANTS = [name for name, v in VARIANTS.items() if v[3] == "global"]
 LOCAL_VARIANTS = [name for name, v in VARIANTS.items() if v[3] == "local"]
@@ -47,7 +49,7 @@ def _train(variant: str, world_rank: int, world_size: int) -> dict[str, Any]:
     """SGD steps of Linear(16, 8) + normalise on this rank's share of each global batch; the
     queue is filled every step and read from step 1 on. Returns this rank's per-step losses and
     gradients, and the queue."""
-    similarity, temperature, queue_positives, contrast = VARIANTS[variant]
+    similarity, temperature, same_label, contrast = VARIANTS[variant]
     torch.manual_seed(0)
     model = torch.nn.Linear(16, 8)
     net = distributed.wrap_ddp(model, torch.device("cpu"))
@@ -67,7 +69,7 @@ def _train(variant: str, world_rank: int, world_size: int) -> dict[str, Any]:
             similarity=similarity,
             temperature=temperature,
             use_queue=step >= 1,
-            queue_positives=queue_positives,
+            same_label=same_label,
             contrast=contrast,
         )
         optimizer.zero_grad()
@@ -85,12 +87,39 @@ def _train(variant: str, world_rank: int, world_size: int) -> dict[str, Any]:
     }
 
 
+def _shard_loss(
+    z: torch.Tensor, labels: torch.Tensor, queue_z: torch.Tensor, queue_labels: torch.Tensor, **kw
+) -> torch.Tensor:
+    """One shard's SupCon against itself plus the queue, from plain ``supcon_loss``. Under
+    ``exclude`` each anchor gets its own contrast set (the shard and the opposite-label queue
+    entries), one call per anchor; every anchor has an in-shard positive, so the shard's loss
+    is the mean of the anchors'."""
+    same_label = kw.pop("same_label")
+    if same_label == "negative":
+        queue_labels = -1 - queue_labels
+    if same_label != "exclude":
+        contrast, contrast_labels = torch.cat([z, queue_z]), torch.cat([labels, queue_labels])
+        return supcon_loss(z, labels, contrast, contrast_labels, torch.arange(len(z)), **kw)
+    per_anchor = []
+    for i in range(len(z)):
+        other = queue_labels != labels[i]
+        contrast = torch.cat([z, queue_z[other]])  # (B + K_other, D)
+        contrast_labels = torch.cat([labels, queue_labels[other]])
+        per_anchor.append(
+            supcon_loss(
+                z[i : i + 1], labels[i : i + 1], contrast, contrast_labels, torch.tensor([i]), **kw
+            )
+        )
+    return torch.stack(per_anchor).mean()
+
+
 def _train_per_shard(variant: str) -> dict[str, Any]:
     """The local-contrast reference in one process, from plain ``supcon_loss``: at each step every
     shard's anchors contrast with that shard alone plus the queue; the backward runs on the mean
     of the shard losses (DDP's gradient average) and the whole batch is enqueued. Returns the
     per-step, per-shard losses (STEPS, W), the gradients and the queue."""
-    similarity, temperature, queue_positives, _ = VARIANTS[variant]
+    similarity, temperature, same_label, _ = VARIANTS[variant]
+    kw = {"similarity": similarity, "temperature": temperature, "same_label": same_label}
     torch.manual_seed(0)
     model = torch.nn.Linear(16, 8)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.5)
@@ -101,21 +130,10 @@ def _train_per_shard(variant: str) -> dict[str, Any]:
         x, labels = _global_batch(step)
         z = F.normalize(model(x), dim=1)  # (W*B, 8)
         queue_z, queue_labels = queue.contents()  # empty at step 0
-        if not queue_positives:
-            queue_labels = -1 - queue_labels
-        shard_losses = []
-        for z_shard, labels_shard in zip(z.split(per_rank), labels.split(per_rank), strict=True):
-            shard_losses.append(
-                supcon_loss(
-                    z_shard,
-                    labels_shard,
-                    torch.cat([z_shard, queue_z]),  # (B + K, 8)
-                    torch.cat([labels_shard, queue_labels]),
-                    torch.arange(per_rank),
-                    similarity=similarity,
-                    temperature=temperature,
-                )
-            )
+        shard_losses = [
+            _shard_loss(z_shard, labels_shard, queue_z, queue_labels, **kw)
+            for z_shard, labels_shard in zip(z.split(per_rank), labels.split(per_rank), strict=True)
+        ]
         step_losses = torch.stack(shard_losses)  # (W,)
         optimizer.zero_grad()
         step_losses.mean().backward()
@@ -276,18 +294,16 @@ def test_one_process_step_is_supcon_on_batch_plus_queue(mode: str):
     queue.enqueue(F.normalize(torch.randn(5, 4), dim=1), torch.tensor([0, 0, 1, 1, 0]))
     queue_z, queue_labels = queue.contents()
     kw = {"similarity": "cosine", "temperature": 0.2}
-    for queue_positives, contrast_labels in [(True, queue_labels), (False, -1 - queue_labels)]:
+    for same_label in ("positive", "negative", "exclude"):
         loss, gathered_z, gathered_labels = contrastive_step(
-            z, labels, queue, use_queue=True, queue_positives=queue_positives, contrast=mode, **kw
+            z, labels, queue, use_queue=True, same_label=same_label, contrast=mode, **kw
         )
-        contrast = torch.cat([z, queue_z])
-        expected_labels = torch.cat([labels, contrast_labels])
-        expected = supcon_loss(z, labels, contrast, expected_labels, torch.arange(6), **kw)
-        torch.testing.assert_close(loss, expected, atol=0, rtol=0)
+        expected = _shard_loss(z, labels, queue_z, queue_labels, same_label=same_label, **kw)
+        torch.testing.assert_close(loss, expected, atol=1e-6, rtol=0)
         assert torch.equal(gathered_z, z) and torch.equal(gathered_labels, labels)
     assert len(queue) == 5  # read, not filled
     off, _, _ = contrastive_step(
-        z, labels, queue, use_queue=False, queue_positives=True, contrast=mode, **kw
+        z, labels, queue, use_queue=False, same_label="positive", contrast=mode, **kw
     )
     torch.testing.assert_close(off, supcon_loss(z, labels, z, labels, torch.arange(6), **kw))
 
@@ -299,7 +315,7 @@ def test_local_contrast_skips_the_gather_with_gradient(monkeypatch: pytest.Monke
     monkeypatch.setattr(distributed, "gather_with_grad", no_gather_with_grad)
     z = F.normalize(torch.randn(4, 3, requires_grad=True), dim=1)
     labels = torch.tensor([0, 1, 0, 1])
-    kw = {"similarity": "cosine", "temperature": 0.2, "use_queue": False, "queue_positives": True}
+    kw = {"similarity": "cosine", "temperature": 0.2, "use_queue": False, "same_label": "exclude"}
     loss, gathered_z, _ = contrastive_step(z, labels, CrossBatchQueue(0, 3), contrast="local", **kw)
     loss.backward()
     assert not gathered_z.requires_grad

@@ -11,8 +11,11 @@ import torch.nn.functional as F
 from trainer.loss import pairwise_similarity, supcon_loss
 
 
-def _reference_loss(anchors, anchor_labels, contrast, contrast_labels, self_index, similarity, tau):
-    """Khosla et al. 2020 L_out, one anchor and one pair at a time, in float64."""
+def _reference_loss(
+    anchors, anchor_labels, contrast, contrast_labels, self_index, similarity, tau, excluded=None
+):
+    """Khosla et al. 2020 L_out, one anchor and one pair at a time, in float64; ``excluded``
+    (N,) flags entries that leave the contrast set of anchors with their label."""
 
     def sim(u: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         cos = torch.dot(u, v)
@@ -22,7 +25,14 @@ def _reference_loss(anchors, anchor_labels, contrast, contrast_labels, self_inde
 
     terms = []
     for i in range(anchors.shape[0]):
-        others = [j for j in range(contrast.shape[0]) if j != int(self_index[i])]
+        others = [
+            j
+            for j in range(contrast.shape[0])
+            if j != int(self_index[i])
+            and not (
+                excluded is not None and excluded[j] and contrast_labels[j] == anchor_labels[i]
+            )
+        ]
         positives = [j for j in others if int(contrast_labels[j]) == int(anchor_labels[i])]
         if not positives:
             continue
@@ -69,6 +79,30 @@ def test_matches_per_anchor_loop_value_and_gradient(similarity: str, tau: float,
     torch.testing.assert_close(loss.double(), ref, atol=1e-6, rtol=0)
     torch.testing.assert_close(a32.grad.double(), a64.grad, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(c32.grad.double(), c64.grad, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("similarity", ["cosine", "angular"])
+def test_excluded_entries_leave_only_the_contrast_sets_of_their_own_label(similarity: str):
+    anchors, a_lab, contrast, c_lab, self_index = _case(seed=11, batch=8, extra=12)
+    excluded = torch.zeros(len(contrast), dtype=torch.bool)
+    excluded[torch.arange(len(contrast)) % 3 == 0] = True  # anchors' own rows among them
+    a32, c32 = anchors.clone().requires_grad_(), contrast.clone().requires_grad_()
+    a64, c64 = anchors.double().requires_grad_(), contrast.double().requires_grad_()
+    kw = {"similarity": similarity, "temperature": 0.2}
+    loss = supcon_loss(a32, a_lab, c32, c_lab, self_index, exclude_same_label=excluded, **kw)
+    ref = _reference_loss(a64, a_lab, c64, c_lab, self_index, similarity, 0.2, excluded)
+    loss.backward()
+    ref.backward()
+    torch.testing.assert_close(loss.double(), ref, atol=1e-6, rtol=0)
+    torch.testing.assert_close(a32.grad.double(), a64.grad, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(c32.grad.double(), c64.grad, atol=1e-5, rtol=1e-5)
+    plain = supcon_loss(anchors, a_lab, contrast, c_lab, self_index, **kw)
+    assert (plain - loss).abs() > 1e-3  # the flags changed the loss
+    none = torch.zeros(len(contrast), dtype=torch.bool)
+    unflagged = supcon_loss(
+        anchors, a_lab, contrast, c_lab, self_index, exclude_same_label=none, **kw
+    )
+    torch.testing.assert_close(unflagged, plain, atol=0, rtol=0)
 
 
 def test_bool_labels_equal_long_labels():
