@@ -15,6 +15,19 @@ through ``optuna_search()``. Mixing ``grid`` with sampled distributions is rejec
 as ``categorical``: a grid promises that every combination runs, which TPE does not (and Optuna
 cannot take Tune's ``grid_search``). Write ``categorical`` to let TPE choose among values.
 
+A study that is not one product (an ablation of one factor at another's best value, a list of
+points) is a union of grids: ``grids`` lists blocks, each a grid of ``grid`` and fixed keys of its
+own; the study runs every point of every block, a point two blocks share once, in file order.
+Keys outside ``grids`` apply to every point (a ``grid`` there multiplies every block)::
+
+    grids:
+      - {loss.temperature: {grid: [0.07, 0.3]}, queue.size: 0}
+      - {loss.temperature: 0.3, queue.size: {grid: [256, 1024]}}
+    queue.start_epoch: 5
+
+A key that one block sets and another does not takes the base config's value in the other, so
+every point names the same keys.
+
 ``load_space`` checks everything before a trial starts: keys are leaf paths of the trainer config,
 ranges are well formed, and every value the space can produce (range ends, every choice, every grid
 point) validates through :func:`trainer.config.apply_overrides`. Errors are ``SpaceError``, naming
@@ -47,6 +60,7 @@ if TYPE_CHECKING:
 
 SPACES_DIR = Path(__file__).resolve().parent
 DISTRIBUTIONS = ("loguniform", "uniform", "int", "categorical", "grid")
+GRIDS = "grids"  # the key of a union of grids
 Kind = Literal["loguniform", "uniform", "int", "categorical", "grid", "fixed"]
 # Cross-key checks try every combination of range ends and choices up to this many.
 _MAX_COMBINATIONS = 4096
@@ -93,13 +107,15 @@ class Param:
 
 @dataclass(frozen=True)
 class SearchSpace:
-    """A parsed space: ``params`` maps dotted trainer config paths to ``Param`` in file order."""
+    """A parsed space: ``params`` maps dotted trainer config paths to ``Param`` in file order;
+    ``blocks`` are the grids of a union (``grids:``), each in file order."""
 
     path: Path
     params: dict[str, Param]
+    blocks: tuple[dict[str, Param], ...] = ()
 
     def __post_init__(self) -> None:
-        if not self.params:
+        if not self.params and not self.blocks:
             raise SpaceError(f"{self.path}: the space defines no parameters")
         grid = [k for k, p in self.params.items() if p.kind == "grid"]
         sampled = [k for k, p in self.params.items() if p.sampled]
@@ -108,6 +124,11 @@ class SearchSpace:
                 f"{self.path}: grid keys {grid} cannot be mixed with sampled keys {sampled}; "
                 "use categorical for TPE to choose, or make every key a grid"
             )
+        if self.blocks and sampled:
+            raise SpaceError(
+                f"{self.path}: {GRIDS} (a union of grids) cannot be mixed with sampled keys "
+                f"{sampled}"
+            )
 
     @property
     def is_grid(self) -> bool:
@@ -115,23 +136,32 @@ class SearchSpace:
         return not any(p.sampled for p in self.params.values())
 
     def fixed(self) -> dict[str, Any]:
+        """The keys fixed for every trial (a block's fixed keys belong to its points)."""
         return {k: p.values[0] for k, p in self.params.items() if p.kind == "fixed"}
 
     def largest(self, key: str, base: TrainerConfig) -> Any:
         """The largest value ``key`` can take in this space's trials (``base``'s own value
         when the space does not set it): a range's upper end, the largest choice."""
-        param = self.params.get(key)
-        if param is None:
-            return flatten(base)[key]
-        return max(param.values)
+        params = [self.params.get(key), *(block.get(key) for block in self.blocks)]
+        values = [v for p in params if p is not None for v in p.values]
+        return max(values) if values else flatten(base)[key]
 
     def grid_points(self) -> list[dict[str, Any]]:
-        """The cartesian product in file order, last key fastest; fixed keys included."""
+        """Every point once, in file order, last key fastest; fixed keys included. A union of
+        grids runs its blocks in order, each multiplied by the keys outside them."""
         if not self.is_grid:
             raise SpaceError(f"{self.path}: not a grid space; use optuna_search()")
-        keys = list(self.params)
-        combos = itertools.product(*(p.values for p in self.params.values()))
-        return [dict(zip(keys, combo, strict=True)) for combo in combos]
+        shared = _product(self.params)
+        if not self.blocks:
+            return shared
+        points: list[dict[str, Any]] = []
+        for block in self.blocks:
+            for own in _product(block):
+                for common in shared:
+                    point = {**own, **common}
+                    if point not in points:
+                        points.append(point)
+        return points
 
     def optuna_search(self, metric: str, mode: str, seed: int | None = None) -> OptunaSearch:
         """An ``OptunaSearch`` (TPE) over the sampled keys; suggestions are keyed by dotted path.
@@ -163,12 +193,23 @@ class SearchSpace:
 
         if not self.is_grid:
             return self.optuna_distributions()
-        grid = {k: p for k, p in self.params.items() if p.kind == "grid" and len(p.values) > 1}
-        return {k: CategoricalDistribution(list(p.values)) for k, p in grid.items()}
+        points = self.grid_points()
+        out = {}
+        for key in points[0]:
+            seen = list(dict.fromkeys(point[key] for point in points))
+            if len(seen) > 1:
+                out[key] = CategoricalDistribution(seen)
+        return out
 
     def _require_sampled(self, what: str) -> None:
         if self.is_grid:
             raise SpaceError(f"{self.path}: a grid space has no {what}; run its grid_points()")
+
+
+def _product(params: dict[str, Param]) -> list[dict[str, Any]]:
+    """The cartesian product of ``params`` in order, last key fastest ([{}] for none)."""
+    combos = itertools.product(*(p.values for p in params.values()))
+    return [dict(zip(params, combo, strict=True)) for combo in combos]
 
 
 def shipped_spaces() -> list[Path]:
@@ -185,13 +226,44 @@ def load_space(path: Path | str, base: TrainerConfig | None = None) -> SearchSpa
     base = base if base is not None else load_config()
     tree = _read_mapping(path)
     leaves = flatten(base)
+    blocks = _parse_blocks(path, tree.pop(GRIDS, None), leaves)
     params = {}
     for key, spec in tree.items():
         _check_key(path, key, leaves)
+        if any(key in block for block in blocks):
+            raise SpaceError(f"{path}: {key}: set both in {GRIDS} and outside it")
         params[key] = _parse_param(f"{path}: {key}", spec)
-    space = SearchSpace(path=path, params=params)
+    space = SearchSpace(path=path, params=params, blocks=blocks)
     _check_values(space, base)
     return space
+
+
+def _parse_blocks(path: Path, spec: Any, leaves: dict[str, Any]) -> tuple[dict[str, Param], ...]:
+    """The blocks of a union of grids, each holding every key any block sets (the base's value
+    where it does not)."""
+    if spec is None:
+        return ()
+    if not isinstance(spec, list) or not spec:
+        raise SpaceError(f"{path}: {GRIDS}: expected a non-empty list of grids (mappings)")
+    blocks = []
+    for i, block in enumerate(spec, start=1):
+        if not isinstance(block, dict) or not block:
+            raise SpaceError(f"{path}: {GRIDS} #{i}: expected a mapping of config path to grid")
+        parsed = {}
+        for key, value in block.items():
+            _check_key(path, key, leaves)
+            param = _parse_param(f"{path}: {GRIDS} #{i}: {key}", value)
+            if param.sampled:
+                raise SpaceError(
+                    f"{path}: {GRIDS} #{i}: {key}: a block of a union takes grid or fixed "
+                    f"values, not {param.kind}"
+                )
+            parsed[key] = param
+        blocks.append(parsed)
+    keys = list(dict.fromkeys(k for block in blocks for k in block))
+    return tuple(
+        {k: block.get(k) or Param("fixed", (leaves[k],)) for k in keys} for block in blocks
+    )
 
 
 def _read_mapping(path: Path) -> dict[Any, Any]:
@@ -299,17 +371,19 @@ def _check_values(space: SearchSpace, base: TrainerConfig) -> None:
                 f"{space.path}: {key}: the trainer wants an int; use {{int: [lo, hi]}}"
             )
     # Keys can constrain each other (model validators), so try the combinations too.
-    keys = list(space.params)
-    values = [p.values for p in space.params.values()]
-    if space.is_grid or math.prod(len(v) for v in values) <= _MAX_COMBINATIONS:
-        for combo in itertools.product(*values):
-            point = dict(zip(keys, combo, strict=True))
-            try:
-                apply_overrides(base, point)
-            except ConfigError as err:
-                raise SpaceError(
-                    f"{space.path}: the combination {point} is invalid: {_one_line(err)}"
-                ) from None
+    if space.is_grid:
+        points = space.grid_points()
+    elif math.prod(len(p.values) for p in space.params.values()) <= _MAX_COMBINATIONS:
+        points = _product(space.params)
+    else:
+        return
+    for point in points:
+        try:
+            apply_overrides(base, point)
+        except ConfigError as err:
+            raise SpaceError(
+                f"{space.path}: the combination {point} is invalid: {_one_line(err)}"
+            ) from None
 
 
 def _one_line(err: ConfigError) -> str:

@@ -38,7 +38,7 @@ def _draws(space: SearchSpace, n: int, seed: int) -> list[dict]:
 
 def test_the_spaces_ship_with_the_package() -> None:
     names = {p.name for p in shipped_spaces()}
-    assert {"default.yaml", "paper_grid.yaml", "smoke.yaml"} <= names
+    assert {"default.yaml", "paper_grid.yaml", "paper_factorial.yaml", "smoke.yaml"} <= names
 
 
 @pytest.mark.parametrize("path", shipped_spaces(), ids=lambda p: p.name)
@@ -47,12 +47,15 @@ def test_shipped_space_loads_and_its_configs_validate(path: Path, base) -> None:
     assert set(space.params) <= set(flatten(base))
     if space.is_grid:
         points = space.grid_points()
-        assert len(points) == math.prod(len(p.values) for p in space.params.values())
+        if not space.blocks:
+            assert len(points) == math.prod(len(p.values) for p in space.params.values())
+        assert len({repr(sorted(p.items())) for p in points}) == len(points)
     else:
         points = _draws(space, 8, seed=0)
         assert len(points) == 8
+    keys = set(space.params) | {k for block in space.blocks for k in block}
     for point in points:
-        assert set(point) == set(space.params)
+        assert set(point) == keys
         flat = flatten(apply_overrides(base, point))
         assert all(flat[key] == value for key, value in point.items())
 
@@ -70,18 +73,90 @@ def test_default_space_is_tpe_over_loss_and_queue(base) -> None:
         space.grid_points()
 
 
-def test_paper_grid_is_the_40_point_product(base) -> None:
+def test_paper_grid_is_the_authors_16_runs(base) -> None:
+    """combine_plots.py's study: a temperature sweep without a queue for both similarities, and
+    a queue ablation at cosine 0.3 and angular 0.07; nothing else, nothing twice."""
     space = load_space(SPACES_DIR / "paper_grid.yaml", base)
     points = space.grid_points()
-    assert space.is_grid and len(points) == 40
+    got = [(p["loss.similarity"], p["loss.temperature"], p["queue.size"]) for p in points]
+    temperature_sweep = itertools.product(["cosine", "angular"], [0.07, 0.1, 0.3, 0.6], [0])
+    queue_ablation = [("cosine", 0.3, q) for q in (256, 1024, 4096, 8192)]
+    queue_ablation += [("angular", 0.07, q) for q in (256, 1024, 4096, 8192)]
+    assert got == [*temperature_sweep, *queue_ablation]
+    assert {(p["queue.start_epoch"], p["queue.same_label"]) for p in points} == {(5, "exclude")}
+    with pytest.raises(SpaceError, match="grid space has no optuna_search"):
+        space.optuna_search("encoder/dev/eer", "min", seed=0)
+
+
+def test_the_factorial_is_its_own_file_of_40_points(base) -> None:
+    points = load_space(SPACES_DIR / "paper_factorial.yaml", base).grid_points()
     expected = itertools.product(
         ["cosine", "angular"], [0.07, 0.1, 0.3, 0.6], [0, 256, 1024, 4096, 8192]
     )
     got = [(p["loss.similarity"], p["loss.temperature"], p["queue.size"]) for p in points]
     assert got == list(expected)
-    assert {p["queue.start_epoch"] for p in points} == {5}
-    with pytest.raises(SpaceError, match="grid space has no optuna_search"):
-        space.optuna_search("encoder/dev/eer", "min", seed=0)
+
+
+def test_a_union_of_grids_runs_each_point_once_with_the_same_keys(tmp_path: Path, base) -> None:
+    path = _write(
+        tmp_path,
+        "grids:\n"
+        "  - {loss.temperature: {grid: [0.1, 0.3]}, queue.size: 0}\n"
+        "  - {loss.temperature: 0.3, queue.size: {grid: [0, 16]}}\n"  # (0.3, 0) again
+        "  - {loss.similarity: angular}\n"  # a point; the others keep the base's similarity
+        "queue.start_epoch: {grid: [1, 2]}\n",  # multiplies every block
+    )
+    space = load_space(path, base)
+    got = [
+        (p["loss.temperature"], p["queue.size"], p["loss.similarity"], p["queue.start_epoch"])
+        for p in space.grid_points()
+    ]
+    t, q = base.loss.temperature, base.queue.size
+    assert got == [
+        (0.1, 0, "cosine", 1),
+        (0.1, 0, "cosine", 2),
+        (0.3, 0, "cosine", 1),
+        (0.3, 0, "cosine", 2),
+        (0.3, 16, "cosine", 1),
+        (0.3, 16, "cosine", 2),
+        (t, q, "angular", 1),
+        (t, q, "angular", 2),
+    ]
+    assert space.largest("queue.size", base) == max(16, q)
+    assert space.largest("queue.start_epoch", base) == 2
+    assert set(space.study_distributions()) == {
+        "loss.temperature",
+        "queue.size",
+        "loss.similarity",
+        "queue.start_epoch",
+    }
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("grids: {loss.temperature: 0.3}", "expected a non-empty list of grids"),
+        ("grids: []", "expected a non-empty list of grids"),
+        ("grids: [3]", r"grids #1: expected a mapping"),
+        (
+            "grids: [{loss.temperature: {uniform: [0.1, 0.3]}}]",
+            r"grids #1: loss\.temperature: a block of a union takes grid or fixed values",
+        ),
+        ("grids: [{loss.temprature: 0.3}]", r"loss\.temprature: not a trainer config path"),
+        (
+            "grids: [{loss.temperature: 0.3}]\nloss.temperature: 0.1",
+            r"loss\.temperature: set both in grids and outside it",
+        ),
+        (
+            "grids: [{loss.temperature: 0.3}]\nqueue.size: {categorical: [0, 8]}",
+            r"grids \(a union of grids\) cannot be mixed with sampled keys",
+        ),
+        ("grids: [{loss.similarity: euclid}]", r"loss\.similarity.*euclid.*invalid"),
+    ],
+)
+def test_bad_unions_fail_naming_the_block(tmp_path: Path, base, text: str, message: str) -> None:
+    with pytest.raises(SpaceError, match=message):
+        load_space(_write(tmp_path, text + "\n"), base)
 
 
 def test_smoke_space_has_two_points(base) -> None:
