@@ -76,8 +76,9 @@ def _shown_params(rows: Sequence[dict[str, Any]]) -> list[str]:
 
 
 def _eer_columns(rows: Sequence[dict[str, Any]], metric: str) -> list[tuple[str, str]]:
-    """(metric key, header) pairs: each evaluation set, the two pooled figures, stage-2 dev, and
-    the ranking metric if it is none of those. Per-attack keys (``eer_A07``) are left out."""
+    """(metric key, header) pairs: each evaluation set, the pooled figures (the mean with
+    ASVspoof 2021 over every trial too), stage-2 dev, and the ranking metric if it is none of
+    those. Per-attack and per-condition keys (``eer_A07``, ``eer_codec_alaw``) are left out."""
     keys = {k for r in rows for k in r["metrics"]}
     sets = sorted(
         parts[1]
@@ -89,6 +90,7 @@ def _eer_columns(rows: Sequence[dict[str, Any]], metric: str) -> list[tuple[str,
     columns += [
         ("eval/pooled_mean/eer", "pooled_mean"),
         ("eval/pooled_all/eer", "pooled_all"),
+        ("eval/pooled_mean/eer_all", "pooled_mean(21 all)"),
         ("classifier/dev/eer", "dev(stage2)"),
     ]
     columns = [(k, h) for k, h in columns if k in keys]

@@ -212,7 +212,7 @@ def run_job(job: EvalJob, scratch: Path, *, progress: bool = False) -> dict[str,
     scored = []
     for name in job.sets:
         try:
-            split = read_corpus(cfg.data.eval[name])
+            split = read_corpus(cfg.data.eval[name], scoring=True)
             result = final.score_set(name, split, rt)
             if logger is not None:
                 logger.log_set(result.metrics(), result.write(scratch / "scores"))

@@ -10,15 +10,17 @@ import logging
 from trainer.config import ConfigError, TrainerConfig
 from trainer.data.check import SplitReport, check_split
 from trainer.data.config import DatasetConfig
+from trainer.data.corpora import scored_rows
 from trainer.data.sampler import epoch_batches
 
 log = logging.getLogger(__name__)
 
 
 def corpora(cfg: TrainerConfig) -> dict[str, DatasetConfig]:
-    """Every split of ``cfg`` by name: ``train``, ``dev``, ``eval/NAME``."""
+    """Every split of ``cfg`` by name: ``train``, ``dev``, ``eval/NAME`` (the rows its
+    evaluation scores: every subset of an ASVspoof 2021 key)."""
     sets = {"train": cfg.data.train, "dev": cfg.data.dev}
-    return sets | {f"eval/{name}": ds for name, ds in cfg.data.eval.items()}
+    return sets | {f"eval/{name}": scored_rows(ds) for name, ds in cfg.data.eval.items()}
 
 
 def _problems(name: str, ds: DatasetConfig, report: SplitReport) -> list[str]:

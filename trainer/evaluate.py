@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from trainer import checkpoint
+from trainer.breakdown import breakdown, headline
 from trainer.config import TrainerConfig, load_config, to_yaml
 from trainer.data.corpora import CorpusSplit
 from trainer.data.records import Utterance
@@ -30,6 +31,7 @@ from trainer.metrics import (
     SetResult,
     bootstrap_eer_ci,
     class_scores,
+    compute_eer,
     evaluate,
     pooled_all,
     pooled_mean,
@@ -95,10 +97,10 @@ class FinalModel:
             return self.classifier(z).squeeze(1).numpy()
 
     def score_set(self, name: str, split: CorpusSplit, rt: Runtime) -> SetScores:
+        """Score every row of ``split`` (read with ``scoring=True``: every subset of an
+        ASVspoof 2021 key) in one pass; see :class:`SetScores` for what the EERs are over."""
         z = embed_split(self.model, split, self.cfg, rt, f"eval {name}")  # (N, D)
-        scores = self.scores(z)
-        result = evaluate(split.utterances, scores, name)
-        return SetScores(name, split, scores, result, eer_interval(split.utterances, scores))
+        return SetScores.of(name, split, self.scores(z))
 
 
 def load_model(folder: Path, device: torch.device) -> FinalModel:
@@ -160,8 +162,9 @@ def eer_interval(utterances: Sequence[Utterance], scores: np.ndarray) -> EerInte
 
 @dataclass(frozen=True, eq=False)
 class SetScores:
-    """One evaluation set scored: its scores (N,) in protocol order, its EERs and the EER's
-    bootstrap interval."""
+    """One evaluation set scored: its scores (N,) for every row read, in protocol order, the EER
+    over the headline rows (the configured ``subset`` of an ASVspoof 2021 key, every row of
+    another set) with its bootstrap interval, and the breakdowns (:mod:`trainer.breakdown`)."""
 
     name: str
     split: CorpusSplit
@@ -169,37 +172,63 @@ class SetScores:
     result: SetResult
     interval: EerInterval
 
+    @classmethod
+    def of(cls, name: str, split: CorpusSplit, scores: np.ndarray) -> SetScores:
+        shown = headline(split.config, split.utterances)  # (N,)
+        utterances = [u for u, keep in zip(split.utterances, shown, strict=True) if keep]
+        result = evaluate(utterances, scores[shown], name)
+        return cls(name, split, scores, result, eer_interval(utterances, scores[shown]))
+
     def metrics(self) -> dict[str, float]:
         """``eval/<set>/eer``, the per-attack ``eval/<set>/eer_<attack>``, and the set's counts:
         ``eval/<set>/n_bonafide`` and ``n_spoof`` trials scored, ``n_skipped`` trials dropped
         because their audio is missing (``on_missing: skip``), so an EER on a partial set shows;
         the EER's 95% interval ``eer_ci_low`` / ``eer_ci_high`` and ``eer_ci_speakers``, the
-        speakers its cluster bootstrap resampled (0: trials)."""
+        speakers its cluster bootstrap resampled (0: trials). ASVspoof 2021 sets add
+        ``eer_all``, ``eer_subset_<s>`` and ``eer_<condition>_<value>``
+        (:func:`trainer.breakdown.breakdown`). The counts and intervals are those of the
+        headline rows."""
         prefix = f"eval/{self.name}"
-        return self.result.metrics(prefix) | {
-            f"{prefix}/n_bonafide": float(self.result.n_bonafide),
-            f"{prefix}/n_spoof": float(self.result.n_spoof),
-            f"{prefix}/n_skipped": float(len(self.split.skipped)),
-            f"{prefix}/eer_ci_low": self.interval.low,
-            f"{prefix}/eer_ci_high": self.interval.high,
-            f"{prefix}/eer_ci_speakers": float(self.interval.speakers),
-        }
+        extra = breakdown(self.split.config, self.split.utterances, self.scores)
+        return (
+            self.result.metrics(prefix)
+            | {f"{prefix}/{key}": value for key, value in extra.items()}
+            | {
+                f"{prefix}/n_bonafide": float(self.result.n_bonafide),
+                f"{prefix}/n_spoof": float(self.result.n_spoof),
+                f"{prefix}/n_skipped": float(len(self.split.skipped)),
+                f"{prefix}/eer_ci_low": self.interval.low,
+                f"{prefix}/eer_ci_high": self.interval.high,
+                f"{prefix}/eer_ci_speakers": float(self.interval.speakers),
+            }
+        )
 
     def write(self, folder: Path) -> Path:
-        """The score file ``folder/<set>.tsv`` (see :func:`trainer.metrics.write_scores`)."""
+        """The score file ``folder/<set>.tsv`` of every row scored (see
+        :func:`trainer.metrics.write_scores`; an ASVspoof 2021 row's key holds its subset)."""
         folder.mkdir(parents=True, exist_ok=True)
         return write_scores(folder / f"{self.name}.tsv", self.split.utterances, self.scores)
 
-    def by_class(self) -> tuple[np.ndarray, np.ndarray]:
-        return class_scores(self.split.utterances, self.scores)
+    def by_class(self, rows: str = "headline") -> tuple[np.ndarray, np.ndarray]:
+        """(bona fide, spoof) scores of the headline rows, or of every row (``rows="all"``)."""
+        if rows == "all":
+            return class_scores(self.split.utterances, self.scores)
+        shown = headline(self.split.config, self.split.utterances)
+        kept = [u for u, keep in zip(self.split.utterances, shown, strict=True) if keep]
+        return class_scores(kept, self.scores[shown])
 
 
 def pooled_metrics(sets: Sequence[SetScores]) -> dict[str, float]:
-    """``eval/pooled_mean/eer`` (mean of the sets' EERs, the paper's figure) and
-    ``eval/pooled_all/eer`` (one threshold over all scores) over ``sets``; {} for none."""
+    """The pooled figures over ``sets``, {} for none: ``eval/pooled_mean/eer`` (the mean of the
+    sets' EERs, the paper's "pooled" column) and ``eval/pooled_all/eer`` (one threshold over all
+    scores), with ASVspoof 2021 on its configured subset (``eval``: the literature's); and the
+    same two as ``.../eer_all`` with ASVspoof 2021 over every trial of its key (the authors')."""
     if not sets:
         return {}
+    every = [s.by_class("all") for s in sets]
     return {
         "eval/pooled_mean/eer": pooled_mean([s.result for s in sets]),
         "eval/pooled_all/eer": pooled_all([s.by_class() for s in sets]),
+        "eval/pooled_mean/eer_all": float(np.mean([compute_eer(*b)[0] for b in every])),
+        "eval/pooled_all/eer_all": pooled_all(every),
     }

@@ -50,7 +50,7 @@ def load_data(cfg: TrainerConfig, with_eval: bool = True, check_files: bool = Tr
     return TrialData(
         train=read_corpus(cfg.data.train, check_files=check_files),
         dev=read_corpus(cfg.data.dev, check_files=check_files),
-        eval={name: read_corpus(ds, check_files=check_files) for name, ds in sets},
+        eval={name: read_corpus(ds, check_files=check_files, scoring=True) for name, ds in sets},
     )
 
 

@@ -14,6 +14,7 @@ from trainer.config import load_config
 from trainer.data.config import DatasetConfig
 from trainer.data.corpora import read_corpus
 from trainer.evaluate import FinalModel, SetScores, pooled_metrics
+from trainer.metrics import compute_eer
 from trainer.model import SupConModel
 from trainer.runtime import setup
 
@@ -72,7 +73,12 @@ def test_set_metrics_count_scored_and_skipped_trials(
 
     # The counts do not leak into the pooled figures, which stay EERs.
     pooled = pooled_metrics([full, partial])
-    assert set(pooled) == {"eval/pooled_mean/eer", "eval/pooled_all/eer"}
+    assert set(pooled) == {
+        "eval/pooled_mean/eer",
+        "eval/pooled_all/eer",
+        "eval/pooled_mean/eer_all",
+        "eval/pooled_all/eer_all",
+    }
     assert pooled["eval/pooled_mean/eer"] == pytest.approx(
         (full.result.eer + partial.result.eer) / 2
     )
@@ -89,3 +95,82 @@ def test_each_set_gets_an_eer_interval_over_its_speakers(final: FinalModel, synt
     low, high = metrics["eval/asv19/eer_ci_low"], metrics["eval/asv19/eer_ci_high"]
     assert 0.0 <= low <= metrics["eval/asv19/eer"] <= high <= 1.0
     assert high - low > 0.0
+
+
+def _key_rows(root: Path, track: str) -> list[list[str]]:
+    """The synthetic ASVspoof 2021 key, read here with a plain split (not the project's reader)."""
+    key = root / "ASVspoof2021" / "keys" / track / "CM" / "trial_metadata.txt"
+    return [line.split() for line in key.read_text().splitlines() if line.strip()]
+
+
+def _eer_of(rows: list[list[str]], scores: dict[str, float]) -> float:
+    bona = [scores[r[1]] for r in rows if r[5] == "bonafide"]
+    spoof = [scores[r[1]] for r in rows if r[5] == "spoof"]
+    return compute_eer(bona, spoof)[0]
+
+
+@pytest.mark.parametrize(
+    ("kind", "track", "both", "spoof_only"),
+    [
+        ("asvspoof2021-la", "LA", {"codec": 2, "transmission": 3}, {}),
+        ("asvspoof2021-df", "DF", {"compression": 2, "source": 3}, {"vocoder": 8}),
+    ],
+)
+def test_2021_sets_are_scored_once_both_ways_with_their_conditions(
+    final: FinalModel, synth_root: Path, kind: str, track: str, both: dict, spoof_only: dict
+) -> None:
+    """One pass over every trial of the key: ``eer`` over the ``eval`` subset (the literature),
+    ``eer_all`` over every trial (the authors'), each subset's, and per condition column, each
+    equal to the EER recomputed here from the key's columns."""
+    name = track.lower()
+    cfg = DatasetConfig(kind=kind, root=synth_root / "ASVspoof2021")
+    rt = setup(final.cfg.runtime, final.cfg.seed)
+    scored = final.score_set(name, read_corpus(cfg, scoring=True), rt)
+    rows = _key_rows(synth_root, track)
+    scores = dict(zip((u.utt_id for u in scored.split.utterances), scored.scores, strict=True))
+    assert set(scores) == {r[1] for r in rows}  # every subset scored, once
+    metrics = scored.metrics()
+    subset_rows = {s: [r for r in rows if r[7] == s] for s in ("eval", "progress", "hidden")}
+    prefix = f"eval/{name}"
+    assert metrics[f"{prefix}/eer"] == _eer_of(subset_rows["eval"], scores)
+    assert metrics[f"{prefix}/eer_all"] == _eer_of(rows, scores)
+    for subset, kept in subset_rows.items():
+        assert metrics[f"{prefix}/eer_subset_{subset}"] == _eer_of(kept, scores)
+    assert metrics[f"{prefix}/n_bonafide"] + metrics[f"{prefix}/n_spoof"] == len(
+        subset_rows["eval"]
+    )
+    eval_rows = subset_rows["eval"]
+    checked = 0
+    for column, index in {**both, **spoof_only}.items():
+        for value in {r[index] for r in eval_rows if r[5] == "spoof"}:
+            spoofs = [r for r in eval_rows if r[5] == "spoof" and r[index] == value]
+            bona = [r for r in eval_rows if r[5] == "bonafide"]
+            if column in both:
+                bona = [r for r in bona if r[index] == value]
+            key = f"{prefix}/eer_{column}_{value}"
+            if not bona:
+                assert key not in metrics
+                continue
+            assert metrics[key] == _eer_of(bona + spoofs, scores), key
+            checked += 1
+    assert checked >= 5
+
+
+def test_the_pooled_figures_come_both_ways(final: FinalModel, synth_root: Path) -> None:
+    rt = setup(final.cfg.runtime, final.cfg.seed)
+    sets = [
+        final.score_set(name, read_corpus(DatasetConfig(kind=kind, root=root), scoring=True), rt)
+        for name, kind, root in [
+            ("la", "asvspoof2021-la", synth_root / "ASVspoof2021"),
+            ("itw", "itw", synth_root / "itw"),
+        ]
+    ]
+    la, itw = (s.metrics() for s in sets)
+    pooled = pooled_metrics(sets)
+    assert pooled["eval/pooled_mean/eer"] == pytest.approx(
+        (la["eval/la/eer"] + itw["eval/itw/eer"]) / 2
+    )
+    assert pooled["eval/pooled_mean/eer_all"] == pytest.approx(
+        (la["eval/la/eer_all"] + itw["eval/itw/eer"]) / 2
+    )
+    assert "eval/itw/eer_all" not in itw  # a set without subsets is one figure

@@ -59,6 +59,33 @@ def test_cli_trial_writes_everything(synth_root: Path, tmp_path: Path, capsys) -
     assert set(FINAL_METRICS) <= set(metrics)
 
 
+def test_a_trial_scores_asvspoof_2021_both_ways(synth_root: Path, tmp_path: Path) -> None:
+    """The 2021 sets of a trial: the literature's eval-subset EER, the authors' all-trials EER,
+    the per-subset and per-condition EERs, and pooled figures of both kinds."""
+    root = synth_root / "ASVspoof2021"
+    sets = (
+        f"data.eval={{asv21la: {{kind: asvspoof2021-la, root: {root}}}, "
+        f"asv21df: {{kind: asvspoof2021-df, root: {root}}}}}"
+    )
+    metrics = run_trial(load_config(None, [*micro(synth_root, epochs=1), sets]), tmp_path / "t")
+    for name in ("asv21la", "asv21df"):
+        for key in ("eer", "eer_all", "eer_subset_eval", "eer_subset_progress"):
+            assert 0.0 <= metrics[f"eval/{name}/{key}"] <= 1.0, (name, key)
+        assert metrics[f"eval/{name}/eer_subset_eval"] == metrics[f"eval/{name}/eer"]
+    assert any(k.startswith("eval/asv21la/eer_codec_") for k in metrics)
+    assert any(k.startswith("eval/asv21la/eer_transmission_") for k in metrics)
+    assert any(k.startswith("eval/asv21df/eer_vocoder_") for k in metrics)
+    assert any(k.startswith("eval/asv21df/eer_source_") for k in metrics)
+    assert metrics["eval/pooled_mean/eer_all"] == pytest.approx(
+        (metrics["eval/asv21la/eer_all"] + metrics["eval/asv21df/eer_all"]) / 2
+    )
+    subsets = {
+        line.split("\t")[4].split()[6]
+        for line in (tmp_path / "t" / "scores" / "asv21la.tsv").read_text().splitlines()[1:]
+    }
+    assert subsets == {"eval", "progress", "hidden"}  # the score file holds every trial
+
+
 def test_the_saved_model_scores_a_set_as_the_trial_did(synth_root: Path, tmp_path: Path) -> None:
     """A trial run without its evaluation sets (as a sweep runs it) saves a final model that
     scores them later exactly as an evaluating trial scores them, and stage 1's dev monitor
@@ -72,7 +99,7 @@ def test_the_saved_model_scores_a_set_as_the_trial_did(synth_root: Path, tmp_pat
     assert len(read_scores(tmp_path / "without" / "scores" / "dev.tsv")) > 20
     final = load_model(tmp_path / "without" / "model", torch.device("cpu"))
     rt = setup(final.cfg.runtime, final.cfg.seed)
-    split = read_corpus(final.cfg.data.eval["asv19"])
+    split = read_corpus(final.cfg.data.eval["asv19"], scoring=True)
     later = final.score_set("asv19", split, rt)
     saved = read_scores(tmp_path / "with" / "scores" / "asv19.tsv")
     assert later.scores.tolist() == [saved[u.utt_id] for u in split.utterances]

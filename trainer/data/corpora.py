@@ -270,6 +270,17 @@ def splits_of(kind: str, root: Path) -> tuple[str, ...]:
     return SPLITS[kind]
 
 
+def has_subsets(cfg: DatasetConfig) -> bool:
+    """Whether ``cfg``'s key divides its trials into subsets (ASVspoof 2021)."""
+    return cfg.kind.startswith("asvspoof2021")
+
+
+def scored_rows(cfg: DatasetConfig) -> DatasetConfig:
+    """The rows an evaluation of ``cfg`` scores: every subset of an ASVspoof 2021 key (its EER
+    stays over ``cfg.subset``; see :mod:`trainer.breakdown`), any other set as it is."""
+    return cfg.model_copy(update={"subset": "all"}) if has_subsets(cfg) else cfg
+
+
 def parse_protocol(cfg: DatasetConfig) -> tuple[Path, list[Utterance]]:
     """Read the layout and protocol of ``cfg``; no audio file is touched."""
     protocol, records = READERS[cfg.kind](cfg)
@@ -282,9 +293,14 @@ def parse_protocol(cfg: DatasetConfig) -> tuple[Path, list[Utterance]]:
 
 
 def read_corpus(
-    cfg: DatasetConfig, *, require_both_classes: bool = True, check_files: bool = True
+    cfg: DatasetConfig,
+    *,
+    require_both_classes: bool = True,
+    check_files: bool = True,
+    scoring: bool = False,
 ) -> CorpusSplit:
-    """Parse a split and check that its audio files exist.
+    """Parse a split and check that its audio files exist. ``scoring``: the rows an evaluation
+    scores (:func:`scored_rows`: every subset of an ASVspoof 2021 key), the split's config kept.
 
     Missing files raise :class:`MissingAudioError` (count plus the first few paths), or with
     ``on_missing=skip`` are dropped and counted in ``CorpusSplit.skipped`` (and logged). A split
@@ -293,7 +309,7 @@ def read_corpus(
     once, so its trials do not stat hundreds of thousands of files again); a split with
     ``on_missing=skip`` is still looked at, since its trials must drop the same files.
     """
-    protocol, records = parse_protocol(cfg)
+    protocol, records = parse_protocol(scored_rows(cfg) if scoring else cfg)
     look = check_files or cfg.on_missing == "skip"
     missing = [r.path for r in records if look and not os.path.isfile(r.path)]
     if missing and cfg.on_missing == "error":
@@ -308,9 +324,8 @@ def read_corpus(
             len(missing),
             len(records) + len(missing),
         )
-    where = f"{cfg.kind} split {cfg.split!r}" + (
-        f" subset {cfg.subset!r}" if cfg.kind.startswith("asvspoof2021") else ""
-    )
+    subset = "all" if scoring else cfg.subset
+    where = f"{cfg.kind} split {cfg.split!r}" + (f" subset {subset!r}" if has_subsets(cfg) else "")
     if not records:
         raise CorpusError(f"{where} has no usable rows ({protocol})")
     labels = {r.label for r in records}
