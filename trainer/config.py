@@ -43,6 +43,12 @@ class ModelConfig(_Strict):
     ``revision``: the hub revision (branch, tag or commit) of ``pretrained``; ``best --export``
     pins the commit a trial loaded, so a rerun gets the same weights.
 
+    ``pooling``: the embedding is the mean of the frames of the clip (``masked``: padding
+    frames left out, so a clip's embedding does not depend on its batch) or of every frame of
+    the padded batch (``all_frames``: the authors'). ``normalize_input``: each clip scaled to
+    zero mean and unit variance over its valid samples before the encoder, as XLS-R's feature
+    extractor does (``false``: raw audio, the authors').
+
     ``gradient_checkpointing``: recompute the transformer layers' activations in backward (about
     a third more compute for a fraction of the memory). ``auto`` turns it on only where a
     training step would not fit without it: off on CPU; on CUDA a one-time probe step at the
@@ -61,6 +67,8 @@ class ModelConfig(_Strict):
     gradient_checkpointing: bool | Literal["auto"] = "auto"
     attention: Literal["sdpa", "eager"] = "sdpa"
     spec_augment: SpecAugmentConfig = SpecAugmentConfig()
+    pooling: Literal["masked", "all_frames"] = "masked"
+    normalize_input: bool = True
 
     @model_validator(mode="after")
     def _one_source(self) -> ModelConfig:
@@ -109,6 +117,12 @@ class DataConfig(_Strict):
     ``pad_multiple``: a ``full``-crop batch is zero-padded to its longest clip rounded up to a
     multiple of this many samples (null: no rounding); with ``runtime.compile`` that bounds the
     number of shapes the compiled encoder sees (16000: at most 10 for 10-s crops).
+    ``attention_mask``: which samples the encoder's attention mask marks valid, in training and
+    evaluation alike: ``length`` (every sample of the clip, none of the padding), ``nonzero``
+    (the clip's non-zero samples before augmentation, the augmented clip zeroed elsewhere: the
+    authors' code at their logged runs), ``nonzero_augmented`` (the non-zero samples after
+    augmentation: the authors' earlier and later code). wav2vec2 reads a mask as a length, so
+    under ``nonzero*`` a clip's exact zeros (digital silence) shorten what it attends to.
     """
 
     train: DatasetConfig
@@ -121,6 +135,7 @@ class DataConfig(_Strict):
     eval_batch_size: Annotated[int, Field(ge=1)] | Literal["auto"] = "auto"
     num_workers: Annotated[int, Field(ge=0)] | Literal["auto"] = "auto"
     pad_multiple: int | None = Field(default=None, ge=1)
+    attention_mask: Literal["length", "nonzero", "nonzero_augmented"] = "length"
 
 
 class Stage1Config(_Strict):
@@ -151,10 +166,13 @@ class Stage2Config(_Strict):
 
 class RuntimeConfig(_Strict):
     """Device and numerics of each process. ``precision`` on CUDA: ``fp32`` is true fp32 (TF32
-    off, torch's default), ``tf32`` lets matmuls and convolutions use TF32, ``bf16`` autocasts to
-    bfloat16 (with TF32 on), ``auto`` is bf16. On CPU everything is fp32. ``resume_world_size``:
-    ``same`` refuses to resume a checkpoint written by a different number of ranks (the
-    sampler's plan, the epoch length and the global batch depend on it), ``any`` allows it.
+    off for matmuls and convolutions), ``torch-defaults`` is what PyTorch does when nobody sets
+    its flags (fp32 matmuls, TF32 cuDNN convolutions: the authors' runs), ``tf32`` lets matmuls
+    and convolutions use TF32, ``bf16`` autocasts to bfloat16 (with TF32 on), ``auto`` is bf16.
+    On CPU everything is fp32 (``fp32``, ``torch-defaults`` and ``auto`` run there).
+    ``resume_world_size``: ``same`` refuses to resume a checkpoint written by a different
+    number of ranks (the sampler's plan, the epoch length and the global batch depend on it),
+    ``any`` allows it.
     ``world_size``: the number of DDP ranks the config is meant for (the global batch is
     ``data.sampler.batch_size`` times it, and the epoch's length depends on it); a run with
     another number refuses to start. ``null``: any (``best --export`` sets it).
@@ -169,7 +187,7 @@ class RuntimeConfig(_Strict):
     trial's GPU share), null for all of it."""
 
     device: Literal["auto", "cpu", "cuda"] = "auto"
-    precision: Literal["auto", "fp32", "tf32", "bf16"] = "auto"
+    precision: Literal["auto", "fp32", "torch-defaults", "tf32", "bf16"] = "auto"
     threads: int | None = Field(default=None, ge=1)
     progress: bool = True
     resume_world_size: Literal["same", "any"] = "same"

@@ -12,7 +12,7 @@ from tqdm import tqdm
 
 from trainer import distributed
 from trainer.data.config import CropConfig
-from trainer.data.dataset import AudioDataset, make_loader
+from trainer.data.dataset import AudioDataset, MaskSource, make_loader
 from trainer.data.records import Utterance
 from trainer.model import padding_mask
 
@@ -31,6 +31,7 @@ def embed(
     progress: bool = False,
     static_batches: bool = False,
     pad_multiple: int | None = None,
+    mask: MaskSource = "length",
 ) -> torch.Tensor:
     """(N, D) float32 embeddings of ``utterances`` in their order, in eval mode, on CPU.
 
@@ -38,11 +39,11 @@ def embed(
     forward runs in inference mode; the result is an ordinary tensor (stage 2 trains on it).
     ``static_batches``: the last, partial batch is padded with silent rows (dropped after) to
     ``batch_size``, so a compiled encoder sees one batch shape. ``pad_multiple``: see
-    :func:`trainer.data.dataset.collate`.
+    :func:`trainer.data.dataset.collate`; ``mask``: see :class:`~trainer.data.dataset.AudioDataset`.
     """
     was_training = model.training
     model.eval()
-    dataset = AudioDataset(utterances, crop, seed=seed)
+    dataset = AudioDataset(utterances, crop, seed=seed, mask=mask)
     rank, world = distributed.world_rank(), distributed.world_size()
     mine = list(range(rank, len(dataset), world))
     loader = make_loader(

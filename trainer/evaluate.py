@@ -70,6 +70,7 @@ def embed_split(
         progress=rt.show_progress,
         static_batches=cfg.runtime.compile,
         pad_multiple=cfg.data.pad_multiple,
+        mask=cfg.data.attention_mask,
     )
 
 

@@ -236,10 +236,12 @@ class SupConModel(nn.Module):
     ) -> torch.Tensor:
         """z (B, D), fp32, unit norm, from right-padded waveforms (B, T) and their 0/1 mask (B, T).
 
-        Each waveform is normalised to zero mean and unit variance over its valid samples, as the
-        XLS-R feature extractor does (``do_normalize=True``), so raw [-1, 1] audio can be fed;
-        padding stays zero. With the mask, a clip's z does not depend on the padding. A clip
-        shorter than the 400-sample receptive field has no frames and gets z = 0.
+        With ``model.normalize_input`` each waveform is normalised to zero mean and unit variance
+        over its valid samples, as the XLS-R feature extractor does (``do_normalize=True``), so
+        raw [-1, 1] audio can be fed; padding stays zero. The frames are averaged over the
+        clip's valid frames (``model.pooling: masked``: with the mask, a clip's z does not depend
+        on the padding; a clip shorter than the 400-sample receptive field has no frames and
+        gets z = 0) or over every frame of the batch (``all_frames``: padding included).
 
         With ``model.spec_augment`` on and in training mode, HF's SpecAugment replaces spans of
         frames by ``masked_spec_embed`` before the transformer; it draws the spans from the
@@ -247,7 +249,8 @@ class SupConModel(nn.Module):
         """
         wave = waveform.float()  # (B, T)
         valid = torch.ones_like(wave) if attention_mask is None else attention_mask.to(wave)
-        wave = _normalise(wave, valid)  # (B, T)
+        if self.cfg.normalize_input:
+            wave = _normalise(wave, valid)  # (B, T)
         out = self.encoder(
             wave,
             attention_mask=attention_mask,
@@ -258,13 +261,21 @@ class SupConModel(nn.Module):
         # output as 4.x did (and so that the final LayerNorm takes part, as DDP requires).
         states = [*out.hidden_states[:-1], out.last_hidden_state]  # L x (B, T', H)
         frames = self.head.proj(self.head.combine(states))  # (B, T', D)
+        if self.cfg.pooling == "all_frames":
+            pooled = frames.mean(1)  # (B, D)
+        else:
+            pooled = self._masked_mean(frames, valid)  # (B, D)
+        pooled = pooled + self._tie_spec_embed()
+        return F.normalize(pooled.float(), dim=-1)
+
+    def _masked_mean(self, frames: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+        """(B, D): the mean of ``frames`` (B, T', D) over each clip's first frames, as many as
+        its valid samples (B, T) give; wav2vec2 reads its mask as a length the same way."""
         lengths = self.encoder._get_feat_extract_output_lengths(valid.sum(-1).long())  # (B,)
         steps = torch.arange(frames.shape[1], device=frames.device)
         frame_mask = (steps[None, :] < lengths[:, None]).to(frames.dtype)  # (B, T')
         count = frame_mask.sum(1, keepdim=True).clamp(min=1)  # (B, 1)
-        pooled = (frames * frame_mask[..., None]).sum(1) / count  # (B, D)
-        pooled = pooled + self._tie_spec_embed()
-        return F.normalize(pooled.float(), dim=-1)
+        return (frames * frame_mask[..., None]).sum(1) / count
 
     def _no_span_fits(self, wave: torch.Tensor) -> torch.Tensor | None:
         """An all-False (B, T') time mask when SpecAugment is on, the encoder is training and the

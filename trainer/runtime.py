@@ -37,7 +37,7 @@ def setup(cfg: RuntimeConfig, seed: int) -> Runtime:
     if use_cuda:
         device = torch.device("cuda", distributed.local_rank() % torch.cuda.device_count())
         torch.cuda.set_device(device)
-        set_tf32(cfg.precision != "fp32")
+        set_tf32(*tf32_flags(cfg.precision))
     else:
         device = torch.device("cpu")
     if cfg.precision == "bf16" and not use_cuda:
@@ -56,12 +56,24 @@ def setup(cfg: RuntimeConfig, seed: int) -> Runtime:
     return Runtime(device=device, bf16=bf16, show_progress=cfg.progress and distributed.is_main())
 
 
-def set_tf32(enabled: bool) -> None:
-    """TF32 for CUDA matmuls and cuDNN convolutions. Off is IEEE fp32 (``runtime.precision:
-    fp32``, what the authors' runs used: torch leaves matmul TF32 off by default); on trades
-    ~3 decimal digits of the mantissa for tensor-core speed (``tf32``, ``bf16``, ``auto``)."""
-    torch.backends.cuda.matmul.allow_tf32 = enabled
-    torch.backends.cudnn.allow_tf32 = enabled
+def tf32_flags(precision: str) -> tuple[bool, bool]:
+    """(TF32 matmuls, TF32 cuDNN convolutions) on CUDA for ``runtime.precision``: ``fp32`` is
+    IEEE fp32 everywhere; ``torch-defaults`` is what PyTorch does untold, fp32 matmuls but TF32
+    convolutions (``torch.backends.cudnn.allow_tf32`` defaults to True), which the authors' runs
+    had, since their code sets neither flag: in XLS-R that is the 7 feature-encoder
+    convolutions and the positional convolution; ``tf32``, ``bf16`` and ``auto`` allow both."""
+    if precision == "fp32":
+        return False, False
+    if precision == "torch-defaults":
+        return False, True
+    return True, True
+
+
+def set_tf32(matmul: bool, cudnn: bool) -> None:
+    """TF32 for CUDA matmuls and for cuDNN convolutions (see :func:`tf32_flags`). Off is IEEE
+    fp32; on trades ~3 decimal digits of the mantissa for tensor-core speed."""
+    torch.backends.cuda.matmul.allow_tf32 = matmul
+    torch.backends.cudnn.allow_tf32 = cudnn
 
 
 def seed_everything(seed: int) -> None:

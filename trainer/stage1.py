@@ -309,7 +309,11 @@ class Stage1:
             )
         augment = RawBoost(cfg.data.rawboost) if cfg.data.rawboost.algo else None
         dataset = AudioDataset(
-            train.utterances, cfg.data.train_crop, augment=augment, seed=cfg.seed
+            train.utterances,
+            cfg.data.train_crop,
+            augment=augment,
+            seed=cfg.seed,
+            mask=cfg.data.attention_mask,
         )
         self.workers = loader_workers(cfg.data.num_workers, cfg.runtime, rt.device)
         self.loader = make_loader(
@@ -450,6 +454,7 @@ class Stage1:
             desc="dev",
             static_batches=cfg.runtime.compile,
             pad_multiple=cfg.data.pad_multiple,
+            mask=cfg.data.attention_mask,
         )  # (N, D)
         labels = torch.tensor([u.target for u in dev])
         direction = torch.nn.functional.normalize(centroid.float().cpu(), dim=0)

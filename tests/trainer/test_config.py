@@ -41,7 +41,11 @@ def test_paper_config_has_the_paper_hyperparameters() -> None:
     assert (cfg.stage2.lr, cfg.stage2.batch_size, cfg.stage2.patience) == (1e-4, 64, 15)
     # The authors' way where the code once deviated silently (issue 11).
     assert cfg.data.sampler.epoch == "bonafide_pass" and cfg.loss.contrast == "local"
-    assert cfg.queue.same_label == "exclude"
+    assert cfg.queue.same_label == "exclude" and cfg.stage1.patience == 5
+    # The authors' front end (issue 23): plain mean over the padded batch, raw audio, the mask
+    # from non-zero samples, torch's default numerics.
+    assert (cfg.model.pooling, cfg.model.normalize_input) == ("all_frames", False)
+    assert cfg.data.attention_mask == "nonzero" and cfg.runtime.precision == "torch-defaults"
     assert cfg.data.rawboost.algo == "paper" and cfg.data.rawboost.p == 0.7
     assert cfg.model.spec_augment.mask_time_prob == 0.075 and cfg.seed == 1337
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import functools
 import random
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -17,6 +17,7 @@ from trainer.data.records import Utterance
 from trainer.data.sampler import SampleKey
 
 Augment = Callable[[np.ndarray, np.random.Generator], np.ndarray]
+MaskSource = Literal["length", "nonzero", "nonzero_augmented"]
 
 
 class AudioDataset(Dataset):
@@ -28,6 +29,14 @@ class AudioDataset(Dataset):
     position), so draws differ across ranks, DataLoader workers and epochs, and a rerun with the
     same seed reproduces them whatever the number of workers. (Seeding from global numpy state, as
     the reference implementation does, repeats the same draws in every forked worker.)
+
+    ``mask`` says which samples the batch's attention mask marks valid (``data.attention_mask``):
+    ``length``, every sample of the clip (the mask is built from the lengths when batched);
+    ``nonzero``, the clip's non-zero samples before augmentation, the augmented clip zeroed
+    where the clip was zero (the authors' code at the runs they logged); ``nonzero_augmented``,
+    the non-zero samples after augmentation (the authors' earlier and later code). Only the
+    count of valid samples reaches wav2vec2 (it reads a mask as a length), so a clip's exact
+    zeros (digital silence) shorten what the encoder attends to.
     """
 
     def __init__(
@@ -37,11 +46,13 @@ class AudioDataset(Dataset):
         *,
         augment: Augment | None = None,
         seed: int = 0,
+        mask: MaskSource = "length",
     ) -> None:
         self.utterances = tuple(utterances)
         self.reader = ClipReader(crop)
         self.augment = augment
         self.seed = seed
+        self.mask = mask
 
     def __len__(self) -> int:
         return len(self.utterances)
@@ -56,13 +67,20 @@ class AudioDataset(Dataset):
         utt = self.utterances[index]
         rng = self.rng_for(item)
         wave = self.reader(utt.path, rng)
+        nonzero = wave != 0 if self.mask == "nonzero" else None
         if self.augment is not None:
             wave = self.augment(wave, rng)
-        return {
+        if nonzero is not None:
+            wave = wave * nonzero
+        item = {
             "waveform": torch.from_numpy(np.ascontiguousarray(wave, dtype=np.float32)),
             "label": utt.target,
             "index": index,
         }
+        if self.mask != "length":
+            valid = nonzero if nonzero is not None else wave != 0
+            item["valid"] = torch.from_numpy(np.ascontiguousarray(valid))
+        return item
 
 
 def collate(
@@ -70,7 +88,7 @@ def collate(
 ) -> dict[str, torch.Tensor]:
     """Stack clips, zero-padding to the longest (rounded up to a multiple of ``pad_multiple``
     samples when set: fewer distinct shapes for a compiled model); ``attention_mask`` is 1 on
-    real samples."""
+    the clips' samples, or on those each item marks ``valid`` (see :class:`AudioDataset`)."""
     lengths = torch.tensor([it["waveform"].shape[0] for it in items])
     longest = int(lengths.max())
     if pad_multiple:
@@ -79,6 +97,9 @@ def collate(
     for row, it in enumerate(items):
         waveform[row, : it["waveform"].shape[0]] = it["waveform"]
     attention_mask = (torch.arange(longest)[None, :] < lengths[:, None]).long()  # (B, T)
+    if "valid" in items[0]:
+        for row, it in enumerate(items):
+            attention_mask[row, : it["valid"].shape[0]] = it["valid"].long()
     return {
         "waveform": waveform,
         "attention_mask": attention_mask,
