@@ -7,6 +7,7 @@ then the MLflow store and the Ray cluster are reached; only then does any work s
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
 from dataclasses import replace
@@ -101,6 +102,26 @@ def _add_verbose(p: argparse.ArgumentParser) -> None:
     )
 
 
+def _add_dry_run(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="check everything the sweep would check (arguments, config, search space, the "
+        "corpora, a tracking server or Ray address given) and print its plan: a grid's trials "
+        "in run order, or the searcher and its domains; the resources per trial; ASHA's first "
+        "rung; the most stage-1 trial-epochs it can train. Starts nothing, writes nothing; "
+        "exit 0 for a valid plan, 2 otherwise",
+    )
+    p.add_argument(
+        "--json", action="store_true", help="with --dry-run: the plan as one JSON object"
+    )
+    p.add_argument(
+        "--no-data-check",
+        action="store_true",
+        help="with --dry-run: skip the corpora's check (it looks at every listed file)",
+    )
+
+
 def eval_top_k(text: str) -> int | None:
     """``--eval-top-k``: a whole number >= 0, or ``all`` (None)."""
     if text.strip().lower() == "all":
@@ -160,6 +181,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     )
     add_sweep_arguments(sweep)
     add_ray_args(sweep)
+    _add_dry_run(sweep)
     sweep.set_defaults(handler=_sweep)
     resume = subparsers.add_parser(
         "resume",
@@ -189,12 +211,10 @@ def _validated(args: argparse.Namespace) -> tuple[TrainerConfig, SearchSpace]:
 
 
 def _settings(args: argparse.Namespace, cfg: TrainerConfig, space: SearchSpace) -> SweepSettings:
-    """The sweep's settings, its MLflow store checked reachable (TrackingError if not)."""
-    from orchestrator.tracking import check_reachable, resolve_tracking_uri
+    """The sweep's settings (nothing is checked or created here)."""
+    from orchestrator.tracking import resolve_tracking_uri
 
     out = args.out.resolve()
-    uri = resolve_tracking_uri(args.tracking_uri, out)
-    check_reachable(uri)
     return SweepSettings(
         name=args.name or time.strftime("sweep-%Y%m%d-%H%M%S"),
         base=apply_overrides(cfg, space.fixed()),
@@ -210,7 +230,7 @@ def _settings(args: argparse.Namespace, cfg: TrainerConfig, space: SearchSpace) 
         max_failures=args.max_failures,
         seed=args.seed,
         out_dir=str(out),
-        tracking_uri=uri,
+        tracking_uri=resolve_tracking_uri(args.tracking_uri, out),
         experiment=args.experiment,
         storage=storage_path(args.storage),
         placement=args.placement.upper(),
@@ -270,15 +290,20 @@ def _preflight(base: TrainerConfig, workers: int) -> int:
 
 
 def _sweep(args: argparse.Namespace) -> int:
+    if (args.json or args.no_data_check) and not args.dry_run:
+        return bad_input("--json and --no-data-check go with --dry-run")
     try:
         cfg, space = _validated(args)
     except (ConfigError, SpaceError) as err:
         return bad_input(err)
+    if args.dry_run:
+        return _dry_run(args, cfg, space)
     from orchestrator.scheduling import asha_rungs
-    from orchestrator.tracking import TrackingError
+    from orchestrator.tracking import TrackingError, check_reachable
 
     try:
         settings = _settings(args, cfg, space)
+        check_reachable(settings.tracking_uri)
         check_ray_address(args.address)
         if args.config is None:
             ensure_synthetic(cfg, DEFAULT_DATA)
@@ -293,6 +318,42 @@ def _sweep(args: argparse.Namespace) -> int:
     except (TrackingError, ConnectionError, ConfigError) as err:
         return bad_input(err)
     return _outcome(settings, results, eval_failures)
+
+
+def _dry_run(args: argparse.Namespace, cfg: TrainerConfig, space: SearchSpace) -> int:
+    """Print the plan (:mod:`orchestrator.sweep_plan`) after the checks a sweep makes before
+    its first trial, none that creates anything: an embedded SQLite store is not created, and
+    the default synthetic corpus, when missing, is not generated (its check is skipped)."""
+    from orchestrator.preflight import check_corpora
+    from orchestrator.sweep_plan import plan
+    from orchestrator.tracking import TrackingError, check_reachable
+    from trainer.defaults import reads_from
+
+    settings = _settings(args, cfg, space)
+    reports = None
+    try:
+        if "://" in settings.tracking_uri and not settings.tracking_uri.startswith("sqlite"):
+            check_reachable(settings.tracking_uri)
+        check_ray_address(args.address)
+        missing_synth = (
+            args.config is None and reads_from(cfg, DEFAULT_DATA) and not DEFAULT_DATA.exists()
+        )
+        if missing_synth and not args.no_data_check:
+            print(
+                f"note: {DEFAULT_DATA} does not exist yet; the sweep generates the synthetic "
+                "corpus there first, so it is not checked now",
+                file=sys.stderr,
+            )
+        elif not args.no_data_check:
+            reports = check_corpora(settings.base)
+        result = plan(settings, space, reports)
+    except (TrackingError, ConnectionError, ConfigError) as err:
+        return bad_input(err)
+    if args.json:
+        print(json.dumps(result.to_json(), indent=2, default=str))
+    else:
+        print(result.describe())
+    return 0
 
 
 def _space_of(settings: SweepSettings) -> SearchSpace | None:
