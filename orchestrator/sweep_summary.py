@@ -175,7 +175,9 @@ def grid_heatmap(
     records: Sequence[TrialRecord], path: Path, target_name: str, mode: str = "min"
 ) -> Path | None:
     """The objective over similarity (rows) x temperature (columns), one panel per queue size:
-    the paper's ablation figure; None unless the trials differ in temperature."""
+    the paper's ablation figure; None unless the trials differ in temperature. A cell whose
+    value comes from a trial ASHA stopped (its objective at the rung, not at its end) is
+    hatched and starred, so it is not read as a finished trial's."""
     rows = [r for r in records if r.objective is not None and "loss.temperature" in r.params]
     if len({r.params["loss.temperature"] for r in rows}) < 2:
         return None
@@ -184,28 +186,35 @@ def grid_heatmap(
     queues = sorted({r.params.get("queue.size", 0) for r in rows})
     values = [r.objective for r in rows]
     lo, hi = min(values), max(values)
+    any_stopped = False
     with plt.style.context("default"):
         size = (1.5 + 1.0 * len(temps) * len(queues), 1.4 + 0.5 * len(sims))
         fig, axes = plt.subplots(1, len(queues), figsize=size, squeeze=False, sharey=True)
         for ax, queue in zip(axes[0], queues, strict=True):
-            image = ax.imshow(
-                _panel(rows, queue, sims, temps, mode),
-                cmap="viridis_r",
-                vmin=lo,
-                vmax=hi if hi > lo else lo + 1e-9,
-            )
-            for (i, j), value in np.ndenumerate(_panel(rows, queue, sims, temps, mode)):
-                if not np.isnan(value):
-                    dark = (value - lo) > 0.5 * (hi - lo)
-                    color = "white" if dark else "black"
-                    ax.text(j, i, f"{value:.3g}", ha="center", va="center", fontsize=8, color=color)
+            grid, stopped = _panel(rows, queue, sims, temps, mode)
+            image = ax.imshow(grid, cmap="viridis_r", vmin=lo, vmax=hi if hi > lo else lo + 1e-9)
+            for (i, j), value in np.ndenumerate(grid):
+                if np.isnan(value):
+                    continue
+                dark = (value - lo) > 0.5 * (hi - lo)
+                star = "*" if stopped[i, j] else ""
+                color = "white" if dark else "black"
+                ax.text(
+                    j, i, f"{value:.3g}{star}", ha="center", va="center", fontsize=8, color=color
+                )
+                if stopped[i, j]:
+                    any_stopped = True
+                    ax.add_patch(
+                        plt.Rectangle((j - 0.5, i - 0.5), 1, 1, fill=False, hatch="//", lw=0)
+                    )
             ax.set_xticks(range(len(temps)), [f"{t:g}" for t in temps])
             ax.set_yticks(range(len(sims)), sims)
             ax.set_xlabel("temperature")
             ax.set_title(f"queue.size {queue}", fontsize=10)
         fig.colorbar(image, ax=axes[0].tolist(), label=target_name)
+        note = "; * hatched: stopped early by ASHA (its value at the rung)" if any_stopped else ""
         fig.suptitle(
-            f"{target_name} per grid point (the best where a point ran twice)", fontsize=10
+            f"{target_name} per grid point (the best where a point ran twice){note}", fontsize=10
         )
         fig.savefig(path, dpi=110, bbox_inches="tight")
         plt.close(fig)
@@ -214,13 +223,16 @@ def grid_heatmap(
 
 def _panel(
     rows: Sequence[TrialRecord], queue: Any, sims: list[str], temps: list[Any], mode: str
-) -> np.ndarray:
-    """(similarities, temperatures) objectives of the trials with queue size ``queue``."""
-    best = np.fmin if mode == "min" else np.fmax
+) -> tuple[np.ndarray, np.ndarray]:
+    """(similarities, temperatures) objectives of the trials with queue size ``queue``, and
+    whether each cell's value is a stopped trial's."""
     grid = np.full((len(sims), len(temps)), np.nan)
+    stopped = np.zeros(grid.shape, dtype=bool)
+    sign = 1.0 if mode == "min" else -1.0
     for r in rows:
         if r.params.get("queue.size", 0) == queue:
             i = sims.index(str(r.params.get("loss.similarity", "cosine")))
             j = temps.index(r.params["loss.temperature"])
-            grid[i, j] = best(grid[i, j], r.objective)
-    return grid
+            if np.isnan(grid[i, j]) or sign * r.objective < sign * grid[i, j]:
+                grid[i, j], stopped[i, j] = r.objective, r.outcome == STOPPED
+    return grid, stopped

@@ -112,3 +112,21 @@ def test_grid_heatmap_has_one_panel_per_queue_size(tmp_path: Path) -> None:
     assert path is not None and path.stat().st_size > 5000
     one_temperature = [r for r in _records() if r.params["loss.temperature"] == 0.1]
     assert grid_heatmap(one_temperature, tmp_path / "none.png", "x") is None
+
+
+def test_the_heatmap_marks_cells_of_stopped_trials() -> None:
+    """A stopped trial's objective is its value at the rung, not at its end: its cell says so."""
+    from orchestrator.sweep_summary import _panel
+
+    records = [r for r in _records() if r.objective is not None]
+    temps = sorted({r.params["loss.temperature"] for r in records})
+    sims = sorted({r.params["loss.similarity"] for r in records})
+    for queue in (0, 4096):
+        grid, stopped = _panel(records, queue, sims, temps, "min")
+        for r in records:
+            if r.params["queue.size"] == queue:
+                i = sims.index(r.params["loss.similarity"])
+                j = temps.index(r.params["loss.temperature"])
+                assert grid[i, j] == r.objective
+                assert stopped[i, j] == (r.outcome == STOPPED)
+        assert stopped.any() == (queue == 4096)  # the records' stopped trials have a queue
