@@ -1,8 +1,9 @@
 """``supcon-sweep best --by-config``: configurations ranked by their mean over seeds.
 
-The runs of one configuration share the ``supcon.config_id`` tag, which ``confirm`` sets on its
-reruns and on the sweep trials it confirmed; configurations with fewer than two seeds are not
-shown (one seed is what the plain ``best`` lists).
+The runs ``confirm`` tagged (its reruns and the sweep trials it confirmed) are grouped by their
+configuration id, recomputed from each run's params and world size (so stores whose tags an
+older version computed differently group the same way); configurations with fewer than two
+seeds are not shown (one seed is what the plain ``best`` lists).
 """
 
 from __future__ import annotations
@@ -19,7 +20,6 @@ from orchestrator.confirm_report import seed_stats
 from orchestrator.objective import OBJECTIVE
 from orchestrator.options import bad_input
 from orchestrator.tracking import (
-    CONFIG_ID_TAG,
     TrackingError,
     check_reachable,
     configured_runs,
@@ -27,6 +27,7 @@ from orchestrator.tracking import (
     safe_uri,
     sweep_objective,
 )
+from orchestrator.tracking.query import row_config_id
 
 
 def group(rows: Sequence[Mapping[str, Any]], metric: str) -> list[dict[str, Any]]:
@@ -35,7 +36,7 @@ def group(rows: Sequence[Mapping[str, Any]], metric: str) -> list[dict[str, Any]
     runs: dict[str, list[Mapping[str, Any]]] = defaultdict(list)
     for row in rows:
         if metric in row["metrics"]:
-            runs[row["tags"][CONFIG_ID_TAG]].append(row)
+            runs[row_config_id(row)].append(row)
     out = []
     for cid, members in runs.items():
         seeds = sorted({int(r["params"].get("seed", 0)) for r in members})

@@ -42,6 +42,7 @@ from orchestrator.resources import DRIVER_RESOURCE
 from orchestrator.settings import SweepSettings, TrackingTarget
 from orchestrator.sweep import fit_trial, torch_trainer
 from orchestrator.tracking import CONFIG_ID_TAG, CONFIRM_TAG, SEED_TAG, SweepRun, query_best
+from orchestrator.tracking.query import row_config_id
 from orchestrator.tracking.sweeps import (
     SweepRef,
     download_scores,
@@ -49,7 +50,7 @@ from orchestrator.tracking.sweeps import (
     log_summary,
     tag_run,
 )
-from trainer.config import config_from_params, config_id
+from trainer.config import config_from_params
 from trainer.data.corpora import read_corpus
 from trainer.data.records import Utterance
 from trainer.metrics import read_scores
@@ -113,7 +114,7 @@ def candidates(
         )
     chosen: dict[str, Candidate] = {}
     for row in rows:
-        cid = config_id(config_from_params(row["params"]))
+        cid = row_config_id(row)
         if cid not in chosen and len(chosen) < top:
             chosen[cid] = Candidate(len(chosen) + 1, row, cid, int(row["params"].get("seed", 0)))
     return list(chosen.values()), len(rows)

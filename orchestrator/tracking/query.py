@@ -27,7 +27,13 @@ from orchestrator.tracking.store import (
     existing_store,
     safe_uri,
 )
-from trainer.config import TrainerConfig, apply_overrides, config_from_params, to_yaml
+from trainer.config import (
+    TrainerConfig,
+    apply_overrides,
+    config_from_params,
+    config_id,
+    to_yaml,
+)
 
 
 def find_experiment(client: MlflowClient, uri: str, experiment: str) -> str:
@@ -158,6 +164,18 @@ def reproducible_config(row: dict[str, Any]) -> TrainerConfig:
     if revision:
         pins["model.revision"] = revision
     return apply_overrides(config_from_params(row["params"]), pins)
+
+
+def row_config_id(row: dict[str, Any]) -> str:
+    """The :func:`~trainer.config.config_id` of a :func:`query_best` row: its method (from its
+    params) on its world size (its workers). Recomputed, so runs tagged by an older version,
+    whose id hashed other keys, group with today's; a row without its resources keeps the
+    ``supcon.config_id`` tag it has (or, without one, a config pinned to one rank)."""
+    resources = row["tags"].get(RESOURCES_TAG)
+    if resources is None and CONFIG_ID_TAG in row["tags"]:
+        return row["tags"][CONFIG_ID_TAG]
+    workers = int(json.loads(resources)["workers"]) if resources else 1
+    return config_id(config_from_params(row["params"]), workers)
 
 
 def rerun_command(cfg: TrainerConfig, path: Path) -> str:

@@ -18,8 +18,8 @@ from mlflow.tracking import MlflowClient
 from orchestrator.cli import main
 from orchestrator.settings import DEFAULT_EXPERIMENT
 from orchestrator.tracking import query_best
+from orchestrator.tracking.query import row_config_id
 from tests.helpers import sweep_args, wait_for
-from trainer.config import apply_overrides, config_id
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 ROOT = Path(__file__).resolve().parents[2]
@@ -76,7 +76,7 @@ def test_confirm_reruns_the_best_configuration_and_finishes_after_an_interruptio
     (best,) = query_best(
         f"sqlite:///{sweep_out / 'mlflow.db'}", DEFAULT_EXPERIMENT, "sweep/objective", top=1
     )
-    cid = config_id(apply_overrides({}, best["params"]))
+    cid = row_config_id(best)
     seed = int(best["params"]["seed"])
     _interrupted_confirm(sweep_out, ray_session.get_runtime_context().gcs_address)
 

@@ -361,3 +361,29 @@ def test_the_ui_link_opens_the_runs_without_credentials() -> None:
         "mlflow ui --backend-store-uri sqlite:///runs/mlflow.db --host 127.0.0.1"
     )
     assert local.endswith("http://127.0.0.1:5000/#/experiments/1?workflowType=machine_learning")
+
+
+def test_a_runs_configuration_id_is_recomputed_from_its_params_and_world_size() -> None:
+    """best --by-config groups by this: stores tagged by an older version (whose id hashed the
+    runtime keys and not the world size) group as today's; without resources the tag stays."""
+    import json as _json
+
+    from orchestrator.tracking.query import row_config_id
+    from trainer.config import config_id, flatten, load_config
+
+    cfg = load_config()
+    params = flatten(cfg)
+    resources = _json.dumps({"workers": 2, "gpus": 0, "cpus_per_worker": 1.0})
+    row = {
+        "params": params,
+        "tags": {"supcon.config_id": "old0ld0ld0l", "supcon.resources": resources},
+    }
+    assert row_config_id(row) == config_id(cfg, 2)
+    threads = {**row, "params": {**params, "runtime.threads": 7}}
+    assert row_config_id(threads) == row_config_id(row)
+    old = {**params, "queue.positives": True}
+    del old["queue.same_label"]
+    assert row_config_id({**row, "params": old}) == config_id(
+        cfg.model_copy(update={"queue": cfg.queue.model_copy(update={"same_label": "positive"})}), 2
+    )
+    assert row_config_id({"params": params, "tags": {"supcon.config_id": "abc"}}) == "abc"
