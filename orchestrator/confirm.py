@@ -5,8 +5,10 @@ points) is larger than most differences it ranks. Confirmation reruns the top K 
 (by the sweep's objective) with S new seeds each. Every rerun is a Ray Train trial built by the
 sweep's own :func:`~orchestrator.sweep.torch_trainer`: the sweep's resources, storage, failure
 restarts, and a Train run named ``confirm-<config_id>-s<seed>`` that resumes from its checkpoint
-when confirm runs again. The reruns score every evaluation set themselves. The sweep trial
-counts as one more seed (its own), scored on the evaluation sets first when the sweep did not.
+when confirm runs again. The reruns score every evaluation set themselves. The statistics are
+over the fresh seeds; the sweep trial, selected as a winner on the metric that ranks it, is
+scored on the evaluation sets when the sweep did not and shown apart, unless
+``include_sweep_trial`` counts it as one more seed (see :mod:`orchestrator.confirm_report`).
 
 MLflow: one parent run ``confirm-<sweep>`` (tagged with the sweep's parent run id), one nested
 run per (configuration, seed) tagged ``supcon.config_id`` and ``supcon.seed``. Running confirm
@@ -26,6 +28,7 @@ import ray
 from ray.train import TrainingFailedError
 
 from orchestrator.confirm_report import (
+    POOLED,
     ConfigRuns,
     ScoreReader,
     SeedRun,
@@ -60,7 +63,13 @@ log = logging.getLogger(__name__)
 # New seeds are the sweep trial's seed + 1000 i: rank r of a run seeds seed + r, so seeds closer
 # than the world size would share ranks' random streams.
 SEED_STRIDE = 1000
-POOLED = "eval/pooled_mean/eer"
+
+
+def _seed_run(row: dict[str, Any]) -> SeedRun | None:
+    """A run row as a :class:`SeedRun`; None when it lacks an evaluation set."""
+    if POOLED not in row["metrics"]:
+        return None
+    return SeedRun(row["run_id"], int(row["params"].get("seed", 0)), row["metrics"])
 
 
 class ConfirmError(ValueError):
@@ -260,6 +269,7 @@ class Confirmation:
     storage: str | None
     resources: dict[str, Any]
     n_boot: int = 1000
+    include_sweep_trial: bool = False
 
     def _parent(self) -> SweepRun:
         parent = SweepRun.start(
@@ -280,6 +290,7 @@ class Confirmation:
         seeds = ",".join(map(str, self.seeds)) if self.seeds is not None else f"{self.count} new"
         parent.tag("supcon.top", str(len(self.chosen)))
         parent.tag("supcon.seeds", seeds)
+        parent.tag("supcon.include_sweep_trial", str(self.include_sweep_trial).lower())
         return parent
 
     def run(self, scratch: Path) -> dict[str, str]:
@@ -317,21 +328,21 @@ class Confirmation:
     def _configs(
         self, experiment_id: str, jobs: Sequence[ConfirmJob], done: dict[str, dict[str, Any]]
     ) -> list[ConfigRuns]:
-        """Each candidate's runs that have every evaluation set: its sweep trial (read again,
-        now scored) and its finished reruns."""
+        """Each candidate's runs that have every evaluation set: its finished reruns, and its
+        sweep trial (read again, now scored), shown apart unless ``include_sweep_trial``."""
         trials = finished_trials(self.uri, experiment_id, self.sweep.run_id)
         originals = {r["run_id"]: r for r in trials}
         configs = []
         for cand in self.chosen:
-            rows = [originals.get(cand.row["run_id"], cand.row)]
-            rows += [done[j.trial_id] for j in jobs if j.candidate is cand and j.trial_id in done]
-            runs = tuple(
-                SeedRun(r["run_id"], int(r["params"].get("seed", 0)), r["metrics"])
-                for r in rows
-                if POOLED in r["metrics"]
-            )
-            if runs:
-                configs.append(ConfigRuns(cand.config_id, cand.rank, cand.row["params"], runs))
+            original = _seed_run(originals.get(cand.row["run_id"], cand.row))
+            reruns = [done[j.trial_id] for j in jobs if j.candidate is cand and j.trial_id in done]
+            runs = [run for run in map(_seed_run, reruns) if run is not None]
+            if self.include_sweep_trial and original is not None:
+                runs, original = [original, *runs], None
+            if runs or original is not None:
+                configs.append(
+                    ConfigRuns(cand.config_id, cand.rank, cand.row["params"], tuple(runs), original)
+                )
         return configs
 
     def _report(

@@ -38,15 +38,20 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         description=(
             "Take the top --top configurations of a finished sweep by its objective and rerun "
             "each under new seeds, each rerun a Ray Train trial with the sweep's resources and "
-            "storage, scored on every evaluation set. The sweep trial counts as one more seed. "
+            "storage, scored on every evaluation set. The statistics are over the fresh seeds: "
+            "the sweep trial was selected as a winner on the metric that ranks it, so it is "
+            "shown apart (its own column) unless --include-sweep-trial counts it as a seed. "
             "Logs one MLflow parent run confirm-SWEEP with a nested run per (configuration, "
             "seed), and on the parent each configuration's mean, std, min and max over seeds of "
             "every set's EER and the pooled figures (confirm/<config_id>/eval/<set>/eer_mean, "
-            "...), a table (confirm.md, confirm.json) and a plot (confirm.png). The best "
-            "configuration (by the mean of the sweep's dev objective) is compared with each "
-            "other by a paired bootstrap of the difference of their mean EERs over seeds, per "
-            "set and pooled. Running confirm again finishes what is missing: finished reruns "
-            "are kept, interrupted ones resume from their checkpoints."
+            "...) with a seed-aware interval (_ci_low, _ci_high), a table (confirm.md, "
+            "confirm.json) and a plot (confirm.png). The best configuration (by the mean of the "
+            "sweep's dev objective) is compared with each other per set and pooled: the "
+            "difference of their mean EERs, with a t interval whose variance is the seeds' "
+            "(Welch) plus the test set's own (a paired bootstrap over speakers); "
+            "distinguishable when it excludes 0, no verdict with fewer than 2 seeds. Running "
+            "confirm again finishes what is missing: finished reruns are kept, interrupted ones "
+            "resume from their checkpoints."
         ),
         epilog=f"{EXIT_STATUS} confirm exits 1 when a rerun failed (the table then covers the "
         "seeds that finished).",
@@ -87,6 +92,13 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--storage",
         help="where the reruns' Train checkpoints and models go (default: the sweep's storage)",
+    )
+    p.add_argument(
+        "--include-sweep-trial",
+        action="store_true",
+        help="count each configuration's sweep trial as one more seed (it was selected as the "
+        "winner on the ranking metric, so its figures lean optimistic; for users short of "
+        "compute). Default: fresh seeds only, the sweep trial shown apart",
     )
     p.add_argument("--n-boot", type=int, default=1000, help="bootstrap resamples (default 1000)")
     add_tracking_args(p)
@@ -201,6 +213,7 @@ def _confirm(args: argparse.Namespace) -> int:
         storage=storage_path(args.storage),
         resources=resources,
         n_boot=args.n_boot,
+        include_sweep_trial=args.include_sweep_trial,
     )
     from orchestrator.sweep import start_ray
 

@@ -102,27 +102,38 @@ def test_confirm_reruns_the_best_configuration_and_finishes_after_an_interruptio
         for s in SETS:
             m = run.data.metrics
             assert m[f"eval/{s}/eer_ci_low"] <= m[f"eval/{s}/eer"] <= m[f"eval/{s}/eer_ci_high"]
-    assert sweep_run.data.tags["supcon.config_id"] == cid  # the sweep trial is one more seed
+    assert sweep_run.data.tags["supcon.config_id"] == cid  # grouped with its reruns
     assert sweep_run.data.tags["supcon.seed"] == str(seed)
 
-    members = [sweep_run, *reruns]
+    # The statistics are over the fresh seeds; the sweep trial (selected as the winner) apart.
+    stats = parent.data.metrics
     for key in KEYS:
-        values = [r.data.metrics[key] for r in members]
-        stats = parent.data.metrics
+        values = [r.data.metrics[key] for r in reruns]
         assert stats[f"confirm/{cid}/{key}_mean"] == pytest.approx(np.mean(values)), key
         assert stats[f"confirm/{cid}/{key}_min"] == pytest.approx(min(values)), key
         assert stats[f"confirm/{cid}/{key}_max"] == pytest.approx(max(values)), key
         if np.std(values) > 0:
             assert stats[f"confirm/{cid}/{key}_std"] == pytest.approx(np.std(values, ddof=1))
-    assert parent.data.metrics[f"confirm/{cid}/n_seeds"] == 3
+    assert stats[f"confirm/{cid}/n_seeds"] == 2
+    pooled = sweep_run.data.metrics["eval/pooled_mean/eer"]
+    assert stats[f"confirm/{cid}/sweep_trial/eval/pooled_mean/eer"] == pytest.approx(pooled)
+    low = stats[f"confirm/{cid}/eval/pooled_mean/eer_ci_low"]
+    assert low <= stats[f"confirm/{cid}/eval/pooled_mean/eer_mean"]
+    assert "sweep trial pooled_mean %" in out.out
     artifacts = {a.path for a in _client(sweep_out).list_artifacts(parent.info.run_id)}
     assert {"confirm.md", "confirm.json", "confirm.png"} <= artifacts
 
-    # Again: everything is there, nothing reruns, no run is added.
-    assert main(_confirm_args(sweep_out, "--top", "1", "--seeds", "2")) == 0
+    # Again, counting the sweep trial as a seed: nothing reruns, no run is added, and the
+    # statistics now hold 3 seeds.
+    args = _confirm_args(sweep_out, "--top", "1", "--seeds", "2", "--include-sweep-trial")
+    assert main(args) == 0
     assert "2 already finished, 0 to run" in capsys.readouterr().err
     assert len(_runs(sweep_out, f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'")) == 2
-    assert len(_runs(sweep_out, "tags.`supcon.sweep` = 'confirm-smoke'")) == 1
+    (parent,) = _runs(sweep_out, "tags.`supcon.sweep` = 'confirm-smoke'")
+    values = [r.data.metrics["eval/itw/eer"] for r in [sweep_run, *reruns]]
+    assert parent.data.metrics[f"confirm/{cid}/n_seeds"] == 3
+    assert parent.data.metrics[f"confirm/{cid}/eval/itw/eer_mean"] == pytest.approx(np.mean(values))
+    assert parent.data.tags["supcon.include_sweep_trial"] == "true"
 
 
 def test_best_by_config_ranks_confirmed_configurations(sweep_out: Path, capsys) -> None:

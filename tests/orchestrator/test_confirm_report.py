@@ -16,6 +16,7 @@ from orchestrator.confirm_report import (
     parent_metrics,
     plot,
     summarise,
+    table_rows,
     to_json,
 )
 from trainer.data.records import Utterance
@@ -83,9 +84,12 @@ def test_configurations_are_ranked_by_their_mean_and_compared_with_the_best(tmp_
     assert set(weak) == {"eval/asv19/eer", "eval/itw/eer", "eval/pooled_mean/eer"}
     # A far better configuration is distinguishable on every set; an equally good one is not.
     assert all(d.distinguishable and d.delta < 0 for d in weak.values())
-    assert not twin["eval/pooled_mean/eer"].distinguishable
+    assert twin["eval/pooled_mean/eer"].verdict == "not distinguishable"
     for d in [*weak.values(), *twin.values()]:
         assert d.low <= d.delta <= d.high
+        assert d.seed_se > 0 and d.test_se >= 0 and d.df >= 2
+    pooled = summary.intervals["strong"]["eval/pooled_mean/eer"]
+    assert pooled.n == 3 and pooled.low < pooled.mean < pooled.high
     strong_mean = summary.stats["strong"]["eval/pooled_mean/eer"]["mean"]
     weak_mean = summary.stats["weak"]["eval/pooled_mean/eer"]["mean"]
     assert weak["eval/pooled_mean/eer"].delta == pytest.approx(strong_mean - weak_mean)
@@ -94,12 +98,15 @@ def test_configurations_are_ranked_by_their_mean_and_compared_with_the_best(tmp_
     assert metrics["confirm/weak/eval/itw/eer_mean"] == pytest.approx(stats["mean"])
     assert metrics["confirm/weak/n_seeds"] == 3
     assert "confirm/weak/delta/eval/pooled_mean/eer_low" in metrics
+    assert "confirm/weak/eval/itw/eer_ci_low" in metrics
     assert "confirm/strong/delta/eval/pooled_mean/eer" not in metrics  # the best is the baseline
 
     table = markdown(summary, "smoke")
     assert "| 1 | strong |" in table and "not distinguishable" in table
+    assert "--include-sweep-trial" in table  # these runs hold no sweep trial apart
     doc = json.loads(to_json(summary, "smoke"))
     assert doc["best"] == "strong" and len(doc["configs"]) == 3
+    assert doc["configs"][2]["vs_best"]["eval/pooled_mean/eer"]["verdict"] == "distinguishable"
     png = plot(summary, list(sets), tmp_path / "confirm.png")
     assert png.stat().st_size > 5000
 
@@ -111,6 +118,35 @@ def test_one_seed_has_no_spread_and_one_configuration_no_comparison():
     metrics = parent_metrics(summary)
     assert "confirm/only/eval/itw/eer_mean" in metrics
     assert "confirm/only/eval/itw/eer_std" not in metrics  # NaN for one seed: not logged
+    assert "confirm/only/eval/itw/eer_ci_low" not in metrics
+
+
+def test_fewer_than_two_seeds_give_no_verdict_said_plainly():
+    configs, sets, read = _world({"a": 3.0, "b": 0.5}, seeds=2)
+    one_seed = ConfigRuns("b", 2, configs[1].params, configs[1].runs[:1])
+    summary = summarise([configs[0], one_seed], sets, read, "sweep/objective", "min", n_boot=50)
+    d = summary.deltas["b"]["eval/pooled_mean/eer"]
+    assert d.verdict == "no verdict" and not d.distinguishable and d.delta < 0
+    _, rows = table_rows(summary)
+    assert rows[1][-1].endswith("no verdict: fewer than 2 seeds")
+
+
+def test_the_sweep_trial_is_shown_apart_and_counts_for_nothing():
+    """Its own column; the stats, intervals and verdicts are over the fresh seeds alone."""
+    configs, sets, read = _world({"a": 3.0, "b": 1.0}, seeds=4)
+    apart = [
+        ConfigRuns(c.config_id, c.sweep_rank, c.params, c.runs[1:], c.runs[0]) for c in configs
+    ]
+    summary = summarise(apart, sets, read, "sweep/objective", "min", n_boot=100)
+    fresh = [r.metrics["eval/itw/eer"] for r in configs[0].runs[1:]]
+    assert summary.stats["a"]["eval/itw/eer"]["n"] == 3
+    assert summary.stats["a"]["eval/itw/eer"]["mean"] == pytest.approx(np.mean(fresh))
+    header, rows = table_rows(summary)
+    column = header.index("sweep trial pooled_mean %")
+    sweep_pooled = configs[0].runs[0].metrics["eval/pooled_mean/eer"]
+    assert rows[0][column] == f"{100 * sweep_pooled:.2f}"
+    assert parent_metrics(summary)["confirm/a/sweep_trial/eval/pooled_mean/eer"] == sweep_pooled
+    assert "shown apart" in markdown(summary, "smoke")
 
 
 def test_a_run_missing_scores_is_named():
