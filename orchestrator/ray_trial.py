@@ -14,11 +14,12 @@ import os
 import shutil
 import time
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import replace
 from pathlib import Path
 
 import ray.train
 
-from orchestrator.objective import OBJECTIVE, Objective
+from orchestrator.objective import MONITOR_KEYS, OBJECTIVE, Objective
 from orchestrator.settings import TrialSpec
 from orchestrator.storage import upload_folder
 from orchestrator.tracking import MODEL_TAG, RESOURCES_TAG, REVISION_TAG, TrialTracker
@@ -111,9 +112,13 @@ def make_reporter(
     send: Send = ray.train.report,
 ) -> RayReporter:
     """The reporter of rank ``world_rank``: every rank reports to Ray, rank 0 alone opens the
-    trial's MLflow run (and logs the flattened config to it); other ranks never touch MLflow."""
+    trial's MLflow run (and logs the flattened config to it); other ranks never touch MLflow.
+    The objective reads the epoch this trial's own ``stage1.monitor`` keeps."""
+    objective = spec.objective
+    if objective is not None:
+        objective = replace(objective, monitor=MONITOR_KEYS[cfg.stage1.monitor])
     if world_rank != 0:
-        return RayReporter(None, launch_s, send, spec.objective)
+        return RayReporter(None, launch_s, send, objective)
     # Fail fast on an MLflow outage (MLflow's client retries for minutes by default, holding
     # every rank at the next report barrier); the tracker buffers and retries instead.
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
@@ -125,7 +130,7 @@ def make_reporter(
         spool=spec.out_dir / "mlflow_unsent.jsonl",
         tags=spec.run_tags,
     )
-    return RayReporter(tracker, launch_s, send, spec.objective)
+    return RayReporter(tracker, launch_s, send, objective)
 
 
 def _restore(out_dir: Path, world_rank: int) -> tuple[Path | None, str | None]:

@@ -17,7 +17,7 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from orchestrator.objective import Objective
+from orchestrator.objective import MONITOR_KEYS, Objective
 from orchestrator.storage import read_text, write_text
 from trainer.config import TrainerConfig, apply_overrides, upgrade_stored, validate_tree
 
@@ -126,7 +126,7 @@ class SweepSettings:
 
     @property
     def objective(self) -> Objective:
-        return Objective(self.metric, self.mode)
+        return Objective(self.metric, self.mode, MONITOR_KEYS[self.base.stage1.monitor])
 
     @property
     def resources(self) -> TrialResources:

@@ -311,6 +311,8 @@ def _sweep(args: argparse.Namespace) -> int:
         rungs = asha_rungs(space, settings.base, steps)
         if settings.scheduler == "asha":
             print(rungs.describe(), file=sys.stderr)
+        if settings.objective.differs():
+            print(settings.objective.differs(), file=sys.stderr)
         from orchestrator.sweep import run_sweep, start_ray
 
         start_ray(args.address, args.max_concurrent)

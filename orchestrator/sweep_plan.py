@@ -55,6 +55,9 @@ class SweepPlan:
             "fixed": self.space.fixed(),
             "metric": s.metric,
             "mode": s.mode,
+            "read_at": f"the best epoch of {s.objective.monitor}"
+            if s.objective.per_epoch
+            else "the trial's end",
             "scheduler": s.scheduler,
             "asha_first_rung": self.rungs.grace if self.rungs and self.rungs.stops else None,
             "asha_note": self.rung_note or (self.rungs.describe() if self.rungs else ""),
@@ -111,6 +114,8 @@ class SweepPlan:
     def _budget(self) -> list[str]:
         s = self.settings
         lines = [f"compared on: {s.metric} ({s.mode}), logged as sweep/objective"]
+        if s.objective.differs():
+            lines.append(s.objective.differs())
         if s.scheduler == "none":
             lines.append("ASHA: off (--scheduler none)")
         else:

@@ -1,12 +1,14 @@
 """What the searcher and the scheduler compare: one quantity per trial, the same in Optuna's
 study, in Tune's records and in MLflow, with ASHA stopping nothing before the queue has run.
 
-Two real sweeps (Ray Tune + Optuna TPE + Ray Train on gloo + SQLite MLflow), sequential
+Three real sweeps (Ray Tune + Optuna TPE + Ray Train on gloo + SQLite MLflow), sequential
 trials so ASHA's decisions do not depend on timing:
 - ASHA over a space whose queue starts at epoch 1 or 2, selecting on a per-epoch metric whose
   value is fixed by the trial's point (the head's learning rate), so which trials ASHA stops
   is known from the order TPE proposes them;
-- an end-of-trial objective (``classifier/dev/eer``) with TPE and no scheduler.
+- an end-of-trial objective (``classifier/dev/eer``) with TPE and no scheduler;
+- the dev EER selected on while stage 1 keeps the dev loss's best epoch: the objective is the
+  dev EER of the delivered epoch.
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ stage1.lr_head: {categorical: [0.001, 0.002, 0.004]}
 queue.start_epoch: {int: [1, 2]}
 """
 FINAL_SPACE = "loss.temperature: {loguniform: [0.1, 0.5]}\n"
+EER, LOSS = "encoder/dev/eer", "encoder/dev/loss"
 
 
 def _sweep(out: Path, synth_root: Path, space: str, *extra: str) -> int:
@@ -51,6 +54,14 @@ def asha_sweep(ray_session, synth_root: Path, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("asha")
     args = ["--num-samples", "4", "--scheduler", "asha", "--metric", "encoder/train/lr_head"]
     assert _sweep(out, synth_root, ASHA_SPACE, *args) == 0
+    return out
+
+
+@pytest.fixture(scope="module")
+def delivered_sweep(ray_session, synth_root: Path, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("delivered")
+    args = ["--num-samples", "2", "--scheduler", "none", "--metric", "encoder/dev/eer"]
+    assert _sweep(out, synth_root, FINAL_SPACE, *args, "stage1.monitor=dev_loss") == 0
     return out
 
 
@@ -127,6 +138,24 @@ def test_an_end_of_trial_objective_reaches_the_searcher_at_the_trials_end(
     # Tune saw one result per trial, the final one: no per-epoch report without the objective.
     analysis = ExperimentAnalysis(str(final_sweep / "tune" / "s"))
     assert {len(df) for df in analysis.trial_dataframes.values()} == {1}
+
+
+def test_the_objective_is_the_dev_eer_of_the_epoch_stage_1_keeps(delivered_sweep: Path) -> None:
+    """With stage1.monitor=dev_loss, each trial's objective (MLflow's, and what Optuna was
+    told) is the dev EER at the dev loss's best epoch, the epoch whose weights stage 2 used."""
+    told = _told(delivered_sweep)
+    runs = _runs(delivered_sweep)
+    client = MlflowClient(f"sqlite:///{delivered_sweep / 'mlflow.db'}")
+    assert set(told) == set(runs) and len(told) == 2
+    for trial_id, value in told.items():
+        run = runs[trial_id]
+        eer = {int(m.step): m.value for m in client.get_metric_history(run.info.run_id, EER)}
+        loss = {int(m.step): m.value for m in client.get_metric_history(run.info.run_id, LOSS)}
+        kept = min(loss, key=lambda e: (loss[e], e))
+        assert run.data.metrics["encoder/best_epoch"] == kept
+        assert value == pytest.approx(eer[kept]) == pytest.approx(run.data.metrics[OBJECTIVE])
+    analysis = ExperimentAnalysis(str(delivered_sweep / "tune" / "s"))
+    assert all(len(df) == EPOCHS + 1 for df in analysis.trial_dataframes.values())
 
 
 def test_the_parent_run_summarises_the_search(asha_sweep: Path) -> None:

@@ -106,34 +106,47 @@ def test_reports_carry_no_tune_reserved_key(tmp_path: Path) -> None:
 
 
 @pytest.mark.usefixtures("quiet_env")
-def test_every_report_carries_the_best_epoch_so_far_as_the_objective(tmp_path: Path) -> None:
-    """Tune's searcher and ASHA read the objective: a trial stopped after epoch 2 and one that
-    finished are both summarised by their best epoch, not by whatever came last."""
+def test_every_report_carries_the_delivered_epochs_value_as_the_objective(tmp_path: Path) -> None:
+    """Tune's searcher and ASHA read the objective: the metric at the epoch stage 1 keeps (the
+    stage-1 monitor's best so far), for a trial ASHA stops and one that finishes alike; not
+    the metric's own best epoch, whose weights may have been thrown away."""
     from dataclasses import replace
 
     from orchestrator.objective import OBJECTIVE, Objective
 
     spec = replace(_spec(tmp_path), objective=Objective("encoder/dev/eer", "min"))
     sent: list[dict] = []
-    reporter = make_reporter(
-        spec, spec.config(), 0, 0.5, send=lambda m, checkpoint=None: sent.append(m)
-    )
+
+    def reporter_of(spec, rank: int = 0):
+        return make_reporter(
+            spec, spec.config(), rank, 0.5, send=lambda m, checkpoint=None: sent.append(m)
+        )
+
     history: list[dict] = []
-    for epoch, eer in enumerate([0.30, 0.20, 0.25]):
-        history.append({"encoder/dev/eer": eer, "epoch": float(epoch)})
+    # The monitor is the dev loss: its best epoch is 1, while the dev EER is best at epoch 2.
+    epochs = [(0.30, 2.0), (0.25, 1.5), (0.20, 1.8)]
+    monitored = replace(spec, params={**spec.params, "stage1.monitor": "dev_loss"})
+    reporter = reporter_of(monitored)
+    for epoch, (eer, loss) in enumerate(epochs):
+        history.append({"encoder/dev/eer": eer, "encoder/dev/loss": loss, "epoch": float(epoch)})
         reporter.report(history[-1], epoch=epoch, step=epoch, checkpoint=None, history=history)
-    # The final dev EER is the stage-1 monitor's best epoch (dev loss), here the last one.
     reporter.final({"encoder/dev/eer": 0.25, "classifier/dev/eer": 0.1}, [], history=history)
     reporter.finish("FINISHED")
-    assert [m[OBJECTIVE] for m in sent] == [0.30, 0.20, 0.20, 0.20]
+    assert [m[OBJECTIVE] for m in sent] == [0.30, 0.25, 0.25, 0.25]
     (run,) = [r for r in _runs(spec) if "supcon.trial_id" in r.data.tags]
-    assert run.data.metrics[OBJECTIVE] == 0.20
+    assert run.data.metrics[OBJECTIVE] == 0.25
+    # With the dev EER as the monitor, the delivered epoch is the dev EER's best.
+    sent.clear()
+    reporter = reporter_of(replace(spec, trial_id="t2"), rank=1)
+    for epoch in range(3):
+        reporter.report(
+            history[epoch], epoch=epoch, step=epoch, checkpoint=None, history=history[: epoch + 1]
+        )
+    assert [m[OBJECTIVE] for m in sent] == [0.30, 0.25, 0.20]
     # An end-of-trial objective is only in the final report: Tune is not sent the others.
     spec = replace(spec, objective=Objective("classifier/dev/eer", "min"), trial_id="t1")
     sent.clear()
-    reporter = make_reporter(
-        spec, spec.config(), 1, 0.5, send=lambda m, checkpoint=None: sent.append(m)
-    )
+    reporter = reporter_of(spec, rank=1)
     reporter.report(history[0], epoch=0, step=0, checkpoint=None, history=history[:1])
     reporter.final({"classifier/dev/eer": 0.1}, [], history=history[:1])
     assert [OBJECTIVE in m for m in sent] == [False, True] and sent[-1][OBJECTIVE] == 0.1
