@@ -19,10 +19,12 @@ from pathlib import Path
 
 import ray.train
 
+from orchestrator.decisions import wait_for
 from orchestrator.objective import MONITOR_KEYS, OBJECTIVE, Objective
 from orchestrator.settings import TrialSpec
 from orchestrator.storage import upload_folder
 from orchestrator.tracking import MODEL_TAG, RESOURCES_TAG, REVISION_TAG, TrialTracker
+from orchestrator.tracking.store import END_REASON_TAG, STOPPED_EARLY
 from trainer.config import TrainerConfig, flatten
 from trainer.evaluate import MODEL_DIR
 from trainer.model import pretrained_revision
@@ -32,6 +34,7 @@ log = logging.getLogger(__name__)
 
 SPEC_KEY = "trial"  # the one entry of train_loop_config: the trial's TrialSpec
 Send = Callable[..., None]  # ray.train.report's signature: (metrics, checkpoint=None)
+Decide = Callable[[int], bool]  # epoch -> whether to train on
 
 
 class RayReporter:
@@ -46,11 +49,13 @@ class RayReporter:
         launch_s: float,
         send: Send = ray.train.report,
         objective: Objective | None = None,
+        decide: Decide | None = None,
     ) -> None:
         self.tracker = tracker
         self.launch_s = launch_s
         self.send = send
         self.objective = objective
+        self.decide = decide
         self.epoch = 0
 
     def report(
@@ -61,7 +66,9 @@ class RayReporter:
         step: int,
         checkpoint: Path | None,
         history: Sequence[Mapping[str, float]] = (),
-    ) -> None:
+    ) -> bool:
+        """Send the epoch's report (rank 0 logs it first) and answer whether to train on:
+        ``decide(epoch)``, which waits for Tune's decision where ASHA can stop the trial."""
         self.epoch = epoch
         metrics = dict(metrics)
         if self.objective is not None and self.objective.per_epoch:
@@ -71,6 +78,7 @@ class RayReporter:
         ckpt = ray.train.Checkpoint.from_directory(str(checkpoint)) if checkpoint else None
         # A monotonic epoch: after a restore Tune's training_iteration restarts, the epoch does not.
         self.send({**metrics, "epoch": epoch, "step": step}, checkpoint=ckpt)
+        return self.decide(epoch) if self.decide is not None else True
 
     def final(
         self,
@@ -103,6 +111,12 @@ class RayReporter:
         if self.tracker is not None:
             self.tracker.finish(status)
 
+    def stopped(self) -> None:
+        """End the run of a trial Tune stopped early: KILLED, tagged as stopped early (as Tune's
+        own callback closes it when the workers are torn down first)."""
+        self.tag(END_REASON_TAG, STOPPED_EARLY)
+        self.finish("KILLED")
+
 
 def make_reporter(
     spec: TrialSpec,
@@ -117,8 +131,9 @@ def make_reporter(
     objective = spec.objective
     if objective is not None:
         objective = replace(objective, monitor=MONITOR_KEYS[cfg.stage1.monitor])
+    decide = _decider(spec)
     if world_rank != 0:
-        return RayReporter(None, launch_s, send, objective)
+        return RayReporter(None, launch_s, send, objective, decide)
     # Fail fast on an MLflow outage (MLflow's client retries for minutes by default, holding
     # every rank at the next report barrier); the tracker buffers and retries instead.
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
@@ -130,7 +145,21 @@ def make_reporter(
         spool=spec.out_dir / "mlflow_unsent.jsonl",
         tags=spec.run_tags,
     )
-    return RayReporter(tracker, launch_s, send, objective)
+    return RayReporter(tracker, launch_s, send, objective, decide)
+
+
+def _decider(spec: TrialSpec) -> Decide | None:
+    """Whether to go on after an epoch: at ``spec.decision_epochs``, once Tune decided."""
+    if spec.decisions is None or not spec.decision_epochs:
+        return None
+    epochs = set(spec.decision_epochs)
+
+    def decide(epoch: int) -> bool:
+        if epoch not in epochs:
+            return True
+        return wait_for(spec.decisions, epoch, spec.decision_timeout_s)
+
+    return decide
 
 
 def _restore(out_dir: Path, world_rank: int) -> tuple[Path | None, str | None]:
@@ -185,7 +214,7 @@ def train_worker(config: dict[str, TrialSpec]) -> None:
     if resumed_from is not None:
         reporter.tag("supcon.resumed_from", resumed_from)
     try:
-        run_trial(
+        metrics = run_trial(
             cfg,
             spec.out_dir,
             reporter,
@@ -194,7 +223,7 @@ def train_worker(config: dict[str, TrialSpec]) -> None:
             with_eval=spec.with_eval,
             check_files=not spec.corpora_checked,
         )
-        if world_rank == 0:
+        if world_rank == 0 and metrics is not None:
             _publish_model(spec, reporter)
     except BaseException:
         reporter.finish("FAILED")
@@ -202,4 +231,7 @@ def train_worker(config: dict[str, TrialSpec]) -> None:
     # Ray's storage keeps the one checkpoint resume needs; this node's copies (rank 0's last
     # save, each rank's restored copy) are several GB apiece for XLS-R and nothing reads them.
     shutil.rmtree(spec.out_dir / "checkpoints", ignore_errors=True)
-    reporter.finish("FINISHED")
+    if metrics is None:
+        reporter.stopped()
+    else:
+        reporter.finish("FINISHED")

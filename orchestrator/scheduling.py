@@ -12,13 +12,17 @@ trial has a queue keeps :data:`DEFAULT_GRACE`. Nothing here imports Ray.
 
 from __future__ import annotations
 
+import math
+import random
 from dataclasses import dataclass
+from typing import Any
 
 from search_spaces import SearchSpace
 from trainer.config import TrainerConfig
 
 QUEUE_EPOCHS_BEFORE_RUNG = 2
 DEFAULT_GRACE = 2  # epochs 0, 1, 2 trained before the first rung when no trial has a queue
+REDUCTION_FACTOR = 2
 
 
 @dataclass(frozen=True)
@@ -33,6 +37,15 @@ class Rungs:
     @property
     def stops(self) -> bool:
         return self.grace < self.epochs - 1
+
+    def milestones(self) -> tuple[int, ...]:
+        """The epochs at which ASHA compares a trial with the others (and may stop it): the
+        first rung times each power of the reduction factor, as Ray's ``ASHAScheduler``
+        (``max_t`` = the epochs, one bracket) lays them out; () when it stops nothing."""
+        if not self.stops:
+            return ()
+        count = int(math.log(self.epochs / self.grace) / math.log(REDUCTION_FACTOR) + 1)
+        return tuple(self.grace * REDUCTION_FACTOR**k for k in range(count))
 
     def describe(self) -> str:
         if self.latest_queue_epoch is None:
@@ -51,8 +64,9 @@ class Rungs:
 def latest_queue_epoch(
     space: SearchSpace, base: TrainerConfig, steps_per_epoch: int | None
 ) -> int | None:
-    """The latest 0-based epoch at which a trial's queue can turn on (``queue.start_epoch``, or
-    the epoch holding ``queue.start_step`` when that is later); None when no trial has one."""
+    """The latest 0-based epoch from which a trial's queue is on for whole epochs
+    (``queue.start_epoch``, or the first epoch after ``queue.start_step`` begins, rounded up,
+    when that is later); None when no trial has one."""
     if space.largest("queue.size", base) <= 0:
         return None
     epoch = space.largest("queue.start_epoch", base)
@@ -60,7 +74,8 @@ def latest_queue_epoch(
     if start_step > 0:
         if not steps_per_epoch:
             raise ValueError("queue.start_step is set: the epoch length is needed")
-        epoch = max(epoch, start_step // steps_per_epoch)
+        # The first whole epoch with the queue on: a queue starting mid-epoch has less than it.
+        epoch = max(epoch, -(-start_step // steps_per_epoch))
     return int(epoch)
 
 
@@ -71,3 +86,22 @@ def asha_rungs(
     start = latest_queue_epoch(space, base, steps_per_epoch)
     grace = DEFAULT_GRACE if start is None else start + QUEUE_EPOCHS_BEFORE_RUNG - 1
     return Rungs(max(1, grace), start, base.stage1.epochs)
+
+
+def run_order(
+    space: SearchSpace, scheduler: str, rungs: Rungs | None, seed: int
+) -> list[dict[str, Any]]:
+    """A grid's points in the order its trials start: the file's order, or, when ASHA can stop
+    trials, a permutation seeded by the sweep's seed. Asynchronous successive halving judges a
+    trial only against those that reached its rung before it: in the file's order
+    (similarity-major) every angular trial would be judged against cosine ones, and the first
+    trial could never be stopped."""
+    points = space.grid_points()
+    if scheduler == "asha" and rungs is not None and rungs.stops:
+        random.Random(seed).shuffle(points)
+    return points
+
+
+def decision_epochs(scheduler: str, rungs: Rungs | None) -> tuple[int, ...]:
+    """The epochs after which a trial's ranks wait for Tune's decision: ASHA's milestones."""
+    return rungs.milestones() if scheduler == "asha" and rungs is not None else ()

@@ -23,6 +23,8 @@ from trainer.config import TrainerConfig, apply_overrides, upgrade_stored, valid
 
 DEFAULT_EXPERIMENT = "supcon-sweep"
 SETTINGS_FILE = "sweep_settings.json"
+# How long a trial's ranks wait for Tune's decision at an ASHA rung before going on anyway.
+DECISION_TIMEOUT_S = 600.0
 
 
 @dataclass(frozen=True)
@@ -91,8 +93,12 @@ class SweepSettings:
     placement: str = "PACK"
     eval_top_k: int | None = 3
     verbose: bool = False  # Ray Train's per-report log lines, Tune's per-epoch results
+    # The epochs at which ASHA can stop a trial (its rungs): there, every rank waits for Tune's
+    # decision before the next epoch (orchestrator.decisions). () without ASHA.
+    decision_epochs: tuple[int, ...] = ()
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "decision_epochs", tuple(self.decision_epochs))
         t = self.tracking
         if t is not None and (t.uri, t.experiment) != (self.tracking_uri, self.experiment):
             raise ValueError(
@@ -178,7 +184,9 @@ class TrialSpec:
     ``corpora_checked``: the sweep's driver checked every corpus's files, so trials do not.
     ``run_tags``: set on the trial's MLflow run when rank 0 opens it (a confirmation run's
     configuration id and seed). ``verbose``: keep Ray Train's per-rank "Reporting training
-    result" log lines (``--verbose``).
+    result" log lines (``--verbose``). ``decisions`` (a :class:`~orchestrator.decisions.
+    Decisions` actor) and ``decision_epochs``: after those epochs every rank waits, at most
+    ``decision_timeout_s``, for Tune's decision about the trial.
     """
 
     base: TrainerConfig
@@ -194,6 +202,9 @@ class TrialSpec:
     corpora_checked: bool = False
     run_tags: Mapping[str, str] = field(default_factory=dict)
     verbose: bool = False
+    decisions: Any = None
+    decision_epochs: tuple[int, ...] = ()
+    decision_timeout_s: float = DECISION_TIMEOUT_S
 
     @property
     def out_dir(self) -> Path:

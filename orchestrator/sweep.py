@@ -20,15 +20,16 @@ import ray
 from ray import tune
 from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, ScalingConfig
 from ray.train.torch import TorchConfig, TorchTrainer
-from ray.tune.integration.ray_train import TuneReportCallback
 from ray.tune.schedulers import ASHAScheduler
 from ray.tune.search import ConcurrencyLimiter
+from ray.util.queue import Queue
 
+from orchestrator.decisions import Decisions, ForwardReports, relay
 from orchestrator.objective import OBJECTIVE
 from orchestrator.options import check_ray_address
 from orchestrator.ray_trial import SPEC_KEY, train_worker
 from orchestrator.resources import DRIVER_RESOURCE
-from orchestrator.scheduling import Rungs
+from orchestrator.scheduling import Rungs, decision_epochs, run_order
 from orchestrator.settings import SweepSettings, TrackingTarget, TrialResources, TrialSpec
 from orchestrator.storage import prune_unregistered_checkpoints
 from orchestrator.tracking import TUNE_DIR_TAG, SweepRun, close_trial, query_best
@@ -63,10 +64,12 @@ def torch_trainer(
     with_eval: bool,
     corpora_checked: bool,
     run_tags: dict[str, str] | None = None,
+    decisions: Any = None,
 ) -> TorchTrainer:
     """The Ray Train run of one trial, named after it so that a rerun resumes from its storage.
     ``corpora_checked``: the driver checked the corpora's files, so the workers do not.
-    ``run_tags``: set on the trial's MLflow run when it is created.
+    ``run_tags``: set on the trial's MLflow run when it is created. ``decisions``: where the
+    workers learn Tune's decision at ``settings.decision_epochs`` (None: they never wait).
 
     Storage keeps one reported checkpoint (Ray deletes the older one as each new one lands):
     the latest, which holds the best weights too, is all that resume needs.
@@ -85,6 +88,8 @@ def torch_trainer(
         corpora_checked=corpora_checked,
         run_tags=run_tags or {},
         verbose=settings.verbose,
+        decisions=decisions,
+        decision_epochs=settings.decision_epochs if decisions is not None else (),
     )
     return TorchTrainer(
         train_worker,
@@ -126,31 +131,42 @@ TUNE_KEYS = (
 )
 
 
-class ObjectiveReports(TuneReportCallback):
-    """Forwards to Tune the reports that carry the sweep's objective (:data:`OBJECTIVE`): every
-    epoch's for a per-epoch metric, only the final one for an end-of-trial metric. Tune's strict
-    metric check then holds for every result, and the searcher is told each trial's value once
-    it exists. Each forwarded result holds :data:`TUNE_KEYS` and the sweep's ``metric``."""
+def objective_report(metric: str) -> Callable[[dict[str, Any]], dict[str, Any] | None]:
+    """Which reports reach Tune, and what of them: those that carry the sweep's objective
+    (:data:`OBJECTIVE`), every epoch's for a per-epoch metric, only the final one for an
+    end-of-trial metric, so Tune's strict metric check holds for every result and the searcher
+    is told each trial's value once it exists. Each holds :data:`TUNE_KEYS` and ``metric``."""
+    keys = (*TUNE_KEYS, metric) if metric not in TUNE_KEYS else TUNE_KEYS
 
-    def __init__(self, metric: str) -> None:
-        super().__init__()
-        self.keys = (*TUNE_KEYS, metric) if metric not in TUNE_KEYS else TUNE_KEYS
+    def keep(metrics: dict[str, Any]) -> dict[str, Any] | None:
+        if OBJECTIVE not in metrics:
+            return None
+        return {k: metrics[k] for k in keys if k in metrics}
 
-    def after_report(self, run_context, metrics, checkpoint) -> None:
-        if OBJECTIVE in metrics[0]:
-            shown = [{k: m[k] for k in self.keys if k in m} for m in metrics]
-            super().after_report(run_context, shown, checkpoint)
+    return keep
 
 
 def _trial_driver(config: dict[str, Any], settings: SweepSettings) -> None:
-    """One Tune trial: its TorchTrainer, with its objective's reports forwarded to Tune."""
+    """One Tune trial: its TorchTrainer, each objective-carrying report relayed to Tune by this
+    driver, which tells the workers Tune's decision at the ASHA rungs
+    (:mod:`orchestrator.decisions`)."""
     params = config.get(GRID_KEY, config)
     trial_id = tune.get_context().get_trial_id()
-    callbacks = [ObjectiveReports(settings.metric)]
+    results = Queue(actor_options={"num_cpus": 0})
+    decisions = Decisions.remote() if settings.decision_epochs else None
+    callbacks = [ForwardReports(results, objective_report(settings.metric))]
     trainer = torch_trainer(
-        settings, trial_id, params, callbacks, with_eval=False, corpora_checked=True
+        settings,
+        trial_id,
+        params,
+        callbacks,
+        with_eval=False,
+        corpora_checked=True,
+        decisions=decisions,
     )
-    fit_trial(trainer, settings, trial_id)
+    relay(
+        lambda: fit_trial(trainer, settings, trial_id), results, decisions, settings.decision_epochs
+    )
 
 
 def run_single_trial(settings: SweepSettings) -> dict[str, Any]:
@@ -253,7 +269,7 @@ def _tune_config(
         "max_concurrent_trials": s.max_concurrent,
     }
     if space.is_grid:
-        param_space = {GRID_KEY: tune.grid_search(space.grid_points())}
+        param_space = {GRID_KEY: tune.grid_search(run_order(space, s.scheduler, rungs, s.seed))}
         return param_space, tune.TuneConfig(num_samples=1, **common)
     searcher = ConcurrencyLimiter(
         space.optuna_search(OBJECTIVE, s.mode, s.seed), max_concurrent=s.max_concurrent
@@ -434,6 +450,7 @@ def run_sweep(
     """Start the sweep's parent run, save the settings (with their tracking target) beside the
     Tune experiment, run it (ASHA's first rung at ``rungs``) and score its best trials. Returns
     those settings, Tune's results and the trials whose evaluation failed (trial id -> error)."""
+    settings = replace(settings, decision_epochs=decision_epochs(settings.scheduler, rungs))
     parent, settings = _start_parent(settings, "grid" if space.is_grid else "optuna-tpe")
     settings.save()
     return settings, *_tracked_fit(parent, build_tuner(space, settings, rungs), settings, space)

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from orchestrator.preflight import steps_per_epoch
-from orchestrator.scheduling import Rungs, asha_rungs
+from orchestrator.scheduling import Rungs, asha_rungs, run_order
 from orchestrator.settings import SweepSettings
 from search_spaces import SearchSpace
 from search_spaces.space import Param
@@ -88,7 +88,15 @@ class SweepPlan:
         s, lines = self.settings, []
         if self.trials is not None:
             keys = self.varying()
-            lines.append(f"grid over {', '.join(keys) or '(one point)'}: {self.n_trials} trial(s)")
+            order = (
+                f"in a permutation seeded by --seed {s.seed} (ASHA judges a trial against those "
+                "that reached its rung first)"
+                if s.scheduler == "asha" and self.rungs is not None and self.rungs.stops
+                else "in the file's order"
+            )
+            lines.append(
+                f"grid over {', '.join(keys) or '(one point)'}: {self.n_trials} trial(s), {order}"
+            )
             lines += [
                 f"  {i:>3}  " + "  ".join(f"{k}={t[k]}" for k in keys)
                 for i, t in enumerate(self.trials, start=1)
@@ -171,5 +179,5 @@ def plan(
     corpora = {
         name: {"bonafide": r.bonafide, "spoof": r.spoof} for name, r in (reports or {}).items()
     }
-    trials = space.grid_points() if space.is_grid else None
+    trials = run_order(space, settings.scheduler, rungs, settings.seed) if space.is_grid else None
     return SweepPlan(settings, space, trials, rungs, note, steps, corpora)

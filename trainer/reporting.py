@@ -2,7 +2,9 @@
 
 The trainer never calls ``ray.*``. Every rank calls :meth:`Reporter.report` once per stage-1 epoch
 and :meth:`Reporter.final` once at the end, at the same points on every rank (Ray Train's report
-is a barrier); only rank 0 passes a checkpoint directory and artifacts.
+is a barrier); only rank 0 passes a checkpoint directory and artifacts. ``report`` answers
+whether to go on: an orchestrator that stopped the trial (a scheduler's early stop) says False,
+the same on every rank, and the trial ends after that epoch, without stage 2.
 """
 
 from __future__ import annotations
@@ -40,10 +42,10 @@ class Reporter(Protocol):
         step: int,
         checkpoint: Path | None,
         history: Sequence[Mapping[str, float]] = (),
-    ) -> None:
+    ) -> bool:
         """Per-epoch metrics (keys ``stage/split/name``, :data:`EPOCH_METRICS`), on rank 0 the
         checkpoint folder, and ``history``: every epoch's metrics so far, this one included,
-        across resumes (a best-so-far needs them)."""
+        across resumes (a best-so-far needs them). Returns whether to train on."""
 
     def final(
         self,
@@ -70,10 +72,11 @@ class JsonlReporter:
         step: int,
         checkpoint: Path | None,
         history: Sequence[Mapping[str, float]] = (),
-    ) -> None:
+    ) -> bool:
         if self.main:
             with self.path.open("a", encoding="utf-8") as handle:
                 handle.write(json.dumps({"epoch": epoch, "step": step, **metrics}) + "\n")
+        return True
 
     def final(
         self,

@@ -75,11 +75,13 @@ class EpochResult:
 @dataclass(frozen=True)
 class Stage1Result:
     """What stage 1 hands on: the best weights (by ``stage1.monitor``), the progress (history, best
-    epoch, epochs run) and when this process's first step finished (None if it ran none)."""
+    epoch, epochs run), when this process's first step finished (None if it ran none), and
+    whether the reporter stopped it."""
 
     best_state: dict[str, Any]
     progress: Progress
     first_step_at: float | None
+    stopped: bool = False  # the orchestrator stopped the trial after the last epoch
 
 
 def build_optimizer(cfg: TrainerConfig, model: SupConModel) -> torch.optim.AdamW:
@@ -481,8 +483,9 @@ class Stage1:
         return patience is not None and progress.bad_epochs >= patience
 
     def run(self, resume: Path | None = None) -> Stage1Result:
-        """Train, from scratch or from the checkpoint folder ``resume``, until the epoch budget or
-        early stopping; saves a checkpoint and reports once per epoch on every rank."""
+        """Train, from scratch or from the checkpoint folder ``resume``, until the epoch budget,
+        early stopping, or the reporter saying stop; saves a checkpoint and reports once per
+        epoch on every rank."""
         if resume is None:
             progress, best_state = Progress(), copy.deepcopy(self.model.state_dict())
         else:
@@ -510,7 +513,7 @@ class Stage1:
             metrics["epoch"] = float(epoch)
             progress.history.append(metrics)
             folder = self._save(progress, best_state)
-            self.reporter.report(
+            go_on = self.reporter.report(
                 metrics,
                 epoch=epoch,
                 step=progress.step,
@@ -521,4 +524,7 @@ class Stage1:
                 dev_eer=f"{metrics['encoder/dev/eer']:.3f}",
                 dev_loss=f"{metrics['encoder/dev/loss']:.3f}",
             )
+            if not go_on:
+                log.info("stage 1 stopped after epoch %d by the orchestrator", epoch)
+                return Stage1Result(best_state, progress, first_step_at, stopped=True)
         return Stage1Result(best_state, progress, first_step_at)

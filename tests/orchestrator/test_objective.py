@@ -5,7 +5,8 @@ Three real sweeps (Ray Tune + Optuna TPE + Ray Train on gloo + SQLite MLflow), s
 trials so ASHA's decisions do not depend on timing:
 - ASHA over a space whose queue starts at epoch 1 or 2, selecting on a per-epoch metric whose
   value is fixed by the trial's point (the head's learning rate), so which trials ASHA stops
-  is known from the order TPE proposes them;
+  is known from the order TPE proposes them; a stopped trial's workers wait for Tune's
+  decision at the rung, so MLflow holds exactly the epochs Tune saw;
 - an end-of-trial objective (``classifier/dev/eer``) with TPE and no scheduler;
 - the dev EER selected on while stage 1 keeps the dev loss's best epoch: the objective is the
   dev EER of the delivered epoch.
@@ -108,6 +109,29 @@ def test_asha_stops_trials_only_after_the_queue_has_run_two_epochs(asha_sweep: P
     for run in runs.values():
         expected = "FINISHED" if "classifier/dev/eer" in run.data.metrics else "KILLED"
         assert run.info.status == expected
+
+
+def test_a_stopped_trial_logs_exactly_the_epochs_tune_saw(asha_sweep: Path) -> None:
+    """Its workers waited for Tune's decision at the rung: no extra epoch in MLflow, and the
+    run is closed as stopped early."""
+    analysis = ExperimentAnalysis(str(asha_sweep / "tune" / "s"))
+    client = MlflowClient(f"sqlite:///{asha_sweep / 'mlflow.db'}")
+    runs = _runs(asha_sweep)
+    stopped = 0
+    for trial_id, df in analysis.trial_dataframes.items():
+        # encoder/train/loss is logged once per epoch and not in the final report.
+        history = client.get_metric_history(runs[trial_id].info.run_id, "encoder/train/loss")
+        epochs = sorted(int(m.step) for m in history)
+        iterations = int(df["training_iteration"].max())
+        finished = "classifier/dev/eer" in df.columns
+        # A finished trial's final report is one more Tune result than its epochs.
+        assert len(epochs) == iterations - finished, trial_id
+        assert epochs == list(range(int(df["epoch"].max()) + 1))
+        if not finished:
+            stopped += 1
+            tags = runs[trial_id].data.tags
+            assert tags.get("supcon.end_reason") == "stopped early by the scheduler"
+    assert stopped >= 1
 
 
 def test_the_searcher_is_told_each_trials_objective_as_mlflow_has_it(asha_sweep: Path) -> None:

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from orchestrator.cli import main
-from orchestrator.scheduling import asha_rungs
+from orchestrator.scheduling import Rungs, asha_rungs
 from search_spaces import load_space
 from tests.helpers import SMOKE_SPACE, data_overrides
 from trainer.config import apply_overrides, load_config
@@ -36,11 +36,37 @@ def test_the_latest_start_in_the_space_sets_the_rung_for_every_trial(tmp_path: P
     base = load_config(PAPER)
     rungs = asha_rungs(load_space(ROOT / "search_spaces" / "default.yaml", base), base)
     assert (rungs.grace, rungs.latest_queue_epoch) == (9, 8)  # start_epoch: {int: [0, 8]}
-    # A queue that starts at a step: the epoch holding that step (161 steps an epoch).
+    # A queue that starts at a step: step 1000 is in epoch 6 (161 steps an epoch), so the
+    # queue is on for whole epochs from epoch 7, rounded up, and the first rung is after 8.
     space = _space(tmp_path, "queue.size: {grid: [0, 4096]}\nqueue.start_step: 1000\n")
-    assert asha_rungs(space, base, steps_per_epoch=161).latest_queue_epoch == 6
+    rungs = asha_rungs(space, base, steps_per_epoch=161)
+    assert (rungs.latest_queue_epoch, rungs.grace) == (7, 8)
+    # A start on an epoch's first step is that epoch.
+    exact = _space(tmp_path, "queue.size: {grid: [0, 4096]}\nqueue.start_step: 966\n")
+    assert asha_rungs(exact, base, steps_per_epoch=161).latest_queue_epoch == 6
     with pytest.raises(ValueError, match="epoch length"):
         asha_rungs(space, base)
+
+
+@pytest.mark.parametrize(("grace", "epochs"), [(6, 100), (3, 5), (2, 12), (9, 12), (1, 64)])
+def test_the_milestones_are_those_of_rays_asha(grace: int, epochs: int) -> None:
+    """Where the ranks wait for Tune's decision: exactly the rungs Ray's ASHA compares at."""
+    from ray.tune.schedulers import ASHAScheduler
+
+    asha = ASHAScheduler(
+        time_attr="epoch",
+        metric="m",
+        mode="min",
+        max_t=epochs,
+        grace_period=grace,
+        reduction_factor=2,
+    )
+    rays = sorted(milestone for milestone, _ in asha._brackets[0]._rungs)
+    rungs = Rungs(grace, 0, epochs)
+    if rungs.stops:
+        assert list(rungs.milestones()) == rays
+    else:
+        assert rungs.milestones() == ()
 
 
 def test_without_any_queue_the_default_rung_stays(tmp_path: Path) -> None:

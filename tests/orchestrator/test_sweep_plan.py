@@ -119,3 +119,42 @@ def test_json_needs_dry_run(capsys) -> None:
 def test_an_unreachable_tracking_server_fails_the_plan(capsys) -> None:
     code, _, err = _dry(capsys, "--no-data-check", "--tracking-uri", "http://127.0.0.1:9")
     assert code == 2 and "not reachable" in err
+
+
+def _order(capsys, *argv: str) -> list[tuple]:
+    code, out, _ = _dry(capsys, "--json", "--no-data-check", *PAPER, *argv)
+    assert code == 0
+    return [
+        (t["loss.similarity"], t["loss.temperature"], t["queue.size"])
+        for t in json.loads(out)["trials"]
+    ]
+
+
+def test_under_asha_a_grid_runs_in_a_permutation_seeded_by_the_sweep(capsys) -> None:
+    """ASHA judges a trial against those that reached its rung first: in the file's order every
+    angular trial would be judged against cosine ones and the first could never be stopped."""
+    in_file = _order(capsys, "--scheduler", "none")
+    assert in_file[0] == ("cosine", 0.07, 0) and in_file[7] == ("angular", 0.6, 0)
+    seed0 = _order(capsys, "--scheduler", "asha", "--seed", "0")
+    assert sorted(seed0) == sorted(in_file) and seed0 != in_file
+    assert _order(capsys, "--scheduler", "asha", "--seed", "0") == seed0
+    assert _order(capsys, "--scheduler", "asha", "--seed", "1") != seed0
+
+
+def test_the_sweep_runs_the_order_the_plan_prints(capsys) -> None:
+    """Tune's grid is built from the same order (nothing is started here)."""
+    from orchestrator.cli import build_parser
+    from orchestrator.scheduling import asha_rungs
+    from orchestrator.sweep import GRID_KEY, _tune_config
+    from orchestrator.sweep_cli import _settings, _validated
+
+    argv = ["sweep", "--no-data-check", *PAPER, "--seed", "5"]
+    args = build_parser().parse_args(argv)
+    cfg, space = _validated(args)
+    settings = _settings(args, cfg, space)
+    param_space, _ = _tune_config(space, settings, asha_rungs(space, settings.base))
+    tune_order = param_space[GRID_KEY]["grid_search"]
+    planned = _order(capsys, "--scheduler", "asha", "--seed", "5")
+    assert [
+        (t["loss.similarity"], t["loss.temperature"], t["queue.size"]) for t in tune_order
+    ] == planned
