@@ -1,8 +1,9 @@
 """The sweep driver: Ray Tune + Optuna (or an exhaustive grid) over Ray Train trials, in MLflow.
 
 Each Tune trial is a small function trainable (the trial's driver, holding no CPU) that launches
-one ``TorchTrainer`` and forwards its per-epoch reports to Tune with ``TuneReportCallback``, so
-the searcher and the ASHA scheduler see every epoch.
+one ``TorchTrainer`` and relays its per-epoch reports to Tune (:mod:`orchestrator.decisions`), so
+the searcher and the ASHA scheduler see every epoch, and at ASHA's rungs the workers learn Tune's
+decision before they start the next epoch.
 """
 
 from __future__ import annotations
