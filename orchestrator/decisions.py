@@ -27,6 +27,7 @@ from typing import Any
 
 import ray
 from ray import tune
+from ray.exceptions import RayActorError
 from ray.train.v2.api.callback import UserCallback
 from ray.util.queue import Empty, Queue
 
@@ -63,8 +64,14 @@ class Decisions:
 
 
 def wait_for(decisions: Any, epoch: int, timeout: float = DECISION_TIMEOUT_S) -> bool:
-    """On a worker: whether to go on after ``epoch`` (True when the decision was lost)."""
-    decision = ray.get(decisions.wait.remote(epoch, timeout))
+    """On a worker: whether to go on after ``epoch`` (True when the decision was lost). The
+    decisions' actor lives with the trial's driver, which Tune tears down when it stops the
+    trial: if it is gone, so is the trial, and the answer is to stop."""
+    try:
+        decision = ray.get(decisions.wait.remote(epoch, timeout))
+    except RayActorError:
+        log.info("the trial's driver is gone after epoch %d: Tune ended the trial", epoch)
+        return False
     if decision is None:
         log.warning(
             "no decision from Tune within %.0f s after epoch %d (an ASHA rung); going on",

@@ -24,7 +24,6 @@ from orchestrator.objective import MONITOR_KEYS, OBJECTIVE, Objective
 from orchestrator.settings import TrialSpec
 from orchestrator.storage import upload_folder
 from orchestrator.tracking import MODEL_TAG, RESOURCES_TAG, REVISION_TAG, TrialTracker
-from orchestrator.tracking.store import END_REASON_TAG, STOPPED_EARLY
 from trainer.config import TrainerConfig, flatten
 from trainer.evaluate import MODEL_DIR
 from trainer.model import pretrained_revision
@@ -112,10 +111,11 @@ class RayReporter:
             self.tracker.finish(status)
 
     def stopped(self) -> None:
-        """End the run of a trial Tune stopped early: KILLED, tagged as stopped early (as Tune's
-        own callback closes it when the workers are torn down first)."""
-        self.tag(END_REASON_TAG, STOPPED_EARLY)
-        self.finish("KILLED")
+        """A trial Tune stopped early ends here: its metrics are sent, and its run is left for
+        the sweep's driver to close (``CloseTrialRuns``: KILLED, stopped early), the one writer
+        of its end whichever way the workers go (they may be torn down before this)."""
+        if self.tracker is not None:
+            self.tracker.flush()
 
 
 def make_reporter(

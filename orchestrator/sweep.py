@@ -226,8 +226,9 @@ class TrialLines(tune.Callback):
 
 class CloseTrialRuns(tune.Callback):
     """Marks a trial's MLflow run when Tune ends the trial from outside its workers: KILLED for a
-    trial stopped early by ASHA (its workers are torn down before they can log), FAILED for an
-    errored one. Runs the workers finished themselves are not touched."""
+    trial stopped early by ASHA (its workers stop at the rung and leave the run to this, or are
+    torn down first), FAILED for an errored one. Runs the workers finished themselves are not
+    touched, and the workers do not change a run this closed."""
 
     def __init__(self, target: TrackingTarget) -> None:
         self.target = target
@@ -258,11 +259,12 @@ def _scheduler(s: SweepSettings, rungs: Rungs | None) -> ASHAScheduler | None:
     )
 
 
-def _tune_config(
+def tune_config(
     space: SearchSpace, s: SweepSettings, rungs: Rungs | None
 ) -> tuple[dict, tune.TuneConfig]:
-    """Tune selects on :data:`OBJECTIVE` (the sweep's metric, summarised per trial), which the
-    searcher, the scheduler and Tune's strict metric check all read."""
+    """The Tuner's param space and config: a grid's points in :func:`~orchestrator.scheduling.
+    run_order`, or TPE. Tune selects on :data:`OBJECTIVE` (the sweep's metric, summarised per
+    trial), which the searcher, the scheduler and Tune's strict metric check all read."""
     common = {
         "metric": OBJECTIVE,
         "mode": s.mode,
@@ -281,11 +283,11 @@ def _tune_config(
 def build_tuner(
     space: SearchSpace, settings: SweepSettings, rungs: Rungs | None = None
 ) -> tune.Tuner:
-    param_space, tune_config = _tune_config(space, settings, rungs)
+    param_space, config = tune_config(space, settings, rungs)
     return tune.Tuner(
         trainable(settings),
         param_space=param_space,
-        tune_config=tune_config,
+        tune_config=config,
         run_config=tune.RunConfig(
             name=settings.name,
             storage_path=settings.tune_dir,

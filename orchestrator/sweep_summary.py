@@ -191,7 +191,7 @@ def grid_heatmap(
         size = (1.5 + 1.0 * len(temps) * len(queues), 1.4 + 0.5 * len(sims))
         fig, axes = plt.subplots(1, len(queues), figsize=size, squeeze=False, sharey=True)
         for ax, queue in zip(axes[0], queues, strict=True):
-            grid, stopped = _panel(rows, queue, sims, temps, mode)
+            grid, stopped = heatmap_panel(rows, queue, sims, temps, mode)
             image = ax.imshow(grid, cmap="viridis_r", vmin=lo, vmax=hi if hi > lo else lo + 1e-9)
             for (i, j), value in np.ndenumerate(grid):
                 if np.isnan(value):
@@ -221,7 +221,7 @@ def grid_heatmap(
     return path
 
 
-def _panel(
+def heatmap_panel(
     rows: Sequence[TrialRecord], queue: Any, sims: list[str], temps: list[Any], mode: str
 ) -> tuple[np.ndarray, np.ndarray]:
     """(similarities, temperatures) objectives of the trials with queue size ``queue``, and

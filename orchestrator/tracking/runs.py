@@ -331,6 +331,16 @@ class TrialTracker:
     def set_tag(self, key: str, value: str) -> None:
         self._retry(f"tagging {key}", lambda: self.client.set_tag(self.run_id, key, value))
 
+    def flush(self) -> None:
+        """Send what is buffered (with the outage handling of :meth:`finish`)."""
+        self._retry("sending buffered metrics", lambda: None)
+
     def finish(self, status: str = "FINISHED") -> None:
-        """Send what is buffered, then end the run with ``status``."""
-        self._retry("ending the run", lambda: _finish(self.client, self.run_id, status))
+        """Send what is buffered, then end the run with ``status``, unless the sweep's driver
+        already ended it (a trial Tune stopped or failed: its status is the driver's)."""
+
+        def end() -> None:
+            if self.client.get_run(self.run_id).info.status not in END_STATUSES:
+                _finish(self.client, self.run_id, status)
+
+        self._retry("ending the run", end)

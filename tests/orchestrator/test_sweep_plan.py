@@ -124,10 +124,11 @@ def test_an_unreachable_tracking_server_fails_the_plan(capsys) -> None:
 def _order(capsys, *argv: str) -> list[tuple]:
     code, out, _ = _dry(capsys, "--json", "--no-data-check", *PAPER, *argv)
     assert code == 0
-    return [
-        (t["loss.similarity"], t["loss.temperature"], t["queue.size"])
-        for t in json.loads(out)["trials"]
-    ]
+    return [_point(t) for t in json.loads(out)["trials"]]
+
+
+def _point(trial: dict) -> tuple:
+    return trial["loss.similarity"], trial["loss.temperature"], trial["queue.size"]
 
 
 def test_under_asha_a_grid_runs_in_a_permutation_seeded_by_the_sweep(capsys) -> None:
@@ -143,18 +144,20 @@ def test_under_asha_a_grid_runs_in_a_permutation_seeded_by_the_sweep(capsys) -> 
 
 def test_the_sweep_runs_the_order_the_plan_prints(capsys) -> None:
     """Tune's grid is built from the same order (nothing is started here)."""
-    from orchestrator.cli import build_parser
     from orchestrator.scheduling import asha_rungs
-    from orchestrator.sweep import GRID_KEY, _tune_config
-    from orchestrator.sweep_cli import _settings, _validated
+    from orchestrator.settings import SweepSettings
+    from orchestrator.sweep import GRID_KEY, tune_config
+    from search_spaces import load_space
+    from trainer.config import load_config
 
-    argv = ["sweep", "--no-data-check", *PAPER, "--seed", "5"]
-    args = build_parser().parse_args(argv)
-    cfg, space = _validated(args)
-    settings = _settings(args, cfg, space)
-    param_space, _ = _tune_config(space, settings, asha_rungs(space, settings.base))
+    base = load_config(PAPER[3])
+    space = load_space(PAPER[1], base)
+    fields = {"name": "s", "base": base, "space_path": PAPER[1], "metric": "encoder/dev/eer"}
+    fields |= {"mode": "min", "num_samples": 1, "max_concurrent": 1, "scheduler": "asha"}
+    fields |= {"workers_per_trial": 2, "cpus_per_worker": 1.0, "gpus_per_trial": 0, "seed": 5}
+    fields |= {"max_failures": 0, "out_dir": "/o", "tracking_uri": "sqlite:////o/m.db"}
+    settings = SweepSettings(**fields, experiment="e")
+    param_space, _ = tune_config(space, settings, asha_rungs(space, base))
     tune_order = param_space[GRID_KEY]["grid_search"]
     planned = _order(capsys, "--scheduler", "asha", "--seed", "5")
-    assert [
-        (t["loss.similarity"], t["loss.temperature"], t["queue.size"]) for t in tune_order
-    ] == planned
+    assert [_point(t) for t in tune_order] == planned

@@ -17,6 +17,7 @@ from orchestrator.sweep_summary import (
     TrialRecord,
     draw,
     grid_heatmap,
+    heatmap_panel,
     rebuild_study,
     study_plots,
     summary_metrics,
@@ -116,13 +117,11 @@ def test_grid_heatmap_has_one_panel_per_queue_size(tmp_path: Path) -> None:
 
 def test_the_heatmap_marks_cells_of_stopped_trials() -> None:
     """A stopped trial's objective is its value at the rung, not at its end: its cell says so."""
-    from orchestrator.sweep_summary import _panel
-
     records = [r for r in _records() if r.objective is not None]
     temps = sorted({r.params["loss.temperature"] for r in records})
     sims = sorted({r.params["loss.similarity"] for r in records})
     for queue in (0, 4096):
-        grid, stopped = _panel(records, queue, sims, temps, "min")
+        grid, stopped = heatmap_panel(records, queue, sims, temps, "min")
         for r in records:
             if r.params["queue.size"] == queue:
                 i = sims.index(r.params["loss.similarity"])

@@ -387,3 +387,19 @@ def test_a_runs_configuration_id_is_recomputed_from_its_params_and_world_size() 
         cfg.model_copy(update={"queue": cfg.queue.model_copy(update={"same_label": "positive"})}), 2
     )
     assert row_config_id({"params": params, "tags": {"supcon.config_id": "abc"}}) == "abc"
+
+
+def test_a_run_the_sweeps_driver_closed_keeps_its_status(store: Path) -> None:
+    """A trial Tune stopped is closed KILLED by the driver; workers torn down around it and
+    failing on the way must not turn it FAILED (nor move its end time)."""
+    from orchestrator.tracking import close_trial
+
+    sweep = _sweep(_uri(store), "closed", experiment="closed")
+    tracker = TrialTracker.open(sweep.target, "t9", _config(0.2))
+    assert close_trial(sweep.target, "t9", "KILLED", "stopped early by the scheduler")
+    client = MlflowClient(_uri(store))
+    ended = client.get_run(tracker.run_id).info
+    tracker.finish("FAILED")
+    after = client.get_run(tracker.run_id)
+    assert after.info.status == "KILLED" and after.info.end_time == ended.end_time
+    assert after.data.tags["supcon.end_reason"] == "stopped early by the scheduler"
