@@ -12,8 +12,8 @@ function trainable returns only when Tune asks for the next result, i.e. once it
 on, and raises ``SystemExit`` when Tune stops the trial. At the epochs where ASHA can decide (its
 rungs), the driver then tells the workers through a :class:`Decisions` actor, and every rank
 waits for it (:meth:`RayReporter.report <orchestrator.ray_trial.RayReporter.report>`); other
-epochs do not wait. The wait is bounded: a decision that never comes (a driver gone) lets the
-workers go on after ``DECISION_TIMEOUT_S`` and says so.
+epochs do not wait. The wait is bounded: a decision that never comes lets the workers go on
+after ``DECISION_TIMEOUT_S`` and says so; a driver gone (Tune tore the trial down) means stop.
 """
 
 from __future__ import annotations
