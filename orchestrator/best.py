@@ -90,7 +90,7 @@ def _eer_columns(rows: Sequence[dict[str, Any]], metric: str) -> list[tuple[str,
     columns += [
         ("eval/pooled_mean/eer", "pooled_mean"),
         ("eval/pooled_all/eer", "pooled_all"),
-        ("eval/pooled_mean/eer_all", "pooled_mean(21 all)"),
+        ("eval/pooled_mean/eer_all", "pooled_mean(21 all trials)"),
         ("classifier/dev/eer", "dev(stage2)"),
     ]
     columns = [(k, h) for k, h in columns if k in keys]
@@ -100,7 +100,7 @@ def _eer_columns(rows: Sequence[dict[str, Any]], metric: str) -> list[tuple[str,
 
 
 def _is_eer(key: str) -> bool:
-    return key.endswith("/eer")
+    return key.endswith(("/eer", "/eer_all"))
 
 
 NOT_EVALUATED = "n/e"

@@ -241,7 +241,7 @@ def _settings(args: argparse.Namespace, cfg: TrainerConfig, space: SearchSpace) 
 
 def _objective_text(settings: SweepSettings) -> str:
     if settings.objective.per_epoch:
-        return "each trial's best epoch"
+        return f"at the epoch stage 1 keeps, the best {settings.objective.monitor}"
     return "each trial's final value"
 
 
