@@ -172,13 +172,18 @@ class SetScores:
     scores: np.ndarray
     result: SetResult
     interval: EerInterval
+    shown: np.ndarray  # (N,) bool: the headline rows
+    breakdown: dict[str, float]  # eer_all, eer_subset_*, eer_<condition>_* (no prefix)
 
     @classmethod
     def of(cls, name: str, split: CorpusSplit, scores: np.ndarray) -> SetScores:
+        """Every figure of the set, computed once (a 2021 DF key has ~611k trials)."""
         shown = headline(split.config, split.utterances)  # (N,)
         utterances = [u for u, keep in zip(split.utterances, shown, strict=True) if keep]
         result = evaluate(utterances, scores[shown], name)
-        return cls(name, split, scores, result, eer_interval(utterances, scores[shown]))
+        interval = eer_interval(utterances, scores[shown])
+        extra = breakdown(split.config, split.utterances, scores)
+        return cls(name, split, scores, result, interval, shown, extra)
 
     def metrics(self) -> dict[str, float]:
         """``eval/<set>/eer``, the per-attack ``eval/<set>/eer_<attack>``, and the set's counts:
@@ -190,10 +195,9 @@ class SetScores:
         (:func:`trainer.breakdown.breakdown`). The counts and intervals are those of the
         headline rows."""
         prefix = f"eval/{self.name}"
-        extra = breakdown(self.split.config, self.split.utterances, self.scores)
         return (
             self.result.metrics(prefix)
-            | {f"{prefix}/{key}": value for key, value in extra.items()}
+            | {f"{prefix}/{key}": value for key, value in self.breakdown.items()}
             | {
                 f"{prefix}/n_bonafide": float(self.result.n_bonafide),
                 f"{prefix}/n_spoof": float(self.result.n_spoof),
@@ -214,9 +218,8 @@ class SetScores:
         """(bona fide, spoof) scores of the headline rows, or of every row (``rows="all"``)."""
         if rows == "all":
             return class_scores(self.split.utterances, self.scores)
-        shown = headline(self.split.config, self.split.utterances)
-        kept = [u for u, keep in zip(self.split.utterances, shown, strict=True) if keep]
-        return class_scores(kept, self.scores[shown])
+        kept = [u for u, keep in zip(self.split.utterances, self.shown, strict=True) if keep]
+        return class_scores(kept, self.scores[self.shown])
 
 
 def pooled_metrics(sets: Sequence[SetScores]) -> dict[str, float]:
