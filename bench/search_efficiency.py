@@ -16,8 +16,8 @@ How:
    one-worker trials at a time), on a fresh synthetic corpus. Each trial run's per-epoch dev EER
    is read back from MLflow: a table config -> per-epoch values, as long as the trial ran.
 2. The searchers are replayed through the real Tune + Optuna + ASHA, built as the sweep builds
-   them (the space's ``optuna_search``, the ASHA rungs of ``orchestrator.scheduling``), one trial
-   at a time. A replayed trial reports, epoch by epoch, what the real trial of its config
+   them (``orchestrator.tune.searcher``, the ASHA rungs of ``orchestrator.tune.scheduling``),
+   one trial at a time. A replayed trial reports, epoch by epoch, what the real trial of its config
    reported to Tune: the 0-based ``epoch`` and the objective (best epoch so far). ASHA stops it
    by not taking its next report. A config drawn twice costs its epochs twice.
 
@@ -63,7 +63,7 @@ QUICK = {KEYS[0]: ["cosine", "angular"], KEYS[1]: [0.1, 0.3], KEYS[2]: [256]}
 START_EPOCH = 2
 FULL_EPOCHS = 12  # local.yaml's stage1.epochs
 # 5, not 4: with the queue on from epoch 2, ASHA's first rung is after epoch 3, and with 4
-# epochs the sweep would run without ASHA (orchestrator.scheduling.Rungs.stops).
+# epochs the sweep would run without ASHA (orchestrator.tune.scheduling.Rungs.stops).
 QUICK_EPOCHS = 5
 GRID_NAME = "grid"
 SEARCHERS = ("tpe", "random")
@@ -113,14 +113,14 @@ def read_table(out: Path, values: dict[str, list], epochs: int) -> dict[str, Any
     The final report logs the best epoch's metrics again at step = epochs run: dropped."""
     from mlflow.tracking import MlflowClient
 
-    from orchestrator.tracking import decode_param
-    from orchestrator.tracking.sweeps import find_sweep, trial_runs
+    from orchestrator.tracking import Tracking, decode_param
 
     uri = f"sqlite:///{out / 'mlflow.db'}"
-    experiment_id, sweep = find_sweep(uri, DEFAULT_EXPERIMENT, name=GRID_NAME)
+    tracking = Tracking.at(uri, DEFAULT_EXPERIMENT)
+    _, sweep = tracking.find_sweep(name=GRID_NAME)
     client = MlflowClient(uri)
     trials = []
-    for run in trial_runs(uri, experiment_id, sweep.run_id):
+    for run in tracking.trial_runs(sweep.run_id):
         if "encoder/epochs" not in run.data.metrics:
             raise SystemExit(f"grid trial run {run.info.run_id} did not finish ({run.info.status})")
         ran = int(run.data.metrics["encoder/epochs"])
@@ -188,31 +188,24 @@ class Outcome:
 
 
 def _searcher(kind: str, space: Any, seed: int) -> Any:
-    """The sweep's searcher (``space.optuna_search`` in a ConcurrencyLimiter, as
-    ``orchestrator.sweep`` wraps it), or Optuna's RandomSampler over the same distributions."""
-    from optuna.samplers import RandomSampler
+    """The sweep's searcher ``kind`` (tpe or random, :mod:`orchestrator.tune.searcher`) in a
+    ConcurrencyLimiter, as :func:`orchestrator.tune.tuner.tune_config` wraps it."""
     from ray.tune.search import ConcurrencyLimiter
-    from ray.tune.search.optuna import OptunaSearch
 
-    if kind == "tpe":
-        search = space.optuna_search(OBJECTIVE, "min", seed)
-    else:
-        search = OptunaSearch(
-            space=space.optuna_distributions(),
-            metric=OBJECTIVE,
-            mode="min",
-            sampler=RandomSampler(seed=seed),
-        )
-    return ConcurrencyLimiter(search, max_concurrent=1)
+    from orchestrator.tune.searcher import search_algorithm
+
+    return ConcurrencyLimiter(
+        search_algorithm(kind, space, OBJECTIVE, "min", seed), max_concurrent=1
+    )
 
 
 def _scheduler(space: Any, epochs: int) -> Any:
-    """ASHA as ``orchestrator.sweep._scheduler`` builds it (constructed here, identically: that
+    """ASHA as ``orchestrator.tune.tuner._scheduler`` builds it (constructed here, identically: that
     function is private and takes the whole SweepSettings): first rung from the space's queue
     start, ``max_t`` the epoch budget, reduction factor 2; None when it could stop nothing."""
     from ray.tune.schedulers import ASHAScheduler
 
-    from orchestrator.scheduling import asha_rungs
+    from orchestrator.tune.scheduling import asha_rungs
     from trainer.config import apply_overrides, load_config
 
     base = apply_overrides(load_config(overrides=[f"stage1.epochs={epochs}"]), space.fixed())

@@ -20,7 +20,7 @@ from pathlib import Path
 
 from orchestrator.cli import main as cli
 from orchestrator.settings import DEFAULT_EXPERIMENT
-from orchestrator.tracking import query_best
+from orchestrator.tracking import Tracking
 from trainer.data.synth import generate
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -78,7 +78,7 @@ def main(argv: list[str] | None = None) -> int:
         if code:
             return code
         uri = f"sqlite:///{out / 'mlflow.db'}"
-        rows = query_best(uri, DEFAULT_EXPERIMENT, metric="time/trial_s", top=args.trials)
+        rows = Tracking.at(uri, DEFAULT_EXPERIMENT).best(metric="time/trial_s", top=args.trials)
     _report(rows, wall)
     return 0
 

@@ -10,8 +10,8 @@ from __future__ import annotations
 import argparse
 import logging
 
-from orchestrator import best, cluster_cli, confirm_cli, evaluate_cli, submit, sweep_cli, trial_cli
-from orchestrator.options import EXIT_STATUS
+from orchestrator.commands import best, cluster, confirm, evaluate, submit, sweep, trial
+from orchestrator.commands.options import EXIT_STATUS
 from trainer.data import cli as data_cli
 
 
@@ -27,13 +27,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     data_cli.add_parser(sub)
-    trial_cli.add_parser(sub)
-    sweep_cli.add_parser(sub)
+    trial.add_parser(sub)
+    sweep.add_parser(sub)
     submit.add_parser(sub)
-    evaluate_cli.add_parser(sub)
-    confirm_cli.add_parser(sub)
+    evaluate.add_parser(sub)
+    confirm.add_parser(sub)
     best.add_parser(sub)
-    cluster_cli.add_parser(sub)
+    cluster.add_parser(sub)
     return parser
 
 

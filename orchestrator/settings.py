@@ -31,15 +31,16 @@ DECISION_TIMEOUT_S = 600.0
 class TrackingTarget:
     """Where a sweep's trials log: the MLflow store and experiment, and the sweep's parent run.
 
-    Made by the parent-run step (:meth:`orchestrator.tracking.SweepRun.start`); ``searcher`` is
-    the one logged on the parent run, which ``resume`` logs again unchanged.
+    Before the parent run exists only ``uri`` and ``experiment`` are set; the parent-run step
+    (:meth:`orchestrator.tracking.Tracking.start_sweep`) makes the full target. ``searcher`` is
+    the label logged on the parent run, which ``resume`` logs again unchanged.
     """
 
     uri: str
     experiment: str
-    experiment_id: str
-    parent_run_id: str
-    searcher: str
+    experiment_id: str = ""
+    parent_run_id: str = ""
+    searcher: str = ""
 
 
 @dataclass(frozen=True)
@@ -65,8 +66,9 @@ class TrialResources:
 class SweepSettings:
     """Everything a sweep's trial drivers need, saved beside the Tune experiment for ``resume``.
 
-    ``tracking_uri`` and ``experiment`` name the store before the parent run exists; ``tracking``
-    is the :class:`TrackingTarget` once it does (``replace(settings, tracking=target)``).
+    ``tracking`` names the MLflow store and experiment; once the sweep's parent run exists it
+    is that run's full :class:`TrackingTarget` (``replace(settings, tracking=target)``).
+    ``searcher``: the searcher's name (:mod:`orchestrator.tune.searcher`).
     ``base`` is the trainer config every trial starts from, the space's fixed keys applied.
     ``eval_top_k``: how many of the best finished trials are scored on the evaluation sets
     once the search ends (``None``: every finished trial; 0: none).
@@ -86,30 +88,62 @@ class SweepSettings:
     max_failures: int
     seed: int
     out_dir: str
-    tracking_uri: str
-    experiment: str
-    tracking: TrackingTarget | None = None
+    tracking: TrackingTarget
+    searcher: str = ""  # "": the space's default (grid for a grid space, else tpe)
     storage: str = ""  # Tune results and Train checkpoints: a shared path or URI; "" = out_dir
     placement: str = "PACK"
     eval_top_k: int | None = 3
     verbose: bool = False  # Ray Train's per-report log lines, Tune's per-epoch results
     # The epochs at which ASHA can stop a trial (its rungs): there, every rank waits for Tune's
-    # decision before the next epoch (orchestrator.decisions). () without ASHA.
+    # decision before the next epoch (orchestrator.train.decisions). () without ASHA.
     decision_epochs: tuple[int, ...] = ()
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "decision_epochs", tuple(self.decision_epochs))
-        t = self.tracking
-        if t is not None and (t.uri, t.experiment) != (self.tracking_uri, self.experiment):
-            raise ValueError(
-                f"tracking target {t.uri} / {t.experiment} is not the sweep's store "
-                f"{self.tracking_uri} / {self.experiment}"
-            )
+
+    @classmethod
+    def one_trial(
+        cls,
+        name: str,
+        base: TrainerConfig,
+        resources: TrialResources,
+        *,
+        out_dir: str,
+        tracking: TrackingTarget,
+    ) -> SweepSettings:
+        """The settings of ``trial --ray``: a sweep of the one trial ``name`` of ``base``, with
+        no search, no scheduler, no restarts, selecting on the dev EER."""
+        return cls(
+            name=name,
+            base=base,
+            space_path="",
+            metric="encoder/dev/eer",
+            mode="min",
+            num_samples=1,
+            max_concurrent=1,
+            scheduler="none",
+            workers_per_trial=resources.workers,
+            cpus_per_worker=resources.cpus_per_worker,
+            gpus_per_trial=resources.gpus,
+            max_failures=0,
+            seed=base.seed,
+            out_dir=out_dir,
+            tracking=tracking,
+        )
+
+    @property
+    def tracking_uri(self) -> str:
+        return self.tracking.uri
+
+    @property
+    def experiment(self) -> str:
+        return self.tracking.experiment
 
     @property
     def target(self) -> TrackingTarget:
-        """The tracking target; only settings that went through the parent-run step have one."""
-        if self.tracking is None:
+        """The full tracking target; only settings that went through the parent-run step have
+        one."""
+        if not self.tracking.parent_run_id:
             raise RuntimeError(f"sweep {self.name}: its MLflow parent run is not started yet")
         return self.tracking
 
@@ -146,7 +180,7 @@ class SweepSettings:
     def to_json(self) -> str:
         raw = {f.name: getattr(self, f.name) for f in fields(self)}
         raw["base"] = self.base.model_dump(mode="json")
-        raw["tracking"] = asdict(self.tracking) if self.tracking is not None else None
+        raw["tracking"] = asdict(self.tracking)
         return json.dumps(raw, indent=2)
 
     @classmethod
@@ -157,8 +191,12 @@ class SweepSettings:
         if not isinstance(raw, dict):
             raise ValueError("expected a JSON object")
         raw["base"] = validate_tree(upgrade_stored(raw["base"]))
-        if raw.get("tracking") is not None:
-            raw["tracking"] = TrackingTarget(**raw["tracking"])
+        # Settings saved before 2026-12-07 held the store twice: as tracking_uri and experiment,
+        # and in the tracking target (null before the parent run existed).
+        uri, experiment = raw.pop("tracking_uri", None), raw.pop("experiment", None)
+        raw["tracking"] = TrackingTarget(
+            **(raw.get("tracking") or {"uri": uri, "experiment": experiment})
+        )
         return cls(**raw)
 
     def save(self) -> None:
@@ -184,7 +222,7 @@ class TrialSpec:
     ``corpora_checked``: the sweep's driver checked every corpus's files, so trials do not.
     ``run_tags``: set on the trial's MLflow run when rank 0 opens it (a confirmation run's
     configuration id and seed). ``verbose``: keep Ray Train's per-rank "Reporting training
-    result" log lines (``--verbose``). ``decisions`` (a :class:`~orchestrator.decisions.
+    result" log lines (``--verbose``). ``decisions`` (a :class:`~orchestrator.train.decisions.
     Decisions` actor) and ``decision_epochs``: after those epochs every rank waits, at most
     ``decision_timeout_s``, for Tune's decision about the trial.
     """

@@ -163,8 +163,11 @@ class SearchSpace:
                         points.append(point)
         return points
 
-    def optuna_search(self, metric: str, mode: str, seed: int | None = None) -> OptunaSearch:
-        """An ``OptunaSearch`` (TPE) over the sampled keys; suggestions are keyed by dotted path.
+    def optuna_search(
+        self, metric: str, mode: str, seed: int | None = None, *, sampler: Any = None
+    ) -> OptunaSearch:
+        """An ``OptunaSearch`` over the sampled keys (TPE seeded with ``seed``, or ``sampler``,
+        an Optuna sampler); suggestions are keyed by dotted path.
 
         Suggestions hold the sampled keys only: apply ``fixed()`` to the base config (or pass it
         as the Tuner's ``param_space``, which Tune merges). ``metric`` and ``mode`` are required:
@@ -176,6 +179,10 @@ class SearchSpace:
             raise ValueError(f"optuna_search needs a metric and mode 'min' or 'max', got {mode!r}")
         from ray.tune.search.optuna import OptunaSearch
 
+        if sampler is not None:
+            return OptunaSearch(
+                space=self.optuna_distributions(), metric=metric, mode=mode, sampler=sampler
+            )
         return OptunaSearch(space=self.optuna_distributions(), metric=metric, mode=mode, seed=seed)
 
     def optuna_distributions(self) -> dict[str, Any]:

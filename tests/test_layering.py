@@ -7,6 +7,13 @@
 - No module imports a private name (``_x``) of another first-party package, neither as
   ``from pkg.mod import _x`` nor ``import pkg._mod`` nor ``mod._x`` on an imported module.
 - Test modules import no other test module (shared helpers live in ``tests/helpers.py``).
+- ``orchestrator/`` is layered, each role a package (:data:`ORCHESTRATOR_LAYERS`): a module imports
+  only its own layer or those below it, so the commands sit above the engine they call, the
+  engine above Tune, Tune above the Ray Train glue, and MLflow tracking and the reports at the
+  bottom. Tracking and the reports (and the base modules) import no Ray. No module imports a
+  command module: only ``orchestrator.cli`` dispatches to them (``commands.options``, the
+  shared argument helpers, is not a command).
+- No import circle among first-party modules, imports inside functions included.
 - The trainer imports with Ray, Optuna and MLflow absent, and the CLI's front door (``--help``,
   argument and config errors) imports none of torch, transformers, Ray, MLflow or Optuna.
 """
@@ -32,6 +39,23 @@ TRAINER_FORBIDDEN = ("orchestrator", "search_spaces", "ray", "optuna", "mlflow")
 COLLECTIVES = ("torch.distributed", "torch.nn.parallel")
 COLLECTIVES_OWNER = "trainer.distributed"
 HEAVY = ("torch", "transformers", "ray", "mlflow", "optuna")
+# The orchestrator's roles, bottom up; a module may import its own layer and those below.
+ORCHESTRATOR_LAYERS = (
+    ("orchestrator.settings", "orchestrator.objective", "orchestrator.storage"),
+    ("orchestrator.tracking",),
+    ("orchestrator.reports",),
+    ("orchestrator.train",),
+    ("orchestrator.tune",),
+    ("orchestrator.engine",),
+    ("orchestrator.commands",),
+    ("orchestrator.cli",),
+)
+RAY_FREE = ("orchestrator.tracking", "orchestrator.reports", *ORCHESTRATOR_LAYERS[0])
+COMMANDS, COMMAND_HELPERS, DISPATCHER = (
+    "orchestrator.commands",
+    ("orchestrator.commands.options",),
+    "orchestrator.cli",
+)
 
 
 @dataclass(frozen=True)
@@ -89,9 +113,34 @@ def _bound_modules(tree: ast.Module, module: str) -> dict[str, str]:
     return {k: v for k, v in bound.items() if v.split(".")[0] in PACKAGES}
 
 
+def _layer(module: str) -> int | None:
+    for rank, prefixes in enumerate(ORCHESTRATOR_LAYERS):
+        if any(_within(module, p) for p in prefixes):
+            return rank
+    return None
+
+
+def _orchestrator_rules(module: str, target: str, full: str) -> Iterator[str]:
+    """The layer, Ray-free and command rules of one import inside ``orchestrator``."""
+    mine, theirs = _layer(module), _layer(full) if _layer(full) is not None else _layer(target)
+    if mine is not None and theirs is not None and theirs > mine:
+        yield f"{module} imports {full}, a layer above it"
+    if any(_within(module, p) for p in RAY_FREE) and target.split(".")[0] == "ray":
+        yield f"{module} must not import Ray ({full})"
+    command = next((m for m in (full, target) if _within(m, COMMANDS) and m != COMMANDS), None)
+    if (
+        command is not None
+        and module != DISPATCHER
+        and not any(_within(command, h) for h in COMMAND_HELPERS)
+    ):
+        yield f"only {DISPATCHER} may import a command module ({command})"
+
+
 def _import_rules(module: str, line: int, target: str, name: str | None) -> Iterator[str]:
     top, full = module.split(".")[0], f"{target}.{name}" if name else target
     target_top = target.split(".")[0]
+    if top in ("orchestrator", "bench"):
+        yield from _orchestrator_rules(module, target, full)
     if top == "trainer" and target_top in TRAINER_FORBIDDEN:
         yield f"trainer imports {target_top} ({full})"
     if (
@@ -166,15 +215,102 @@ def test_the_boundaries_hold() -> None:
     assert not violations, "\n".join(map(str, violations))
 
 
+FIRST_PARTY = ("trainer", "orchestrator", "search_spaces")
+
+
+def import_graph(root: Path) -> dict[str, set[str]]:
+    """First-party module -> the first-party modules it names in an import, at any depth of
+    the file (imports inside functions too): ``from a.b import c`` names ``a.b.c`` when that
+    is a module, else ``a.b``."""
+    paths = {
+        _module_name(path, root): path
+        for package in FIRST_PARTY
+        if (root / package).is_dir()
+        for path in sorted((root / package).rglob("*.py"))
+    }
+    graph: dict[str, set[str]] = {}
+    for module, path in paths.items():
+        tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
+        named = {
+            f"{target}.{name}" if name and f"{target}.{name}" in paths else target
+            for _, target, name in _imports(tree, module)
+        }
+        graph[module] = {m for m in named if m in paths and m != module}
+    return graph
+
+
+def import_circles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """The strongly connected components of more than one module (Tarjan's algorithm)."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    circles: list[list[str]] = []
+
+    def visit(node: str) -> None:
+        index[node] = low[node] = len(index)
+        stack.append(node)
+        for nxt in sorted(graph[node]):
+            if nxt not in index:
+                visit(nxt)
+                low[node] = min(low[node], low[nxt])
+            elif nxt in stack:
+                low[node] = min(low[node], index[nxt])
+        if low[node] == index[node]:
+            component = []
+            while True:
+                member = stack.pop()
+                component.append(member)
+                if member == node:
+                    break
+            if len(component) > 1:
+                circles.append(sorted(component))
+
+    for node in sorted(graph):
+        if node not in index:
+            visit(node)
+    return circles
+
+
+def test_no_import_circle() -> None:
+    circles = import_circles(import_graph(ROOT))
+    assert not circles, "import circles: " + "; ".join(" <-> ".join(c) for c in circles)
+
+
+def test_an_import_circle_is_caught(tmp_path: Path) -> None:
+    """The negative control: ``best`` <-> ``best_config`` as they were, one import lazy."""
+    (tmp_path / "orchestrator").mkdir()
+    (tmp_path / "orchestrator" / "best.py").write_text(
+        "def f():\n    from orchestrator.best_config import by_config\n", encoding="utf-8"
+    )
+    (tmp_path / "orchestrator" / "best_config.py").write_text(
+        "from orchestrator.best import KEY_PARAMS\n", encoding="utf-8"
+    )
+    assert import_circles(import_graph(tmp_path)) == [
+        ["orchestrator.best", "orchestrator.best_config"]
+    ]
+
+
 BAD_FILES = {
     "trainer/stage9.py": "from torch.nn.parallel import DistributedDataParallel\n",
     "trainer/tracking.py": "import mlflow\n",
     "trainer/gather.py": "import torch.distributed as dist\n",
     "trainer/alias.py": "from torch import distributed\n",
     "trainer/attr.py": "import torch\ntorch.distributed.barrier()\n",
-    "search_spaces/extra.py": "from orchestrator.sweep import run_sweep\n",
+    "search_spaces/extra.py": "from orchestrator.engine.sweep import run_sweep\n",
     "bench/peek.py": "from trainer.stage1 import _optimizer\n",
     "orchestrator/peek.py": "from trainer import stage1\nstage1._schedule(None, None, 1)\n",
+    # The orchestrator's layers: a command above the engine, Ray-free reports and tracking,
+    # no command module imported but by the dispatcher.
+    "orchestrator/engine/up.py": "from orchestrator.commands.options import bad_input\n",
+    "orchestrator/train/up.py": "from orchestrator.tune.tuner import GRID_KEY\n",
+    "orchestrator/tune/up.py": "from orchestrator.engine.sweep import run_sweep\n",
+    "orchestrator/tracking/up.py": "from orchestrator.reports.best import print_table\n",
+    "orchestrator/reports/ray.py": "import ray\n",
+    "orchestrator/tracking/ray.py": "from ray.train import report\n",
+    "orchestrator/storage.py": "from orchestrator.train import trainer\n",
+    "orchestrator/commands/peek.py": "from orchestrator.commands.sweep import add_parser\n",
+    "orchestrator/reports/peek.py": "from orchestrator.commands import best\n",
+    "bench/peek_cli.py": "import orchestrator.commands.confirm\n",
     "tests/test_reuse.py": "from tests.orchestrator.test_sweep import sweep_args\n",
 }
 

@@ -1,4 +1,5 @@
-"""All MLflow access: the sweep's parent run, each trial's nested run, best-run queries.
+"""All MLflow access, through one :class:`Tracking` bound to a tracking target: the sweep's
+parent run, each trial's nested run, evaluations' writes, best-run queries.
 
 Only :class:`mlflow.tracking.MlflowClient` with explicit run ids is used, never the fluent
 ``mlflow.start_run`` state, so logging works (and leaves it alone) when an MLflow run is already
@@ -10,15 +11,9 @@ Non-finite metric values are not logged (a warning names them): MLflow would kee
 latest value, which then hides the run's real result from searches ordered by that metric.
 """
 
-from orchestrator.tracking.query import (
-    configured_runs,
-    export_config,
-    find_experiment,
-    query_best,
-    rerun_command,
-    sweep_objective,
-)
-from orchestrator.tracking.runs import SweepRun, TrialTracker, close_trial
+from orchestrator.tracking.client import Tracking
+from orchestrator.tracking.query import export_config, rerun_command, row_config_id
+from orchestrator.tracking.runs import SweepRun, TrialTracker
 from orchestrator.tracking.store import (
     CONFIG_ID_TAG,
     CONFIRM_TAG,
@@ -45,19 +40,16 @@ __all__ = [
     "SEED_TAG",
     "TUNE_DIR_TAG",
     "SweepRun",
+    "Tracking",
     "TrackingError",
     "TrialTracker",
     "artifact_root",
     "check_reachable",
-    "close_trial",
-    "configured_runs",
     "decode_param",
     "encode_param",
     "export_config",
-    "find_experiment",
-    "query_best",
     "rerun_command",
     "resolve_tracking_uri",
+    "row_config_id",
     "safe_uri",
-    "sweep_objective",
 ]

@@ -22,9 +22,7 @@ from orchestrator.tracking.store import (
     TRIAL_TAG,
     TrackingError,
     _quoted,
-    _sqlite_path,
     decode_param,
-    existing_store,
     safe_uri,
 )
 from trainer.config import (
@@ -49,6 +47,7 @@ def find_experiment(client: MlflowClient, uri: str, experiment: str) -> str:
 
 
 def query_best(
+    client: MlflowClient,
     uri: str,
     experiment: str,
     metric: str = "eval/pooled_mean/eer",
@@ -67,7 +66,6 @@ def query_best(
     """
     if mode not in ("min", "max"):
         raise ValueError(f"mode must be min or max, got {mode!r}")
-    client = existing_store(uri)
     experiment_id = find_experiment(client, uri, experiment)
     where = f"attributes.status = 'FINISHED' and tags.`{TRIAL_TAG}` IS NOT NULL"
     if parent_run_id:
@@ -99,10 +97,9 @@ def query_best(
     return rows
 
 
-def configured_runs(uri: str, experiment: str) -> list[dict[str, Any]]:
+def configured_runs(client: MlflowClient, uri: str, experiment: str) -> list[dict[str, Any]]:
     """Every finished run tagged with a configuration id (a confirmation's reruns and the
     sweep trials it confirmed), as :func:`query_best` rows."""
-    client = existing_store(uri)
     experiment_id = find_experiment(client, uri, experiment)
     where = f"attributes.status = 'FINISHED' and tags.`{CONFIG_ID_TAG}` IS NOT NULL"
     rows, token = [], None
@@ -119,15 +116,9 @@ def configured_runs(uri: str, experiment: str) -> list[dict[str, Any]]:
 DEFAULT_OBJECTIVE = ("encoder/dev/eer", "min")
 
 
-def sweep_objective(uri: str, experiment: str) -> tuple[str, str]:
+def sweep_objective(client: MlflowClient, experiment: str) -> tuple[str, str]:
     """The (metric, mode) the experiment's sweeps selected on, from their parent runs' params;
     ``encoder/dev/eer``, ``min`` when there is none or they differ."""
-    db = _sqlite_path(uri)
-    if db is not None and not db.is_file():
-        return (
-            DEFAULT_OBJECTIVE  # query_best says the store is missing; creating it would hide that
-        )
-    client = MlflowClient(uri)
     exp = client.get_experiment_by_name(experiment)
     if exp is None:
         return DEFAULT_OBJECTIVE

@@ -91,10 +91,11 @@ def _finish(client: MlflowClient, run_id: str, status: str) -> None:
     client.set_terminated(run_id, status)
 
 
-def close_trial(target: TrackingTarget, trial_id: str, status: str, reason: str) -> bool:
+def close_trial(
+    client: MlflowClient, target: TrackingTarget, trial_id: str, status: str, reason: str
+) -> bool:
     """Close a trial's run that its workers could not close (stopped early by the scheduler, or
     killed); a run already ended is left alone. Returns whether a run was closed."""
-    client = MlflowClient(target.uri)
     tags = {PARENT_TAG: target.parent_run_id, TRIAL_TAG: trial_id}
     run = _find_run(client, target.experiment_id, tags)
     if run is None or run.info.status in END_STATUSES:
@@ -129,6 +130,7 @@ class SweepRun:
     @classmethod
     def start(
         cls,
+        client: MlflowClient,
         uri: str,
         experiment: str,
         sweep_name: str,
@@ -143,7 +145,6 @@ class SweepRun:
 
         New experiments on a SQLite store keep artifacts in ``mlartifacts/`` beside the database.
         """
-        client = MlflowClient(uri)
         db = _sqlite_path(uri)
         location = artifact_root(db.parent) if db is not None else None
         experiment_id = ensure_experiment(client, experiment, location)
@@ -217,6 +218,7 @@ class TrialTracker:
     @classmethod
     def open(
         cls,
+        client: MlflowClient,
         target: TrackingTarget,
         trial_id: str,
         params: dict[str, Any],
@@ -226,7 +228,6 @@ class TrialTracker:
     ) -> TrialTracker:
         """Continue the child run of ``trial_id`` under the target's parent run, or create it
         with ``tags``; log the flattened trainer config (dotted paths) as params."""
-        client = MlflowClient(target.uri)
         experiment_id = target.experiment_id
         extra = dict(tags or {})
 

@@ -22,7 +22,6 @@ from orchestrator.tracking.store import (
     TrackingError,
     _quoted,
     decode_param,
-    existing_store,
     safe_uri,
 )
 
@@ -61,11 +60,15 @@ def _ref(run: Any) -> SweepRef:
 
 
 def find_sweep(
-    uri: str, experiment: str, *, name: str | None = None, parent_run_id: str | None = None
+    client: MlflowClient,
+    uri: str,
+    experiment: str,
+    *,
+    name: str | None = None,
+    parent_run_id: str | None = None,
 ) -> tuple[str, SweepRef]:
     """(experiment id, the sweep) named ``name`` or with parent run ``parent_run_id``;
     TrackingError names what is missing and lists the sweeps there are."""
-    client = existing_store(uri)
     experiment_id = find_experiment(client, uri, experiment)
     parents = _sweep_parents(client, experiment_id)
     found = [
@@ -83,35 +86,36 @@ def find_sweep(
     return experiment_id, _ref(min(found, key=lambda r: r.info.start_time))
 
 
-def finished_trials(uri: str, experiment_id: str, parent_run_id: str) -> list[dict[str, Any]]:
+def finished_trials(
+    client: MlflowClient, experiment_id: str, parent_run_id: str
+) -> list[dict[str, Any]]:
     """Every finished trial run under ``parent_run_id``, as :func:`query_best` rows."""
     where = (
         f"attributes.status = 'FINISHED' and tags.`{TRIAL_TAG}` IS NOT NULL "
         f"and tags.`{PARENT_TAG}` = {_quoted(parent_run_id)}"
     )
-    runs = existing_store(uri).search_runs([experiment_id], where, ViewType.ACTIVE_ONLY, 10_000)
+    runs = client.search_runs([experiment_id], where, ViewType.ACTIVE_ONLY, 10_000)
     return [_row(r) for r in runs]
 
 
-def tag_run(uri: str, run_id: str, tags: Mapping[str, str]) -> None:
-    MlflowClient(uri).log_batch(run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
+def tag_run(client: MlflowClient, run_id: str, tags: Mapping[str, str]) -> None:
+    client.log_batch(run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
 
 
-def trial_runs(uri: str, experiment_id: str, parent_run_id: str) -> list[Any]:
+def trial_runs(client: MlflowClient, experiment_id: str, parent_run_id: str) -> list[Any]:
     """Every trial run under ``parent_run_id``, whatever its status (MLflow ``Run`` objects)."""
     where = f"tags.`{TRIAL_TAG}` IS NOT NULL and tags.`{PARENT_TAG}` = {_quoted(parent_run_id)}"
-    return existing_store(uri).search_runs([experiment_id], where, ViewType.ACTIVE_ONLY, 10_000)
+    return client.search_runs([experiment_id], where, ViewType.ACTIVE_ONLY, 10_000)
 
 
 def log_summary(
-    uri: str,
+    client: MlflowClient,
     run_id: str,
     metrics: Mapping[str, float],
     files: list[Path],
     artifact_path: str | None = None,
 ) -> None:
     """Log ``metrics`` (step 0) and upload ``files`` (under ``artifact_path``) to ``run_id``."""
-    client = MlflowClient(uri)
     now = int(time.time() * 1000)
     batch = [Metric(k, float(v), now, 0) for k, v in metrics.items()]
     for i in range(0, len(batch), _PER_BATCH):
@@ -120,12 +124,12 @@ def log_summary(
         client.log_artifact(run_id, str(path), artifact_path)
 
 
-def download_scores(uri: str, run_id: str, set_name: str, folder: Path) -> Path:
+def download_scores(client: MlflowClient, run_id: str, set_name: str, folder: Path) -> Path:
     """The score file ``scores/<set>.tsv`` a run logged, downloaded into ``folder``;
     TrackingError when the run has none."""
     folder.mkdir(parents=True, exist_ok=True)
     try:
-        local = MlflowClient(uri).download_artifacts(run_id, f"scores/{set_name}.tsv", str(folder))
+        local = client.download_artifacts(run_id, f"scores/{set_name}.tsv", str(folder))
     except (MlflowException, OSError) as err:
         raise TrackingError(
             f"run {run_id} has no score file for set {set_name}: {str(err)[:200]}"

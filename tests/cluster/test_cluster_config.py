@@ -20,7 +20,7 @@ from ray.autoscaler._private.util import prepare_config, validate_config
 from ray.scripts.scripts import cli as ray_cli
 
 from orchestrator.cli import build_parser
-from orchestrator.resources import DRIVER_RESOURCE
+from orchestrator.train.resources import DRIVER_RESOURCE
 from tests.cluster.configs import (
     CLUSTER,
     IMAGE_ROOT,

@@ -18,8 +18,8 @@ import psutil
 import pytest
 from mlflow.tracking import MlflowClient
 
-from orchestrator import local_cluster as lc
 from orchestrator.cli import main
+from orchestrator.engine import local_cluster as lc
 from orchestrator.settings import DEFAULT_EXPERIMENT
 from tests.helpers import data_overrides, wait_for
 

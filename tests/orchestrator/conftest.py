@@ -17,7 +17,7 @@ use_ray_token_auth()
 def ray_session():
     import ray
 
-    from orchestrator.sweep import LOCAL_RUNTIME_ENV
+    from orchestrator.engine.session import LOCAL_RUNTIME_ENV
 
     # address="local" ignores RAY_ADDRESS and stale cluster files: never joins another Ray.
     ray.init(

@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 
 from orchestrator.cli import build_parser, main
+from orchestrator.commands.submit import entrypoint
 from orchestrator.settings import SETTINGS_FILE
-from orchestrator.submit import entrypoint
 
 ROOT = Path(__file__).resolve().parents[2]
 COMMANDS = (
@@ -186,7 +186,7 @@ def test_inside_a_ray_job_the_sweep_joins_the_cluster_instead_of_starting_its_ow
 ) -> None:
     """The job supervisor sets RAY_ADDRESS; a private local Ray there made trials on other
     nodes fail (they could not fetch the job's working directory from it)."""
-    from orchestrator.sweep import ray_init_kwargs
+    from orchestrator.engine.session import ray_init_kwargs
 
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
     assert ray_init_kwargs(None, 2)["address"] == "local"

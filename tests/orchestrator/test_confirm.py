@@ -17,7 +17,7 @@ from mlflow.tracking import MlflowClient
 
 from orchestrator.cli import main
 from orchestrator.settings import DEFAULT_EXPERIMENT
-from orchestrator.tracking import query_best
+from orchestrator.tracking import Tracking
 from orchestrator.tracking.query import row_config_id
 from tests.helpers import sweep_args, wait_for
 
@@ -73,8 +73,8 @@ def _interrupted_confirm(out: Path, address: str) -> None:
 def test_confirm_reruns_the_best_configuration_and_finishes_after_an_interruption(
     ray_session, sweep_out: Path, capsys
 ) -> None:
-    (best,) = query_best(
-        f"sqlite:///{sweep_out / 'mlflow.db'}", DEFAULT_EXPERIMENT, "sweep/objective", top=1
+    (best,) = Tracking.at(f"sqlite:///{sweep_out / 'mlflow.db'}", DEFAULT_EXPERIMENT).best(
+        "sweep/objective", top=1
     )
     cid = row_config_id(best)
     seed = int(best["params"]["seed"])
@@ -164,13 +164,13 @@ def test_export_pins_the_world_size_and_reruns_the_same_trial(
     assert main(["trial", "--config", str(exported)]) == 2
     assert "torchrun --nproc_per_node 2" in capsys.readouterr().err
 
-    (best,) = query_best(
-        f"sqlite:///{sweep_out / 'mlflow.db'}", DEFAULT_EXPERIMENT, "sweep/objective", top=1
+    (best,) = Tracking.at(f"sqlite:///{sweep_out / 'mlflow.db'}", DEFAULT_EXPERIMENT).best(
+        "sweep/objective", top=1
     )
     uri = f"sqlite:///{tmp_path / 'rerun.db'}"
     argv = ["trial", "--ray", "--config", str(exported), "--cpus-per-worker", "0.5"]
     assert main([*argv, "--out", str(tmp_path), "--tracking-uri", uri]) == 0
-    (again,) = query_best(uri, DEFAULT_EXPERIMENT, "classifier/dev/eer", top=1)
+    (again,) = Tracking.at(uri, DEFAULT_EXPERIMENT).best("classifier/dev/eer", top=1)
     assert again["tags"]["supcon.resources"] == best["tags"]["supcon.resources"]
     for key in ("classifier/dev/eer", "encoder/dev/eer", "encoder/dev/loss"):
         history = [

@@ -10,10 +10,9 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from orchestrator.cli import main
-from orchestrator.confirm import candidates, plan_jobs
+from orchestrator.engine.confirm import candidates, plan_jobs
 from orchestrator.settings import DEFAULT_EXPERIMENT, SweepSettings
-from orchestrator.tracking import TUNE_DIR_TAG, SweepRun, TrialTracker
-from orchestrator.tracking.sweeps import find_sweep
+from orchestrator.tracking import TUNE_DIR_TAG, SweepRun, Tracking
 from trainer.config import flatten, load_config
 
 
@@ -22,9 +21,7 @@ def _sweep(out: Path, name: str, trials: int) -> SweepRun:
     folder, as a real sweep leaves them."""
     uri = f"sqlite:///{out / 'mlflow.db'}"
     cfg = load_config()
-    parent = SweepRun.start(
-        uri,
-        DEFAULT_EXPERIMENT,
+    parent = Tracking.at(uri, DEFAULT_EXPERIMENT).start_sweep(
         name,
         searcher="grid",
         params={"metric": "encoder/dev/eer", "mode": "min"},
@@ -46,15 +43,13 @@ def _sweep(out: Path, name: str, trials: int) -> SweepRun:
         max_failures=0,
         seed=0,
         out_dir=str(out),
-        tracking_uri=uri,
-        experiment=DEFAULT_EXPERIMENT,
         tracking=parent.target,
     )
     settings.save()
     parent.tag(TUNE_DIR_TAG, f"{settings.tune_dir}/{name}")
     for i in range(trials):
         params = flatten(cfg) | {"loss.temperature": 0.1 * (i + 1)}
-        tracker = TrialTracker.open(parent.target, f"{name}_{i}", params)
+        tracker = Tracking(parent.target).open_trial(f"{name}_{i}", params)
         tracker.log_metrics({"sweep/objective": 0.1 * i, "encoder/dev/eer": 0.1 * i}, step=0)
         tracker.finish()
     parent.finish()
@@ -118,8 +113,9 @@ def test_fewer_trials_than_top_confirms_what_exists_and_new_seeds_avoid_the_swee
     store: Path,
 ) -> None:
     uri = f"sqlite:///{store / 'mlflow.db'}"
-    _, sweep = find_sweep(uri, DEFAULT_EXPERIMENT, name="smoke")
-    chosen, n_finished = candidates(uri, DEFAULT_EXPERIMENT, sweep, "sweep/objective", "min", 5)
+    tracking = Tracking.at(uri, DEFAULT_EXPERIMENT)
+    _, sweep = tracking.find_sweep(name="smoke")
+    chosen, n_finished = candidates(tracking, sweep, "sweep/objective", "min", 5)
     assert n_finished == 2 and [c.rank for c in chosen] == [1, 2]
     assert chosen[0].row["params"]["loss.temperature"] == pytest.approx(0.1)  # objective 0
     assert chosen[0].config_id != chosen[1].config_id

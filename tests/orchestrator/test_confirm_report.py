@@ -9,16 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from orchestrator.confirm_report import (
-    ConfigRuns,
-    SeedRun,
-    markdown,
-    parent_metrics,
-    plot,
-    summarise,
-    table_rows,
-    to_json,
-)
+from orchestrator.reports.confirm import ConfigRuns, SeedRun, parent_metrics, summarise
+from orchestrator.reports.confirm_output import markdown, plot, table_rows, to_json
 from trainer.data.records import Utterance
 from trainer.metrics import compute_eer
 

@@ -4,7 +4,7 @@ EER points over seeds), and every model is scored on one shared test set whose s
 the scores (a hard speaker is hard for every model, and for some models more than for others).
 
 Each repetition draws two configurations x S seeds, scores them on one set of speakers, and runs
-the project's :func:`orchestrator.confirm_report.summarise` on them, exactly as ``confirm`` does
+the project's :func:`orchestrator.reports.confirm.summarise` on them, exactly as ``confirm`` does
 with real runs. Deterministic (seeded), so the rates below are fixed numbers, not flaky ones.
 The table it prints is the README's; the negative control is the rule ``confirm`` used before:
 a paired bootstrap over utterances alone, with every trained model held fixed.
@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 from scipy.stats import norm
 
-from orchestrator.confirm_report import ConfigRuns, ScoreReader, SeedRun, summarise
+from orchestrator.reports.confirm import ConfigRuns, ScoreReader, SeedRun, summarise
 from trainer.data.records import Utterance
 from trainer.evaluate import speaker_groups
 from trainer.metrics import bootstrap_eers, compute_eer, percentile_interval

@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from orchestrator.decisions import CONTINUE, STOP, Decisions, wait_for
+from orchestrator.train.decisions import CONTINUE, STOP, Decisions, wait_for
 
 pytestmark = pytest.mark.ray
 
@@ -31,7 +31,7 @@ def test_a_rank_waiting_learns_the_decision_when_it_comes(ray_session) -> None:
 
 def test_a_lost_decision_lets_the_trial_go_on_and_says_so(ray_session, caplog) -> None:
     decisions = Decisions.remote()
-    with caplog.at_level(logging.WARNING, logger="orchestrator.decisions"):
+    with caplog.at_level(logging.WARNING, logger="orchestrator.train.decisions"):
         started = time.monotonic()
         assert wait_for(decisions, 9, timeout=1.0) is True
     assert time.monotonic() - started < 10

@@ -11,7 +11,7 @@ from mlflow.tracking import MlflowClient
 
 from orchestrator.cli import main
 from orchestrator.settings import DEFAULT_EXPERIMENT
-from orchestrator.tracking import SweepRun, TrialTracker, query_best
+from orchestrator.tracking import Tracking
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 
@@ -20,7 +20,7 @@ def _untested(out: Path):
     """The trial the sweep did not score on the test sets: the second by its objective."""
     uri = f"sqlite:///{out / 'mlflow.db'}"
     client = MlflowClient(uri)
-    _, second = query_best(uri, DEFAULT_EXPERIMENT, "encoder/dev/eer", top=2)
+    _, second = Tracking.at(uri, DEFAULT_EXPERIMENT).best("encoder/dev/eer", top=2)
     return client, client.get_run(second["run_id"])
 
 
@@ -77,10 +77,10 @@ def test_evaluate_refuses_what_it_cannot_evaluate(smoke_sweep: Path, capsys) -> 
     assert "no evaluation set asv21df; its sets: asv19, itw" in capsys.readouterr().err
 
     uri = f"sqlite:///{smoke_sweep / 'mlflow.db'}"
-    other = SweepRun.start(
-        uri, "elsewhere", "s", searcher="grid", params={}, tags={}, space_text=None
+    other = Tracking.at(uri, "elsewhere").start_sweep(
+        "s", searcher="grid", params={}, tags={}, space_text=None
     )
-    running = TrialTracker.open(other.target, "t_running", {"loss.temperature": 0.1})
+    running = Tracking(other.target).open_trial("t_running", {"loss.temperature": 0.1})
     assert _evaluate(smoke_sweep, running.run_id, "--experiment", "elsewhere") == 2
     assert "is RUNNING: only a finished trial" in capsys.readouterr().err
     assert _evaluate(smoke_sweep, running.run_id) == 2

@@ -10,18 +10,16 @@ import pytest
 from mlflow.tracking import MlflowClient
 from ray.tune import result as tune_result
 
-from orchestrator.ray_trial import make_reporter
 from orchestrator.settings import TrialResources, TrialSpec
-from orchestrator.tracking import SweepRun
+from orchestrator.tracking import Tracking
+from orchestrator.train.worker import make_reporter
 from trainer.config import load_config
 
 EPOCHS = 3
 
 
 def _spec(tmp_path: Path) -> TrialSpec:
-    parent = SweepRun.start(
-        f"sqlite:///{tmp_path / 'mlflow.db'}",
-        "ranks",
+    parent = Tracking.at(f"sqlite:///{tmp_path / 'mlflow.db'}", "ranks").start_sweep(
         "s",
         searcher="grid",
         params={},

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from orchestrator.cli import main
-from orchestrator.scheduling import Rungs, asha_rungs
+from orchestrator.tune.scheduling import Rungs, asha_rungs
 from search_spaces import load_space
 from tests.helpers import SMOKE_SPACE, data_overrides
 from trainer.config import apply_overrides, load_config

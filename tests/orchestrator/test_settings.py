@@ -36,8 +36,7 @@ def _settings(out: Path) -> SweepSettings:
         max_failures=1,
         seed=7,
         out_dir=str(out),
-        tracking_uri=f"sqlite:///{out / 'mlflow.db'}",
-        experiment=DEFAULT_EXPERIMENT,
+        tracking=TrackingTarget(f"sqlite:///{out / 'mlflow.db'}", DEFAULT_EXPERIMENT),
     )
 
 
@@ -87,16 +86,30 @@ def test_settings_are_frozen_and_gain_their_target_by_replace(tmp_path: Path) ->
         _ = settings.target
     target = _target(settings)
     assert replace(settings, tracking=target).target is target
-    assert settings.tracking is None  # the original is unchanged
-    elsewhere = replace(target, uri="sqlite:////elsewhere.db")
-    with pytest.raises(ValueError, match="is not the sweep's store"):
-        replace(settings, tracking=elsewhere)
+    assert not settings.tracking.parent_run_id  # the original is unchanged
+    # The store is held once, in the target: nothing can disagree with it.
+    elsewhere = replace(settings, tracking=replace(target, uri="sqlite:////elsewhere.db"))
+    assert elsewhere.tracking_uri == "sqlite:////elsewhere.db" == elsewhere.target.uri
+
+
+def test_settings_saved_by_the_previous_version_still_load(tmp_path: Path) -> None:
+    """Before 2026-12-07 the store was saved twice (tracking_uri and experiment beside the
+    target, which was null until the parent run existed); resume and confirm read those."""
+    for started in (False, True):
+        settings = _settings(tmp_path)
+        if started:
+            settings = replace(settings, tracking=_target(settings))
+        raw = json.loads(settings.to_json())
+        raw["tracking_uri"], raw["experiment"] = settings.tracking_uri, settings.experiment
+        raw.pop("searcher")
+        raw["tracking"] = raw["tracking"] if started else None
+        assert SweepSettings.from_json(json.dumps(raw)) == settings
 
 
 def test_a_ray_worker_runs_as_many_threads_as_the_cpus_it_reserves(capsys) -> None:
     """The local default leaves runtime.threads unset: a Ray rank gets its --cpus-per-worker;
     a config that asks for more keeps its value, with a warning that names the oversubscription."""
-    from orchestrator.options import worker_threads
+    from orchestrator.train.resources import worker_threads
 
     local = load_config()
     assert local.runtime.threads is None
@@ -111,9 +124,9 @@ def test_a_ray_worker_runs_as_many_threads_as_the_cpus_it_reserves(capsys) -> No
 def test_a_packed_trial_gets_its_share_of_the_gpu_memory() -> None:
     """--gpus-per-trial 0.25 with one worker: Ray packs 4 trials per GPU, each rank's
     allocator stops at a quarter of the memory, and each Ray worker asks for 0.25 GPU."""
-    from orchestrator.options import check_gpus, gpu_share
     from orchestrator.settings import TrialResources
-    from orchestrator.sweep import scaling
+    from orchestrator.train.resources import check_gpus, gpu_share
+    from orchestrator.train.trainer import scaling
 
     check_gpus(1, 0.25)  # accepted
     local = load_config()
@@ -128,7 +141,7 @@ def test_a_packed_trial_gets_its_share_of_the_gpu_memory() -> None:
 def test_confirm_on_another_gpu_share_moves_the_memory_fraction_with_it() -> None:
     """A sweep packed 4 per GPU, confirmed on 2 per GPU or whole GPUs: the reruns' memory cap
     follows the confirmation's share, not the sweep's quarter; a cap the user chose stays."""
-    from orchestrator.options import moved_share
+    from orchestrator.train.resources import moved_share
 
     key = "runtime.gpu_memory_fraction"
     packed = {"loss.temperature": 0.1, key: 0.25}

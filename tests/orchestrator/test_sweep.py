@@ -13,7 +13,7 @@ from mlflow.tracking import MlflowClient
 
 from orchestrator.cli import main
 from orchestrator.settings import DEFAULT_EXPERIMENT
-from orchestrator.tracking import query_best
+from orchestrator.tracking import Tracking
 from tests.helpers import checkpoint_dirs, data_overrides, sweep_args
 from trainer.evaluate import MODEL_FILES
 
@@ -79,7 +79,7 @@ def test_only_the_best_trial_is_scored_on_the_test_sets(smoke_sweep: Path) -> No
     none, but its final model is in storage for a later ``evaluate``."""
     uri = f"sqlite:///{smoke_sweep / 'mlflow.db'}"
     client = MlflowClient(uri)
-    (best,) = query_best(uri, DEFAULT_EXPERIMENT, "encoder/dev/eer", top=1)
+    (best,) = Tracking.at(uri, DEFAULT_EXPERIMENT).best("encoder/dev/eer", top=1)
     children = {r.info.run_id: r for r in _children(smoke_sweep)}
     tested = children.pop(best["run_id"])
     (untested,) = children.values()
@@ -111,7 +111,7 @@ def test_storage_keeps_one_checkpoint_per_trial(smoke_sweep: Path) -> None:
 
 def test_best_returns_the_lowest(smoke_sweep: Path, capsys) -> None:
     uri = f"sqlite:///{smoke_sweep / 'mlflow.db'}"
-    rows = query_best(uri, DEFAULT_EXPERIMENT, metric="encoder/dev/eer", mode="min", top=2)
+    rows = Tracking.at(uri, DEFAULT_EXPERIMENT).best(metric="encoder/dev/eer", mode="min", top=2)
     values = [r["metrics"]["encoder/dev/eer"] for r in rows]
     assert len(rows) == 2 and values == sorted(values)
     assert main(["best", "--out", str(smoke_sweep), "--json"]) == 0
@@ -136,7 +136,7 @@ def test_sweep_with_an_active_mlflow_run(
         assert main([*args, "stage1.epochs=1"]) == 0
         assert mlflow.active_run().info.run_id == active.info.run_id
     assert MlflowClient(mlflow.get_tracking_uri()).get_run(active.info.run_id).data.metrics == {}
-    rows = query_best(ours, DEFAULT_EXPERIMENT, metric="encoder/dev/eer", top=5)
+    rows = Tracking.at(ours, DEFAULT_EXPERIMENT).best(metric="encoder/dev/eer", top=5)
     assert len(rows) == 2
     assert (shared / "tune" / "smoke" / "sweep_settings.json").is_file()
     assert len(checkpoint_dirs(shared / "train")) == 2  # one per trial
@@ -225,5 +225,5 @@ def test_single_trial_through_ray_train(
     ]
     assert main(argv) == 0
     assert "eval/asv19/eer" in capsys.readouterr().out
-    rows = query_best(uri, DEFAULT_EXPERIMENT, metric="eval/pooled_mean/eer")
+    rows = Tracking.at(uri, DEFAULT_EXPERIMENT).best(metric="eval/pooled_mean/eer")
     assert len(rows) == 1 and rows[0]["trial_id"].startswith("trial-")

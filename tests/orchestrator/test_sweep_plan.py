@@ -144,9 +144,9 @@ def test_under_asha_a_grid_runs_in_a_permutation_seeded_by_the_sweep(capsys) -> 
 
 def test_the_sweep_runs_the_order_the_plan_prints(capsys) -> None:
     """Tune's grid is built from the same order (nothing is started here)."""
-    from orchestrator.scheduling import asha_rungs
-    from orchestrator.settings import SweepSettings
-    from orchestrator.sweep import GRID_KEY, tune_config
+    from orchestrator.settings import SweepSettings, TrackingTarget
+    from orchestrator.tune.scheduling import asha_rungs
+    from orchestrator.tune.tuner import GRID_KEY, tune_config
     from search_spaces import load_space
     from trainer.config import load_config
 
@@ -155,8 +155,8 @@ def test_the_sweep_runs_the_order_the_plan_prints(capsys) -> None:
     fields = {"name": "s", "base": base, "space_path": PAPER[1], "metric": "encoder/dev/eer"}
     fields |= {"mode": "min", "num_samples": 1, "max_concurrent": 1, "scheduler": "asha"}
     fields |= {"workers_per_trial": 2, "cpus_per_worker": 1.0, "gpus_per_trial": 0, "seed": 5}
-    fields |= {"max_failures": 0, "out_dir": "/o", "tracking_uri": "sqlite:////o/m.db"}
-    settings = SweepSettings(**fields, experiment="e")
+    fields |= {"max_failures": 0, "out_dir": "/o"}
+    settings = SweepSettings(**fields, tracking=TrackingTarget("sqlite:////o/m.db", "e"))
     param_space, _ = tune_config(space, settings, asha_rungs(space, base))
     tune_order = param_space[GRID_KEY]["grid_search"]
     planned = _order(capsys, "--scheduler", "asha", "--seed", "5")

@@ -9,8 +9,7 @@ import pytest
 from optuna.distributions import FloatDistribution
 from optuna.trial import TrialState
 
-from orchestrator.settings import TrialResources
-from orchestrator.sweep_summary import (
+from orchestrator.reports.sweep_summary import (
     FAILED,
     FINISHED,
     STOPPED,
@@ -22,6 +21,7 @@ from orchestrator.sweep_summary import (
     study_plots,
     summary_metrics,
 )
+from orchestrator.settings import TrialResources
 
 CPU2 = TrialResources(workers=2, gpus=0, cpus_per_worker=0.5)
 

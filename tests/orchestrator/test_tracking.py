@@ -20,11 +20,10 @@ from orchestrator.cli import main
 from orchestrator.settings import DEFAULT_EXPERIMENT
 from orchestrator.tracking import (
     SweepRun,
+    Tracking,
     TrackingError,
-    TrialTracker,
     artifact_root,
     check_reachable,
-    query_best,
     resolve_tracking_uri,
 )
 from trainer.config import flatten, load_config
@@ -51,7 +50,7 @@ def _final(eer: float) -> dict[str, float]:
 
 def _trial(parent: SweepRun, trial_id: str, temperature: float, eer: float, **kw) -> str:
     status = kw.pop("status", "FINISHED")
-    tracker = TrialTracker.open(parent.target, trial_id, _config(temperature, **kw))
+    tracker = Tracking(parent.target).open_trial(trial_id, _config(temperature, **kw))
     for epoch in range(2):
         tracker.log_metrics({"encoder/dev/eer": eer + 0.1 * (2 - epoch)}, step=epoch)
     tracker.log_metrics(_final(eer), step=2)
@@ -68,8 +67,8 @@ def _sweep(uri: str, name: str, experiment: str = DEFAULT_EXPERIMENT) -> SweepRu
         "metric": "encoder/dev/eer",
         "mode": "min",
     }
-    return SweepRun.start(
-        uri, experiment, name, searcher="optuna-tpe", params=params, tags={}, space_text=SPACE
+    return Tracking.at(uri, experiment).start_sweep(
+        name, searcher="optuna-tpe", params=params, tags={}, space_text=SPACE
     )
 
 
@@ -99,13 +98,13 @@ def _uri(out: Path) -> str:
 
 def test_query_best_orders_filters_and_parses(store: Path) -> None:
     uri = _uri(store)
-    rows = query_best(uri, DEFAULT_EXPERIMENT, METRIC, "min", top=10)
+    rows = Tracking.at(uri, DEFAULT_EXPERIMENT).best(METRIC, "min", top=10)
     assert [r["trial_id"] for r in rows] == ["t_b", "t_a", "t_other", "t_c"]
     assert [r["metrics"][METRIC] for r in rows] == pytest.approx([0.10, 0.20, 0.25, 0.30])
-    worst = query_best(uri, DEFAULT_EXPERIMENT, METRIC, "max", top=2)
+    worst = Tracking.at(uri, DEFAULT_EXPERIMENT).best(METRIC, "max", top=2)
     assert [r["trial_id"] for r in worst] == ["t_c", "t_other"]
-    one_sweep = query_best(
-        uri, DEFAULT_EXPERIMENT, METRIC, top=2, parent_run_id=_sweep(uri, "s1").run_id
+    one_sweep = Tracking.at(uri, DEFAULT_EXPERIMENT).best(
+        METRIC, top=2, parent_run_id=_sweep(uri, "s1").run_id
     )
     assert [r["trial_id"] for r in one_sweep] == ["t_b", "t_a"]
     params = rows[0]["params"]
@@ -147,10 +146,10 @@ def test_resume_continues_the_same_runs(store: Path, tmp_path: Path, caplog) -> 
     assert second.run_id == first.run_id
     assert _sweep(uri, "another", experiment="resume").run_id != first.run_id
     params = _config(0.2)
-    tracker = TrialTracker.open(first.target, "t1", params)
+    tracker = Tracking(first.target).open_trial("t1", params)
     tracker.log_metrics({"encoder/dev/eer": 0.4}, step=0)
     tracker.finish("FAILED")
-    again = TrialTracker.open(second.target, "t1", params)
+    again = Tracking(second.target).open_trial("t1", params)
     assert again.run_id == tracker.run_id
     with caplog.at_level(logging.WARNING, logger="orchestrator.tracking"):
         again.log_metrics({"encoder/dev/eer": 0.3, "encoder/dev/loss": math.inf}, step=1)
@@ -185,7 +184,7 @@ def test_logging_with_an_active_run(store: Path, fluent_uri) -> None:
     mlflow.set_tracking_uri(uri)
     with mlflow.start_run(run_name="outer") as active:
         parent = _sweep(uri, "inside", experiment="active")
-        tracker = TrialTracker.open(parent.target, "t9", _config(0.1))
+        tracker = Tracking(parent.target).open_trial("t9", _config(0.1))
         tracker.log_metrics({"encoder/dev/eer": 0.25}, step=0)
         tracker.finish("FINISHED")
         parent.finish("FINISHED")
@@ -260,11 +259,11 @@ def test_best_ranks_by_the_sweep_objective_and_marks_untested_trials(
     sets: ``best`` ranks by that objective and marks the other trial's test columns n/e."""
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     params = {"metric": "classifier/dev/eer", "mode": "min"}
-    sweep = SweepRun.start(
-        uri, DEFAULT_EXPERIMENT, "s", searcher="grid", params=params, tags={}, space_text=None
+    sweep = Tracking.at(uri, DEFAULT_EXPERIMENT).start_sweep(
+        "s", searcher="grid", params=params, tags={}, space_text=None
     )
     for trial_id, dev, tested in (("t_tested", 0.05, True), ("t_untested", 0.08, False)):
-        tracker = TrialTracker.open(sweep.target, trial_id, _config(0.1))
+        tracker = Tracking(sweep.target).open_trial(trial_id, _config(0.1))
         # the encoder's dev EER ranks the other way round: it is not the objective here
         tracker.log_metrics({"classifier/dev/eer": dev, "encoder/dev/eer": 0.3 - dev}, step=0)
         if tested:
@@ -309,8 +308,8 @@ def test_trial_metrics_survive_an_mlflow_outage(store: Path, tmp_path: Path, mon
         s.bind(("127.0.0.1", 0))
         down = MlflowClient(f"http://127.0.0.1:{s.getsockname()[1]}")
     parent = _sweep(_uri(store), "s_outage")
-    tracker = TrialTracker.open(
-        parent.target, "t_outage", {}, spool=tmp_path / "unsent.jsonl", patience=1.0
+    tracker = Tracking(parent.target).open_trial(
+        "t_outage", {}, spool=tmp_path / "unsent.jsonl", patience=1.0
     )
     up = tracker.client
     tracker.log_metrics({"encoder/dev/eer": 0.3}, step=0)
@@ -344,7 +343,9 @@ def test_experiments_open_on_their_runs_in_the_mlflow_ui(store: Path, tmp_path: 
     plain = other.create_experiment("plain")
     chosen = other.create_experiment("chosen", tags={"mlflow.experimentKind": "genai_development"})
     for name in ("plain", "chosen"):
-        SweepRun.start(uri, name, "s", searcher="grid", params={}, tags={}, space_text=None)
+        Tracking.at(uri, name).start_sweep(
+            "s", searcher="grid", params={}, tags={}, space_text=None
+        )
     assert other.get_experiment(plain).tags["mlflow.experimentKind"] == "custom_model_development"
     assert other.get_experiment(chosen).tags["mlflow.experimentKind"] == "genai_development"
 
@@ -392,11 +393,9 @@ def test_a_runs_configuration_id_is_recomputed_from_its_params_and_world_size() 
 def test_a_run_the_sweeps_driver_closed_keeps_its_status(store: Path) -> None:
     """A trial Tune stopped is closed KILLED by the driver; workers torn down around it and
     failing on the way must not turn it FAILED (nor move its end time)."""
-    from orchestrator.tracking import close_trial
-
     sweep = _sweep(_uri(store), "closed", experiment="closed")
-    tracker = TrialTracker.open(sweep.target, "t9", _config(0.2))
-    assert close_trial(sweep.target, "t9", "KILLED", "stopped early by the scheduler")
+    tracker = Tracking(sweep.target).open_trial("t9", _config(0.2))
+    assert Tracking(sweep.target).close_trial("t9", "KILLED", "stopped early by the scheduler")
     client = MlflowClient(_uri(store))
     ended = client.get_run(tracker.run_id).info
     tracker.finish("FAILED")

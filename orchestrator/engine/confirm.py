@@ -2,18 +2,17 @@
 
 A sweep ranks one seed of each configuration, and seed spread on In-the-Wild (several EER
 points) is larger than most differences it ranks. Confirmation reruns the top K configurations
-(by the sweep's objective) with S new seeds each. Every rerun is a Ray Train trial built by the
-sweep's own :func:`~orchestrator.sweep.torch_trainer`: the sweep's resources, storage, failure
-restarts, and a Train run named ``confirm-<config_id>-s<seed>`` that resumes from its checkpoint
-when confirm runs again. The reruns score every evaluation set themselves. The statistics are
-over the fresh seeds; the sweep trial, selected as a winner on the metric that ranks it, is
-scored on the evaluation sets when the sweep did not and shown apart, unless
-``include_sweep_trial`` counts it as one more seed (see :mod:`orchestrator.confirm_report`).
+(by the sweep's objective) with S new seeds each. Every rerun is a Ray Train trial built as the
+sweep's are (:func:`~orchestrator.train.trainer.torch_trainer`): the sweep's resources, storage,
+failure restarts, and a Train run named ``confirm-<config_id>-s<seed>`` that resumes from its
+checkpoint when confirm runs again. The reruns score every evaluation set themselves. The
+statistics are over the fresh seeds; the sweep trial, selected as a winner on the metric that
+ranks it, is scored on the evaluation sets when the sweep did not and shown apart, unless
+``include_sweep_trial`` counts it as one more seed (see :mod:`orchestrator.reports.confirm`).
 
 MLflow: one parent run ``confirm-<sweep>`` (tagged with the sweep's parent run id), one nested
 run per (configuration, seed) tagged ``supcon.config_id`` and ``supcon.seed``. Running confirm
-again finds both by name and tags: what finished is kept, the rest runs or resumes.
-"""
+again finds both by name and tags: what finished is kept, the rest runs or resumes."""
 
 from __future__ import annotations
 
@@ -27,32 +26,28 @@ from typing import Any
 import ray
 from ray.train import TrainingFailedError
 
-from orchestrator.confirm_report import (
+from orchestrator.engine.evaluate import evaluate_rows
+from orchestrator.reports.confirm import (
     POOLED,
     ConfigRuns,
     ScoreReader,
     SeedRun,
-    format_table,
-    markdown,
     parent_metrics,
-    plot,
     summarise,
-    table_rows,
-    to_json,
 )
-from orchestrator.options import moved_share
-from orchestrator.resources import DRIVER_RESOURCE
+from orchestrator.reports.confirm_output import format_table, markdown, plot, table_rows, to_json
 from orchestrator.settings import SweepSettings, TrackingTarget
-from orchestrator.sweep import fit_trial, torch_trainer
-from orchestrator.tracking import CONFIG_ID_TAG, CONFIRM_TAG, SEED_TAG, SweepRun, query_best
-from orchestrator.tracking.query import row_config_id
-from orchestrator.tracking.sweeps import (
-    SweepRef,
-    download_scores,
-    finished_trials,
-    log_summary,
-    tag_run,
+from orchestrator.tracking import (
+    CONFIG_ID_TAG,
+    CONFIRM_TAG,
+    SEED_TAG,
+    SweepRun,
+    Tracking,
+    row_config_id,
 )
+from orchestrator.tracking.sweeps import SweepRef
+from orchestrator.train.resources import DRIVER_RESOURCE, moved_share
+from orchestrator.train.trainer import fit_trial, torch_trainer
 from trainer.config import config_from_params
 from trainer.data.corpora import read_corpus
 from trainer.data.records import Utterance
@@ -111,11 +106,11 @@ class ConfirmJob:
 
 
 def candidates(
-    uri: str, experiment: str, sweep: SweepRef, metric: str, mode: str, top: int
+    tracking: Tracking, sweep: SweepRef, metric: str, mode: str, top: int
 ) -> tuple[list[Candidate], int]:
     """The sweep's best ``top`` distinct configurations by ``metric`` (best first), and how
     many finished trials have the metric. ConfirmError when none has."""
-    rows = query_best(uri, experiment, metric, mode, 10**6, sweep.run_id, confirmations=False)
+    rows = tracking.best(metric, mode, 10**6, sweep.run_id, confirmations=False)
     if not rows:
         raise ConfirmError(
             f"sweep {sweep.name} has no finished trial with the metric {metric} "
@@ -145,17 +140,18 @@ def plan_jobs(
     return jobs
 
 
-def finished_jobs(uri: str, experiment_id: str, parent_run_id: str) -> dict[str, dict[str, Any]]:
+def finished_jobs(tracking: Tracking, parent_run_id: str) -> dict[str, dict[str, Any]]:
     """The confirmation's finished reruns that scored every evaluation set: trial id -> row."""
-    rows = finished_trials(uri, experiment_id, parent_run_id)
+    rows = tracking.finished_trials(parent_run_id)
     return {r["trial_id"]: r for r in rows if POOLED in r["metrics"]}
 
 
-def tag_originals(uri: str, chosen: Sequence[Candidate]) -> None:
+def tag_originals(tracking: Tracking, chosen: Sequence[Candidate]) -> None:
     """Tag each candidate's sweep trial with its configuration id and seed, as the reruns are,
     so ``best --by-config`` groups them."""
     for cand in chosen:
-        tag_run(uri, cand.row["run_id"], {CONFIG_ID_TAG: cand.config_id, SEED_TAG: str(cand.seed)})
+        tags = {CONFIG_ID_TAG: cand.config_id, SEED_TAG: str(cand.seed)}
+        tracking.tag_run(cand.row["run_id"], tags)
 
 
 @ray.remote(num_cpus=0, resources={DRIVER_RESOURCE: 1})
@@ -221,44 +217,14 @@ def confirm_settings(
     changes: dict[str, Any] = {k: v for k, v in resources.items() if v is not None}
     if storage:
         changes["storage"] = storage
-    return replace(
-        sweep_settings,
-        tracking_uri=target.uri,
-        experiment=target.experiment,
-        tracking=target,
-        **changes,
-    )
-
-
-def _evaluate_originals(uri: str, chosen: Sequence[Candidate]) -> dict[str, str]:
-    """Score the sweep trials the sweep left unscored on the evaluation sets (their own runs,
-    with their own resources); trial id -> error for those that failed."""
-    from orchestrator.evaluation import EvaluationError, plan
-    from orchestrator.ray_eval import evaluate_on_ray
-
-    jobs, failures = [], {}
-    for cand in chosen:
-        try:
-            job = plan(uri, cand.row["run_id"])
-        except EvaluationError as err:
-            failures[cand.row["trial_id"]] = str(err)
-            continue
-        if job is not None:
-            jobs.append(job)
-    if jobs:
-        print(
-            f"confirm: scoring {len(jobs)} sweep trial(s) on the evaluation sets", file=sys.stderr
-        )
-    outcome = evaluate_on_ray(jobs)
-    return failures | {job.trial_id: outcome[job.run_id] for job in jobs if outcome[job.run_id]}
+    return replace(sweep_settings, tracking=target, **changes)
 
 
 @dataclass(frozen=True)
 class Confirmation:
-    """One ``confirm`` invocation, its inputs checked (see :mod:`orchestrator.confirm_cli`)."""
+    """One ``confirm`` invocation, its inputs checked (see :mod:`orchestrator.commands.confirm`)."""
 
-    uri: str
-    experiment: str
+    tracking: Tracking
     sweep: SweepRef
     sweep_settings: SweepSettings
     chosen: Sequence[Candidate]
@@ -272,9 +238,7 @@ class Confirmation:
     include_sweep_trial: bool = False
 
     def _parent(self) -> SweepRun:
-        parent = SweepRun.start(
-            self.uri,
-            self.experiment,
+        parent = self.tracking.start_sweep(
             f"confirm-{self.sweep.name}",
             searcher="confirm",
             params={
@@ -310,10 +274,10 @@ class Confirmation:
         settings = confirm_settings(
             self.sweep_settings, parent.target, self.storage, self.resources
         )
-        tag_originals(self.uri, self.chosen)
-        failures = _evaluate_originals(self.uri, self.chosen)
+        tag_originals(self.tracking, self.chosen)
+        failures = evaluate_rows(self.tracking, [cand.row for cand in self.chosen])
         jobs = plan_jobs(self.chosen, self.seeds, self.count)
-        done = finished_jobs(self.uri, parent.experiment_id, parent.run_id)
+        done = finished_jobs(self.tracking, parent.run_id)
         todo = [j for j in jobs if j.trial_id not in done]
         print(
             f"confirm: {len(self.chosen)} configuration(s), {len(jobs)} rerun(s): "
@@ -321,16 +285,16 @@ class Confirmation:
             file=sys.stderr,
         )
         failures |= run_jobs(settings, self.sweep_settings, self.sweep, todo)
-        done = finished_jobs(self.uri, parent.experiment_id, parent.run_id)
+        done = finished_jobs(self.tracking, parent.run_id)
         self._report(parent, jobs, done, scratch)
         return failures
 
     def _configs(
-        self, experiment_id: str, jobs: Sequence[ConfirmJob], done: dict[str, dict[str, Any]]
+        self, jobs: Sequence[ConfirmJob], done: dict[str, dict[str, Any]]
     ) -> list[ConfigRuns]:
         """Each candidate's runs that have every evaluation set: its finished reruns, and its
         sweep trial (read again, now scored), shown apart unless ``include_sweep_trial``."""
-        trials = finished_trials(self.uri, experiment_id, self.sweep.run_id)
+        trials = self.tracking.finished_trials(self.sweep.run_id)
         originals = {r["run_id"]: r for r in trials}
         configs = []
         for cand in self.chosen:
@@ -354,18 +318,18 @@ class Confirmation:
     ) -> None:
         """Summarise every configuration's scored runs; log the summary on the parent run and
         print its table."""
-        configs = self._configs(parent.experiment_id, jobs, done)
+        configs = self._configs(jobs, done)
         if not configs:
             print("confirm: no configuration has a run scored on every set", file=sys.stderr)
             return
         sets = _eval_sets(self.chosen[0])
-        read = _score_reader(self.uri, scratch / "scores")
+        read = _score_reader(self.tracking, scratch / "scores")
         summary = summarise(configs, sets, read, self.metric, self.mode, n_boot=self.n_boot)
         files = [scratch / "confirm.md", scratch / "confirm.json"]
         files[0].write_text(markdown(summary, self.sweep.name), encoding="utf-8")
         files[1].write_text(to_json(summary, self.sweep.name), encoding="utf-8")
         files.append(plot(summary, list(sets), scratch / "confirm.png"))
-        log_summary(self.uri, parent.run_id, parent_metrics(summary), files)
+        self.tracking.log_summary(parent.run_id, parent_metrics(summary), files)
         print(f"\nconfirmation of sweep {self.sweep.name} (MLflow run {parent.run_id}):")
         print(format_table(*table_rows(summary)))
 
@@ -379,12 +343,12 @@ def _eval_sets(cand: Candidate) -> dict[str, list[Utterance]]:
     }
 
 
-def _score_reader(uri: str, folder: Path) -> ScoreReader:
+def _score_reader(tracking: Tracking, folder: Path) -> ScoreReader:
     """Reads a run's score file of a set from MLflow, through ``folder`` (the file is deleted
     once read: 4 sets of ~30 MB per run at the real scale)."""
 
     def read(run_id: str, set_name: str) -> dict[str, float]:
-        path = download_scores(uri, run_id, set_name, folder / run_id)
+        path = tracking.download_scores(run_id, set_name, folder / run_id)
         try:
             return read_scores(path)
         finally:

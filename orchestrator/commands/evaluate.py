@@ -8,14 +8,14 @@ import sys
 import tempfile
 from pathlib import Path
 
-from orchestrator.options import (
+from orchestrator.commands.options import (
     EXIT_FAILED,
     EXIT_STATUS,
     add_ray_args,
     add_tracking_args,
     bad_input,
-    check_ray_address,
 )
+from orchestrator.engine.session import check_ray_address
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -54,11 +54,11 @@ def _set_names(text: str) -> tuple[str, ...]:
 
 def _run(job, address: str | None) -> dict[str, float] | str:
     """The metrics logged (in this process), or the error of a failed set."""
-    from orchestrator.evaluation import SetFailedError, run_job
+    from orchestrator.train.evaluation import SetFailedError, run_job
 
     if address:
-        from orchestrator.ray_eval import evaluate_on_ray
-        from orchestrator.sweep import start_ray
+        from orchestrator.engine.session import start_ray
+        from orchestrator.train.evaluator import evaluate_on_ray
 
         start_ray(address, 1)
         return evaluate_on_ray([job])[job.run_id] or {}
@@ -72,22 +72,16 @@ def _run(job, address: str | None) -> dict[str, float] | str:
 
 
 def _evaluate(args: argparse.Namespace) -> int:
-    from orchestrator.evaluation import EvaluationError, plan
-    from orchestrator.tracking import (
-        TrackingError,
-        check_reachable,
-        find_experiment,
-        resolve_tracking_uri,
-    )
+    from orchestrator.tracking import Tracking, TrackingError, check_reachable, resolve_tracking_uri
+    from orchestrator.train.evaluation import EvaluationError, plan
 
     try:
         uri = resolve_tracking_uri(args.tracking_uri, args.out)
         check_reachable(uri)
         check_ray_address(args.address)
-        from mlflow.tracking import MlflowClient
-
-        experiment_id = find_experiment(MlflowClient(uri), uri, args.experiment)
-        job = plan(uri, args.run_id, args.sets, force=args.force, experiment_id=experiment_id)
+        tracking = Tracking.at(uri, args.experiment)
+        experiment_id = tracking.experiment_id()
+        job = plan(tracking, args.run_id, args.sets, force=args.force, experiment_id=experiment_id)
     except (TrackingError, EvaluationError, ConnectionError) as err:
         return bad_input(err)
     if job is None:

@@ -7,7 +7,7 @@ import json
 import sys
 from pathlib import Path
 
-from orchestrator.options import EXIT_FAILED, EXIT_STATUS, bad_input
+from orchestrator.commands.options import EXIT_FAILED, EXIT_STATUS, bad_input
 
 DEFAULT_FOLDER = Path("runs") / "cluster"
 _EPILOG = (
@@ -69,7 +69,7 @@ def _print_status(info: dict, as_json: bool) -> None:
 
 
 def _local(args: argparse.Namespace) -> int:
-    from orchestrator import local_cluster as lc
+    from orchestrator.engine import local_cluster as lc
 
     try:
         if args.action == "up":

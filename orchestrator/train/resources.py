@@ -1,91 +1,20 @@
-"""What several ``supcon-sweep`` commands share: the tracking and Ray options (one help text
-each), the exit-status policy (stated once, for every ``--help``) and the quick checks that
-answer "bad input" before anything heavy is imported."""
+"""What a trial holds on the cluster: the Ray resource names the orchestrator and the cluster
+configs agree on, and the checks and config changes that follow from a trial's GPUs and CPUs.
+
+Nothing here imports Ray: the commands check ``--gpus-per-trial`` with it before Ray starts.
+"""
 
 from __future__ import annotations
 
-import argparse
-import socket
 import sys
 from collections.abc import Mapping
-from pathlib import Path
 from typing import Any
 
-from orchestrator.settings import DEFAULT_EXPERIMENT
-
-# One exit policy for every command: the trainer's, re-exported.
-from trainer.cli import EXIT_BAD_INPUT as EXIT_BAD_INPUT
-from trainer.cli import EXIT_FAILED as EXIT_FAILED
 from trainer.config import ConfigError, TrainerConfig, apply_overrides
 
-DEFAULT_OUT = Path("runs")
-DEFAULT_JOB_SERVER = "http://127.0.0.1:8265"
-
-EXIT_STATUS = (
-    "Exit status: 0 done; 1 the work ran and failed (a trial, a sweep in which every trial "
-    "failed, a followed job); 2 bad input or a service that cannot be reached (arguments, "
-    "config, search space, an unknown experiment or run, a missing store, MLflow or Ray not "
-    "reachable)."
-)
-
-
-def add_tracking_args(parser: argparse._ActionsContainer, *, out: bool = True) -> None:
-    """``--tracking-uri`` and ``--experiment``; with ``out``, also ``--out``, the folder that
-    holds the embedded store. Without, the store is the default ``--out``'s."""
-    store = "OUT" if out else str(DEFAULT_OUT)
-    parser.add_argument(
-        "--tracking-uri",
-        help=f"MLflow tracking URI (default MLFLOW_TRACKING_URI, else sqlite:///{store}/mlflow.db)",
-    )
-    parser.add_argument(
-        "--experiment",
-        default=DEFAULT_EXPERIMENT,
-        help=f"MLflow experiment (default {DEFAULT_EXPERIMENT})",
-    )
-    if out:
-        parser.add_argument(
-            "--out",
-            type=Path,
-            default=DEFAULT_OUT,
-            help=f"the sweep's local outputs: mlflow.db (the embedded MLflow store), "
-            f"mlartifacts/, tune/, train/, trials/ (default {DEFAULT_OUT})",
-        )
-
-
-def add_ray_args(parser: argparse._ActionsContainer, *, job_server: bool = False) -> None:
-    """``--address``: the Ray cluster to join, or (``job_server``) the cluster's job server."""
-    if job_server:
-        parser.add_argument(
-            "--address",
-            help=f"the Ray cluster's job server, its dashboard address (default "
-            f"{DEFAULT_JOB_SERVER}, e.g. through `ray dashboard cluster.yaml`)",
-        )
-        return
-    parser.add_argument(
-        "--address",
-        help="Ray cluster to join: HOST:PORT, ray://HOST:PORT or auto (default: the cluster "
-        "in RAY_ADDRESS when set, as inside a Ray Job; else start a local Ray instance)",
-    )
-
-
-def bad_input(err: BaseException) -> int:
-    """Print ``err`` as the one-line error of bad input; returns its exit status."""
-    print(f"error: {err}", file=sys.stderr)
-    return EXIT_BAD_INPUT
-
-
-def check_ray_address(address: str | None, timeout: float = 5.0) -> None:
-    """ConnectionError naming ``address`` when nothing answers there: in seconds, where
-    ``ray.init`` would retry for minutes. None (a local instance) and ``auto`` pass."""
-    if not address or address == "auto":
-        return
-    hostport = address.split("://", 1)[-1].rstrip("/")
-    host, _, port = hostport.rpartition(":")
-    try:
-        with socket.create_connection((host or "127.0.0.1", int(port)), timeout=timeout):
-            return
-    except (OSError, ValueError) as err:
-        raise ConnectionError(f"no Ray cluster reachable at {address}: {err}") from None
+# A custom resource held by each trial's driver (the Tune function trainable, which only waits):
+# the head node offers as many as trials may run at once, worker nodes offer none.
+DRIVER_RESOURCE = "TRAIN_DRIVER"
 
 
 def check_gpus(workers: int, gpus: float) -> None:
@@ -160,11 +89,3 @@ def worker_threads(cfg: TrainerConfig, cpus_per_worker: float) -> TrainerConfig:
             file=sys.stderr,
         )
     return cfg
-
-
-def storage_path(storage: str | None) -> str:
-    """``--storage``: a shared path made absolute (Ray changes trials' working directories);
-    URIs as given; "" for none."""
-    if not storage or "://" in storage:
-        return storage or ""
-    return str(Path(storage).resolve())

@@ -18,9 +18,9 @@ import ray
 from ray.train import FailureConfig, TrainingFailedError
 from ray.train.torch import TorchConfig, TorchTrainer
 
-from orchestrator.evaluation import JOB_KEY, EvalJob, run_job
-from orchestrator.resources import DRIVER_RESOURCE
-from orchestrator.sweep import scaling
+from orchestrator.train.evaluation import JOB_KEY, EvalJob, run_job
+from orchestrator.train.resources import DRIVER_RESOURCE
+from orchestrator.train.trainer import scaling
 
 
 def eval_worker(config: dict[str, EvalJob]) -> None:

@@ -8,26 +8,14 @@ seeds are not shown (one seed is what the plain ``best`` lists).
 
 from __future__ import annotations
 
-import argparse
-import json
 import math
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from orchestrator.best import KEY_PARAMS, NOT_EVALUATED
-from orchestrator.confirm_report import seed_stats
-from orchestrator.objective import OBJECTIVE
-from orchestrator.options import bad_input
-from orchestrator.tracking import (
-    TrackingError,
-    check_reachable,
-    configured_runs,
-    resolve_tracking_uri,
-    safe_uri,
-    sweep_objective,
-)
-from orchestrator.tracking.query import row_config_id
+from orchestrator.reports.best import KEY_PARAMS, NOT_EVALUATED
+from orchestrator.reports.confirm import seed_stats
+from orchestrator.tracking import row_config_id
 
 
 def group(rows: Sequence[Mapping[str, Any]], metric: str) -> list[dict[str, Any]]:
@@ -98,32 +86,3 @@ def print_configs(configs: Sequence[Mapping[str, Any]], metric: str) -> None:
     for row in [header, *table]:
         print("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
     print("mean ± sample std over seeds; EERs in %")
-
-
-def by_config(args: argparse.Namespace) -> int:
-    """The ``--by-config`` handler."""
-    uri = resolve_tracking_uri(args.tracking_uri, args.out)
-    try:
-        check_reachable(uri)
-        default_metric, default_mode = sweep_objective(uri, args.experiment)
-        rows = configured_runs(uri, args.experiment)
-    except TrackingError as err:
-        return bad_input(err)
-    metric = args.metric or (
-        OBJECTIVE if any(OBJECTIVE in r["metrics"] for r in rows) else default_metric
-    )
-    mode = args.mode or default_mode
-    configs = group(rows, metric)
-    if not configs:
-        return bad_input(
-            f"no configuration in experiment {args.experiment!r} of {safe_uri(uri)} has runs of "
-            f"two or more seeds with {metric}; `supcon-sweep confirm --sweep NAME` makes them"
-        )
-    sign = 1 if mode == "min" else -1
-    configs.sort(key=lambda c: sign * c["stats"][metric]["mean"])
-    configs = configs[: args.top]
-    if args.json:
-        print(json.dumps(configs, indent=2, default=float))
-    else:
-        print_configs(configs, metric)
-    return 0

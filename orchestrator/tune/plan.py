@@ -12,9 +12,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from orchestrator.preflight import steps_per_epoch
-from orchestrator.scheduling import Rungs, asha_rungs, run_order
 from orchestrator.settings import SweepSettings
+from orchestrator.tune.preflight import steps_per_epoch
+from orchestrator.tune.scheduling import Rungs, asha_rungs, run_order
 from search_spaces import SearchSpace
 from search_spaces.space import Param
 from trainer.data.check import SplitReport
@@ -166,7 +166,7 @@ def plan(
     settings: SweepSettings, space: SearchSpace, reports: dict[str, SplitReport] | None = None
 ) -> SweepPlan:
     """The plan of a sweep of ``space`` under ``settings``; ``reports``: the corpora's check
-    (:func:`orchestrator.preflight.check_corpora`), None when it was skipped (then ASHA's rung
+    (:func:`orchestrator.tune.preflight.check_corpora`), None when it was skipped (then ASHA's rung
     is unknown only for a ``queue.start_step`` space, which needs the epoch's length)."""
     steps = None
     if reports is not None:

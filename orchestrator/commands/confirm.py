@@ -1,6 +1,6 @@
 """``supcon-sweep confirm``: rerun a finished sweep's top configurations under new seeds, and
 summarise each configuration's EERs over seeds with bootstrap intervals (see
-:mod:`orchestrator.confirm` and :mod:`orchestrator.confirm_report`).
+:mod:`orchestrator.engine.confirm` and :mod:`orchestrator.reports.confirm`).
 
 Arguments are checked with nothing heavy imported; then the sweep, its storage and its
 corpora; only then is the confirmation's MLflow parent run created and Ray reached, so bad input
@@ -16,18 +16,19 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from orchestrator.objective import OBJECTIVE
-from orchestrator.options import (
+from orchestrator.commands.options import (
     EXIT_FAILED,
     EXIT_STATUS,
     add_ray_args,
     add_tracking_args,
     bad_input,
-    check_gpus,
-    check_ray_address,
+    preflight,
     storage_path,
 )
+from orchestrator.engine.session import check_ray_address
+from orchestrator.objective import OBJECTIVE
 from orchestrator.settings import SETTINGS_FILE, SweepSettings
+from orchestrator.train.resources import check_gpus
 from trainer.config import ConfigError
 
 
@@ -135,7 +136,7 @@ def _check(args: argparse.Namespace) -> None:
 
 def _sweep_settings(sweep, out: Path) -> SweepSettings:
     """The settings the sweep saved beside its Tune folder; ConfirmError when they are gone."""
-    from orchestrator.confirm import ConfirmError
+    from orchestrator.engine.confirm import ConfirmError
 
     folder = sweep.tune_dir or str(out.resolve() / "tune" / sweep.name)
     try:
@@ -173,19 +174,17 @@ def _confirm(args: argparse.Namespace) -> int:
         _check(args)
     except ConfigError as err:
         return bad_input(err)
-    from orchestrator.confirm import ConfirmError, candidates
-    from orchestrator.tracking import TrackingError, check_reachable, resolve_tracking_uri
-    from orchestrator.tracking.sweeps import find_sweep
+    from orchestrator.engine.confirm import ConfirmError, candidates
+    from orchestrator.tracking import Tracking, TrackingError, check_reachable, resolve_tracking_uri
 
     uri = resolve_tracking_uri(args.tracking_uri, args.out.resolve())
+    tracking = Tracking.at(uri, args.experiment)
     try:
         check_reachable(uri)
-        _, sweep = find_sweep(
-            uri, args.experiment, name=args.sweep, parent_run_id=args.parent_run_id
-        )
+        _, sweep = tracking.find_sweep(name=args.sweep, parent_run_id=args.parent_run_id)
         settings = _sweep_settings(sweep, args.out)
         metric, mode = args.metric or OBJECTIVE, args.mode or sweep.mode
-        chosen, n_finished = candidates(uri, args.experiment, sweep, metric, mode, args.top)
+        chosen, n_finished = candidates(tracking, sweep, metric, mode, args.top)
         if len(chosen) < args.top:
             print(
                 f"note: sweep {sweep.name} has {len(chosen)} distinct finished configuration(s) "
@@ -195,14 +194,13 @@ def _confirm(args: argparse.Namespace) -> int:
             )
         resources = _resources(args, settings)
         check_ray_address(args.address)
-        _preflight(settings)
+        preflight(settings.base, settings.workers_per_trial, "rerun")
     except (TrackingError, ConfirmError, ConnectionError, ConfigError) as err:
         return bad_input(err)
-    from orchestrator.confirm import Confirmation
+    from orchestrator.engine.confirm import Confirmation
 
     job = Confirmation(
-        uri=uri,
-        experiment=args.experiment,
+        tracking=tracking,
         sweep=sweep,
         sweep_settings=settings,
         chosen=chosen,
@@ -215,7 +213,7 @@ def _confirm(args: argparse.Namespace) -> int:
         n_boot=args.n_boot,
         include_sweep_trial=args.include_sweep_trial,
     )
-    from orchestrator.sweep import start_ray
+    from orchestrator.engine.session import start_ray
 
     # The score files are read back one per run and set: no progress bar for each.
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
@@ -225,11 +223,3 @@ def _confirm(args: argparse.Namespace) -> int:
     for trial_id, error in failures.items():
         print(f"error: {trial_id} failed: {error}", file=sys.stderr)
     return EXIT_FAILED if failures else 0
-
-
-def _preflight(settings: SweepSettings) -> None:
-    """Check every corpus once, as a sweep does, before anything starts."""
-    from orchestrator.preflight import check_corpora, describe
-
-    reports = check_corpora(settings.base)
-    print(f"corpora checked once for every rerun:\n{describe(reports)}", file=sys.stderr)

@@ -14,157 +14,33 @@ from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from orchestrator.objective import OBJECTIVE, check_objective
-from orchestrator.options import (
+from orchestrator.commands.options import (
     EXIT_FAILED,
     EXIT_STATUS,
+    add_dry_run,
     add_ray_args,
-    add_tracking_args,
+    add_sweep_arguments,
+    add_verbose,
     bad_input,
-    check_gpus,
-    check_ray_address,
-    gpu_share,
+    preflight,
     storage_path,
-    worker_threads,
 )
+from orchestrator.engine.session import check_ray_address
+from orchestrator.objective import OBJECTIVE, check_objective
 from orchestrator.settings import SETTINGS_FILE, SweepSettings
+from orchestrator.train.resources import check_gpus, gpu_share, worker_threads
 from search_spaces import SearchSpace, SpaceError, load_space
 from trainer.config import ConfigError, TrainerConfig, apply_overrides, load_config, resolve_roots
 from trainer.defaults import DEFAULT_DATA, ensure_synthetic
-from trainer.reporting import EPOCH_METRICS, FINAL_METRICS
 
 if TYPE_CHECKING:
     from ray.tune import ResultGrid
 
-DEFAULT_SPACE = Path(__file__).resolve().parents[1] / "search_spaces" / "default.yaml"
 SWEEP_STATUS = (
     "A sweep exits 1 when every trial failed or a best trial could not be scored on the test "
     "sets; when only some trials failed it exits 0, its MLflow parent run is FAILED and the "
     "table lists the trials that finished."
 )
-
-
-def add_sweep_arguments(p: argparse.ArgumentParser) -> None:
-    """The sweep's own options and the tracking ones (``submit`` passes them all on)."""
-    p.add_argument(
-        "--space",
-        type=Path,
-        default=DEFAULT_SPACE,
-        help="search space YAML (default search_spaces/default.yaml)",
-    )
-    p.add_argument(
-        "--config", type=Path, help="base trainer config (default trainer/configs/local.yaml)"
-    )
-    p.add_argument("--num-samples", type=int, default=8, help="TPE trials (grids run every point)")
-    p.add_argument("--max-concurrent", type=int, default=1, help="trials running at once")
-    p.add_argument(
-        "--scheduler",
-        choices=("asha", "none"),
-        default="asha",
-        help="ASHA early stopping (default) or none. ASHA stops no trial before its queue has "
-        "been on for 2 epochs: its first rung is after the space's latest queue.start_epoch + 1 "
-        "(0-based; epoch 2 when no trial has a queue); each later rung at twice the epoch",
-    )
-    p.add_argument(
-        "--metric",
-        default="encoder/dev/eer",
-        help="what the sweep selects on (default encoder/dev/eer). A per-epoch metric "
-        f"({', '.join(EPOCH_METRICS)}) is summarised per trial by its best epoch so far, for "
-        "trials ASHA stops and trials that finish alike; an end-of-trial metric "
-        f"({', '.join(FINAL_METRICS)}) by its final value, told to the searcher at the trial's "
-        "end (needs --scheduler none). Logged on each trial run as sweep/objective",
-    )
-    p.add_argument("--mode", choices=("min", "max"), default="min")
-    p.add_argument("--seed", type=int, default=0, help="searcher seed")
-    p.add_argument(
-        "--eval-top-k",
-        type=eval_top_k,
-        default=3,
-        metavar="K",
-        help="once the search ends, score the best K finished trials (by the objective) on the "
-        "evaluation sets: an integer (default 3; 0 none) or 'all'. Trials themselves stop at the "
-        "dev evaluation; `supcon-sweep evaluate --run-id RUN` scores any other later",
-    )
-    p.add_argument("--name", help="sweep name (default sweep-YYYYmmdd-HHMMSS)")
-    _add_verbose(p)
-    add_tracking_args(p)
-    _add_trial_resources(p)
-    p.add_argument("overrides", nargs="*", metavar="key=value", help="base config overrides")
-
-
-def _add_verbose(p: argparse.ArgumentParser) -> None:
-    p.add_argument(
-        "--verbose",
-        action="store_true",
-        help="also print Tune's result of every epoch and Ray Train's INFO logs, with its "
-        "per-rank 'Reporting training result' lines (default: Tune's table, one line per "
-        "trial that ends)",
-    )
-
-
-def _add_dry_run(p: argparse.ArgumentParser) -> None:
-    p.add_argument(
-        "--dry-run",
-        action="store_true",
-        help="check everything the sweep would check (arguments, config, search space, the "
-        "corpora, a tracking server or Ray address given) and print its plan: a grid's trials "
-        "in run order, or the searcher and its domains; the resources per trial; ASHA's first "
-        "rung; the most stage-1 trial-epochs it can train. Starts nothing, writes nothing; "
-        "exit 0 for a valid plan, 2 otherwise",
-    )
-    p.add_argument(
-        "--json", action="store_true", help="with --dry-run: the plan as one JSON object"
-    )
-    p.add_argument(
-        "--no-data-check",
-        action="store_true",
-        help="with --dry-run: skip the corpora's check (it looks at every listed file)",
-    )
-
-
-def eval_top_k(text: str) -> int | None:
-    """``--eval-top-k``: a whole number >= 0, or ``all`` (None)."""
-    if text.strip().lower() == "all":
-        return None
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"expected a whole number or 'all', got {text!r}"
-        ) from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be 0 or more (or 'all'), got {value}")
-    return value
-
-
-def _add_trial_resources(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--workers-per-trial", type=int, default=2, help="Ray Train workers (DDP ranks)")
-    p.add_argument(
-        "--gpus-per-trial",
-        type=float,
-        default=0,
-        help="GPUs per trial: one per worker, or a share (0.5, 0.25) of one GPU for a one-worker "
-        "trial, packing 2 or 4 trials per GPU; 0 runs gloo on CPUs",
-    )
-    p.add_argument("--cpus-per-worker", type=float, default=1.0)
-    p.add_argument(
-        "--max-failures",
-        type=int,
-        default=2,
-        help="worker-group restarts from the last checkpoint per trial",
-    )
-    p.add_argument(
-        "--storage",
-        help="where Tune results and Train checkpoints go: storage every node reaches, a shared "
-        "path or a URI such as s3://BUCKET/ray (default OUT)",
-    )
-    p.add_argument(
-        "--placement",
-        choices=("pack", "spread"),
-        default="pack",
-        help="a trial's workers on as few nodes as possible (pack, the default: fast NVLink "
-        "collectives) or one per node where possible (spread)",
-    )
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -181,7 +57,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     )
     add_sweep_arguments(sweep)
     add_ray_args(sweep)
-    _add_dry_run(sweep)
+    add_dry_run(sweep)
     sweep.set_defaults(handler=_sweep)
     resume = subparsers.add_parser(
         "resume",
@@ -195,7 +71,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "folder", help="the sweep's folder: OUT/tune/NAME, or STORAGE/tune/NAME (path or URI)"
     )
     add_ray_args(resume)
-    _add_verbose(resume)
+    add_verbose(resume)
     resume.set_defaults(handler=_resume)
 
 
@@ -212,7 +88,9 @@ def _validated(args: argparse.Namespace) -> tuple[TrainerConfig, SearchSpace]:
 
 def _settings(args: argparse.Namespace, cfg: TrainerConfig, space: SearchSpace) -> SweepSettings:
     """The sweep's settings (nothing is checked or created here)."""
+    from orchestrator.settings import TrackingTarget
     from orchestrator.tracking import resolve_tracking_uri
+    from orchestrator.tune.searcher import check_searcher
 
     out = args.out.resolve()
     return SweepSettings(
@@ -230,8 +108,8 @@ def _settings(args: argparse.Namespace, cfg: TrainerConfig, space: SearchSpace) 
         max_failures=args.max_failures,
         seed=args.seed,
         out_dir=str(out),
-        tracking_uri=resolve_tracking_uri(args.tracking_uri, out),
-        experiment=args.experiment,
+        tracking=TrackingTarget(resolve_tracking_uri(args.tracking_uri, out), args.experiment),
+        searcher=check_searcher(args.searcher, space),
         storage=storage_path(args.storage),
         placement=args.placement.upper(),
         eval_top_k=args.eval_top_k,
@@ -248,14 +126,12 @@ def _objective_text(settings: SweepSettings) -> str:
 def _outcome(settings: SweepSettings, results: ResultGrid, eval_failures: dict[str, str]) -> int:
     """Print the sweep's best trials; 1 when every trial failed (nothing to choose from) or a
     best trial could not be scored on the evaluation sets."""
-    from orchestrator.best import print_table
-    from orchestrator.tracking import query_best, safe_uri
+    from orchestrator.reports.best import print_table
+    from orchestrator.tracking import Tracking, safe_uri
     from orchestrator.tracking.store import ui_link
 
     target = settings.target
-    rows = query_best(
-        target.uri, target.experiment, OBJECTIVE, settings.mode, 5, target.parent_run_id
-    )
+    rows = Tracking(target).best(OBJECTIVE, settings.mode, 5, target.parent_run_id)
     errors = len(results.errors)
     k = settings.eval_top_k
     scored = "every finished one" if k is None else f"the top {k} finished"
@@ -279,16 +155,6 @@ def _outcome(settings: SweepSettings, results: ResultGrid, eval_failures: dict[s
     return EXIT_FAILED if eval_failures else 0
 
 
-def _preflight(base: TrainerConfig, workers: int) -> int:
-    """Check every corpus once, before any trial (ConfigError when one is unusable); prints the
-    counts and returns the epoch's length in batches per rank."""
-    from orchestrator.preflight import check_corpora, describe, steps_per_epoch
-
-    reports = check_corpora(base)
-    print(f"corpora checked once for every trial:\n{describe(reports)}", file=sys.stderr)
-    return steps_per_epoch(base, reports["train"], workers)
-
-
 def _sweep(args: argparse.Namespace) -> int:
     if (args.json or args.no_data_check) and not args.dry_run:
         return bad_input("--json and --no-data-check go with --dry-run")
@@ -298,8 +164,8 @@ def _sweep(args: argparse.Namespace) -> int:
         return bad_input(err)
     if args.dry_run:
         return _dry_run(args, cfg, space)
-    from orchestrator.scheduling import asha_rungs
     from orchestrator.tracking import TrackingError, check_reachable
+    from orchestrator.tune.scheduling import asha_rungs
 
     try:
         settings = _settings(args, cfg, space)
@@ -307,13 +173,14 @@ def _sweep(args: argparse.Namespace) -> int:
         check_ray_address(args.address)
         if args.config is None:
             ensure_synthetic(cfg, DEFAULT_DATA)
-        steps = _preflight(settings.base, settings.workers_per_trial)
+        steps = preflight(settings.base, settings.workers_per_trial, "trial")
         rungs = asha_rungs(space, settings.base, steps)
         if settings.scheduler == "asha":
             print(rungs.describe(), file=sys.stderr)
         if settings.objective.differs():
             print(settings.objective.differs(), file=sys.stderr)
-        from orchestrator.sweep import run_sweep, start_ray
+        from orchestrator.engine.session import start_ray
+        from orchestrator.engine.sweep import run_sweep
 
         start_ray(args.address, args.max_concurrent)
         settings, results, eval_failures = run_sweep(space, settings, rungs)
@@ -323,12 +190,12 @@ def _sweep(args: argparse.Namespace) -> int:
 
 
 def _dry_run(args: argparse.Namespace, cfg: TrainerConfig, space: SearchSpace) -> int:
-    """Print the plan (:mod:`orchestrator.sweep_plan`) after the checks a sweep makes before
+    """Print the plan (:mod:`orchestrator.tune.plan`) after the checks a sweep makes before
     its first trial, none that creates anything: an embedded SQLite store is not created, and
     the default synthetic corpus, when missing, is not generated (its check is skipped)."""
-    from orchestrator.preflight import check_corpora
-    from orchestrator.sweep_plan import plan
     from orchestrator.tracking import TrackingError, check_reachable
+    from orchestrator.tune.plan import plan
+    from orchestrator.tune.preflight import check_corpora
     from trainer.defaults import reads_from
 
     settings = _settings(args, cfg, space)
@@ -380,8 +247,9 @@ def _resume(args: argparse.Namespace) -> int:
     try:
         check_reachable(settings.tracking_uri)
         check_ray_address(args.address)
-        _preflight(settings.base, settings.workers_per_trial)
-        from orchestrator.sweep import resume_sweep, start_ray
+        preflight(settings.base, settings.workers_per_trial, "trial")
+        from orchestrator.engine.session import start_ray
+        from orchestrator.engine.sweep import resume_sweep
 
         start_ray(args.address, settings.max_concurrent)
         settings = replace(settings, verbose=args.verbose)

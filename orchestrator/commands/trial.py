@@ -8,19 +8,17 @@ import argparse
 import sys
 import time
 
-from orchestrator.options import (
+from orchestrator.commands.options import (
     DEFAULT_OUT,
     EXIT_FAILED,
     EXIT_STATUS,
     add_ray_args,
     add_tracking_args,
     bad_input,
-    check_gpus,
-    check_ray_address,
-    gpu_share,
-    worker_threads,
 )
-from orchestrator.settings import SweepSettings
+from orchestrator.engine.session import check_ray_address
+from orchestrator.settings import SweepSettings, TrackingTarget, TrialResources
+from orchestrator.train.resources import check_gpus, gpu_share, worker_threads
 from trainer import cli as trainer_cli
 from trainer.config import ConfigError, TrainerConfig, load_config, resolve_roots
 from trainer.defaults import DEFAULT_DATA, ensure_synthetic
@@ -72,23 +70,14 @@ def _settings(args: argparse.Namespace, cfg: TrainerConfig) -> SweepSettings:
     """A sweep of this one trial, named ``trial-YYYYmmdd-HHMMSS``."""
     from orchestrator.tracking import resolve_tracking_uri
 
-    return SweepSettings(
-        name=time.strftime("trial-%Y%m%d-%H%M%S"),
-        base=cfg,
-        space_path="",
-        metric="encoder/dev/eer",
-        mode="min",
-        num_samples=1,
-        max_concurrent=1,
-        scheduler="none",
-        workers_per_trial=args.workers,
-        cpus_per_worker=args.cpus_per_worker,
-        gpus_per_trial=args.gpus,
-        max_failures=0,
-        seed=cfg.seed,
+    return SweepSettings.one_trial(
+        time.strftime("trial-%Y%m%d-%H%M%S"),
+        cfg,
+        TrialResources(args.workers, args.gpus, args.cpus_per_worker),
         out_dir=str(args.out.resolve()),
-        tracking_uri=resolve_tracking_uri(args.tracking_uri, DEFAULT_OUT),
-        experiment=args.experiment,
+        tracking=TrackingTarget(
+            resolve_tracking_uri(args.tracking_uri, DEFAULT_OUT), args.experiment
+        ),
     )
 
 
@@ -117,7 +106,8 @@ def _on_ray(args: argparse.Namespace) -> int:
         return bad_input(err)
     from ray.train import TrainingFailedError
 
-    from orchestrator.sweep import run_single_trial, start_ray
+    from orchestrator.engine.session import start_ray
+    from orchestrator.engine.trial import run_single_trial
 
     try:
         start_ray(args.address, 1)

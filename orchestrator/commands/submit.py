@@ -13,19 +13,19 @@ import shlex
 import sys
 from pathlib import Path
 
-from orchestrator.objective import check_objective
-from orchestrator.options import (
+from orchestrator.commands.options import (
     DEFAULT_JOB_SERVER,
     EXIT_FAILED,
     EXIT_STATUS,
     add_ray_args,
+    add_sweep_arguments,
     bad_input,
-    check_gpus,
 )
-from orchestrator.sweep_cli import add_sweep_arguments
+from orchestrator.objective import check_objective
+from orchestrator.train.resources import check_gpus
 from trainer.config import ConfigError
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 EXCLUDES = [".venv", ".git", "runs", "**/__pycache__", "*.db", "mlartifacts", ".pytest_cache"]
 
 

@@ -16,24 +16,13 @@ all of them.
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from mlflow.entities import Metric
-from mlflow.exceptions import MlflowException
-from mlflow.tracking import MlflowClient
-
-from orchestrator.settings import TrialResources
+from orchestrator.settings import TrackingTarget, TrialResources
 from orchestrator.storage import local_folder, missing_files
-from orchestrator.tracking import (
-    MODEL_TAG,
-    RESOURCES_TAG,
-    TrackingError,
-    decode_param,
-    safe_uri,
-)
+from orchestrator.tracking import MODEL_TAG, RESOURCES_TAG, Tracking, decode_param
 from orchestrator.tracking.store import TRIAL_TAG
 from trainer.config import ConfigError, config_from_params, load_config
 from trainer.evaluate import MODEL_FILES
@@ -61,7 +50,7 @@ class EvalJob:
 
     run_id: str
     trial_id: str
-    tracking_uri: str
+    tracking: TrackingTarget
     model_uri: str
     sets: tuple[str, ...]
     pooled: bool
@@ -72,15 +61,6 @@ class EvalJob:
     def storage_root(self) -> str:
         """``STORAGE`` of ``STORAGE/models/TRIAL``: where the evaluation's Ray run is kept."""
         return self.model_uri.rstrip("/").rsplit("/", 2)[0]
-
-
-def _get_run(client: MlflowClient, uri: str, run_id: str):
-    try:
-        return client.get_run(run_id)
-    except MlflowException as err:
-        if err.error_code == "RESOURCE_DOES_NOT_EXIST":
-            raise EvaluationError(f"no MLflow run {run_id} in {safe_uri(uri)}") from None
-        raise TrackingError(f"MLflow at {safe_uri(uri)}: {str(err)[:200]}") from None
 
 
 def _configured_sets(run) -> list[str]:
@@ -110,13 +90,8 @@ def _stored_model(run) -> str:
     return model_uri
 
 
-def _final_step(client: MlflowClient, run_id: str) -> int:
-    history = client.get_metric_history(run_id, "classifier/dev/eer")
-    return max((m.step for m in history), default=0)
-
-
 def plan(
-    uri: str,
+    tracking: Tracking,
     run_id: str,
     sets: Sequence[str] | None = None,
     *,
@@ -130,11 +105,13 @@ def plan(
     (``experiment_id``), a run still running or not finished, one without a stored model or
     whose model is gone from storage, an unknown set.
     """
-    client = MlflowClient(uri)
-    run = _get_run(client, uri, run_id)
+    try:
+        run = tracking.run(run_id)
+    except LookupError as err:
+        raise EvaluationError(str(err)) from None
     if experiment_id is not None and run.info.experiment_id != experiment_id:
-        theirs = client.get_experiment(run.info.experiment_id).name
-        ours = client.get_experiment(experiment_id).name
+        theirs = tracking.experiment_name(run.info.experiment_id)
+        ours = tracking.experiment_name(experiment_id)
         raise EvaluationError(
             f"run {run_id} is in experiment {theirs!r}, not {ours!r} (pass --experiment {theirs})"
         )
@@ -162,34 +139,34 @@ def plan(
     return EvalJob(
         run_id=run_id,
         trial_id=run.data.tags.get(TRIAL_TAG, run_id),
-        tracking_uri=uri,
+        tracking=tracking.target,
         model_uri=model_uri,
         sets=todo,
         pooled=set(todo) == set(configured),
-        step=_final_step(client, run_id),
+        step=tracking.last_step(run_id, "classifier/dev/eer"),
         resources=TrialResources.from_json(resources) if resources else TrialResources(1, 0, 1.0),
     )
 
 
 class RunLogger:
-    """Rank 0's writes into the evaluated run: a set's score file, then its metrics in one
-    batch; the pooled figures and the DET plot at the end."""
+    """Rank 0's writes into the evaluated run, through the tracking's buffered, retrying
+    writer: a set's score file, then its metrics in one batch; the pooled figures and the DET
+    plot at the end."""
 
     def __init__(self, job: EvalJob) -> None:
         self.job = job
-        self.client = MlflowClient(job.tracking_uri)
+        self.writer = Tracking(job.tracking).writer(job.run_id)
 
     def log_set(self, metrics: dict[str, float], score_file: Path) -> None:
-        self.client.log_artifact(self.job.run_id, str(score_file), "scores")
+        self.writer.log_artifacts([score_file], "scores")
         self.log_metrics(metrics)
 
     def log_metrics(self, metrics: dict[str, float]) -> None:
-        now = int(time.time() * 1000)
-        batch = [Metric(k, float(v), now, self.job.step) for k, v in metrics.items()]
-        self.client.log_batch(self.job.run_id, metrics=batch, synchronous=True)
+        self.writer.log_metrics(metrics, self.job.step)
+        self.writer.flush()
 
     def log_file(self, path: Path) -> None:
-        self.client.log_artifact(self.job.run_id, str(path))
+        self.writer.log_artifacts([path])
 
 
 def run_job(job: EvalJob, scratch: Path, *, progress: bool = False) -> dict[str, float]:

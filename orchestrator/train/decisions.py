@@ -11,7 +11,7 @@ So the trial's driver relays each result to Tune itself (:func:`relay`): ``tune.
 function trainable returns only when Tune asks for the next result, i.e. once it decided to go
 on, and raises ``SystemExit`` when Tune stops the trial. At the epochs where ASHA can decide (its
 rungs), the driver then tells the workers through a :class:`Decisions` actor, and every rank
-waits for it (:meth:`RayReporter.report <orchestrator.ray_trial.RayReporter.report>`); other
+waits for it (:meth:`RayReporter.report <orchestrator.train.worker.RayReporter.report>`); other
 epochs do not wait. The wait is bounded: a decision that never comes lets the workers go on
 after ``DECISION_TIMEOUT_S`` and says so; a driver gone (Tune tore the trial down) means stop.
 """

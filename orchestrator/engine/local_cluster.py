@@ -33,7 +33,7 @@ from typing import Any
 
 import psutil
 
-from orchestrator.resources import DRIVER_RESOURCE
+from orchestrator.train.resources import DRIVER_RESOURCE
 
 STATE = "cluster.json"
 

@@ -19,11 +19,11 @@ from pathlib import Path
 
 import ray.train
 
-from orchestrator.decisions import wait_for
 from orchestrator.objective import MONITOR_KEYS, OBJECTIVE, Objective
 from orchestrator.settings import TrialSpec
 from orchestrator.storage import upload_folder
-from orchestrator.tracking import MODEL_TAG, RESOURCES_TAG, REVISION_TAG, TrialTracker
+from orchestrator.tracking import MODEL_TAG, RESOURCES_TAG, REVISION_TAG, Tracking, TrialTracker
+from orchestrator.train.decisions import wait_for
 from trainer.config import TrainerConfig, flatten
 from trainer.evaluate import MODEL_DIR
 from trainer.model import pretrained_revision
@@ -138,8 +138,7 @@ def make_reporter(
     # every rank at the next report barrier); the tracker buffers and retries instead.
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "20")
-    tracker = TrialTracker.open(
-        spec.tracking,
+    tracker = Tracking(spec.tracking).open_trial(
         spec.trial_id,
         flatten(cfg),
         spool=spec.out_dir / "mlflow_unsent.jsonl",

@@ -1,0 +1,66 @@
+"""Joining Ray: a cluster's address, the Ray Job's, or an isolated local instance.
+
+Ray itself is imported only by :func:`start_ray`, so a command checks ``--address`` (in
+seconds, where ``ray.init`` retries for minutes) before anything heavy is imported.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+from typing import Any
+
+from orchestrator.train.resources import DRIVER_RESOURCE
+
+log = logging.getLogger(__name__)
+
+# A local instance's job: no Ray Train preemption watcher (see ray_init_kwargs).
+LOCAL_RUNTIME_ENV = {"env_vars": {"RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0"}}
+
+
+def check_ray_address(address: str | None, timeout: float = 5.0) -> None:
+    """ConnectionError naming ``address`` when nothing answers there: in seconds, where
+    ``ray.init`` would retry for minutes. None (a local instance) and ``auto`` pass."""
+    if not address or address == "auto":
+        return
+    hostport = address.split("://", 1)[-1].rstrip("/")
+    host, _, port = hostport.rpartition(":")
+    try:
+        with socket.create_connection((host or "127.0.0.1", int(port)), timeout=timeout):
+            return
+    except (OSError, ValueError) as err:
+        raise ConnectionError(f"no Ray cluster reachable at {address}: {err}") from None
+
+
+def ray_init_kwargs(address: str | None, max_concurrent: int) -> dict[str, Any]:
+    """``ray.init``'s arguments: join ``address``; else, inside a Ray Job (whose supervisor sets
+    ``RAY_ADDRESS``) or wherever a user set it, join that cluster as a plain ``ray.init()``
+    does; else start an isolated local instance bound to 127.0.0.1 with the driver slots, and
+    without Ray Train's preemption watcher: one machine has no node to be drained, and in Ray
+    2.60 the watcher prints an error-level ``core_worker.cc`` line for every trial."""
+    if address:
+        return {"address": address, "log_to_driver": True}
+    if os.environ.get("RAY_ADDRESS"):
+        return {"log_to_driver": True}
+    return {
+        "address": "local",
+        "_node_ip_address": "127.0.0.1",
+        "resources": {DRIVER_RESOURCE: max_concurrent},
+        "include_dashboard": True,
+        "dashboard_host": "127.0.0.1",
+        "runtime_env": LOCAL_RUNTIME_ENV,
+    }
+
+
+def start_ray(address: str | None, max_concurrent: int) -> None:
+    """Connect to Ray as :func:`ray_init_kwargs` says (nothing when already connected)."""
+    import ray
+
+    if ray.is_initialized():
+        return
+    check_ray_address(address)
+    kwargs = ray_init_kwargs(address, max_concurrent)
+    if "address" not in kwargs:
+        log.info("joining the Ray cluster at RAY_ADDRESS=%s", os.environ["RAY_ADDRESS"])
+    ray.init(**kwargs)

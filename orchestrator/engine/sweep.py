@@ -1,0 +1,138 @@
+"""The sweep: its MLflow parent run, the Tuner's search (:mod:`orchestrator.tune.tuner`), the
+scoring of its best trials on the evaluation sets, and its summary.
+
+``run_sweep`` starts one; ``resume_sweep`` continues one from its Tune folder, with the same
+MLflow parent and trial runs.
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+from dataclasses import replace
+from pathlib import Path
+
+from ray import tune
+
+from orchestrator.engine.evaluate import evaluate_rows
+from orchestrator.objective import OBJECTIVE
+from orchestrator.reports.sweep_summary import (
+    grid_heatmap,
+    rebuild_study,
+    record,
+    study_plots,
+    summary_metrics,
+)
+from orchestrator.settings import SweepSettings
+from orchestrator.tracking import TUNE_DIR_TAG, SweepRun, Tracking
+from orchestrator.tune.scheduling import Rungs, decision_epochs
+from orchestrator.tune.searcher import check_searcher, label
+from orchestrator.tune.tuner import build_tuner, trainable
+from search_spaces import SearchSpace
+
+log = logging.getLogger(__name__)
+
+
+def _start_parent(settings: SweepSettings, searcher: str) -> tuple[SweepRun, SweepSettings]:
+    """The sweep's MLflow parent run (created once, found again by name on ``resume``), tagged
+    with the sweep's Tune folder (``confirm`` reads the settings saved there), and the settings
+    that now hold its tracking target."""
+    params = {
+        "space": Path(settings.space_path).name,
+        "num_samples": settings.num_samples,
+        "scheduler": settings.scheduler,
+        "metric": settings.metric,
+        "mode": settings.mode,
+        "workers_per_trial": settings.workers_per_trial,
+        "gpus_per_trial": settings.gpus_per_trial,
+        "seed": settings.seed,
+    }
+    parent = Tracking(settings.tracking).start_sweep(
+        settings.name,
+        searcher=searcher,
+        params=params,
+        tags={},
+        space_text=Path(settings.space_path).read_text(),
+    )
+    parent.tag(TUNE_DIR_TAG, f"{settings.tune_dir}/{settings.name}")
+    return parent, replace(settings, tracking=parent.target)
+
+
+def evaluate_top(settings: SweepSettings) -> dict[str, str]:
+    """Score the sweep's best ``eval_top_k`` finished trials (by its objective) on the
+    evaluation sets, concurrently, each with its trial's resources; sets a trial already has
+    are skipped. Returns trial id -> error for those that could not be evaluated."""
+    k = settings.eval_top_k
+    if k == 0:
+        return {}
+    tracking = Tracking(settings.target)
+    rows = tracking.best(OBJECTIVE, settings.mode, k or 10**6, settings.target.parent_run_id)
+    return evaluate_rows(tracking, rows)
+
+
+def summarise(settings: SweepSettings, space: SearchSpace | None) -> dict[str, float]:
+    """Log the sweep's summary on its parent run (see :mod:`orchestrator.reports.
+    sweep_summary`): the metrics, Optuna's study plots and, for a grid over temperatures, its
+    heatmap, under ``plots/``. Returns the metrics."""
+    tracking = Tracking(settings.target)
+    records = [record(r) for r in tracking.trial_runs()]
+    metrics = summary_metrics(records, settings.mode)
+    study = rebuild_study(records, settings.mode, space.study_distributions() if space else None)
+    with tempfile.TemporaryDirectory(prefix="supcon-summary-") as tmp:
+        files, skipped = study_plots(study, Path(tmp), OBJECTIVE)
+        if space is not None and space.is_grid:  # TPE's temperatures are not a grid's axis
+            heatmap = grid_heatmap(
+                records, Path(tmp) / "grid_heatmap.png", OBJECTIVE, settings.mode
+            )
+            files += [heatmap] if heatmap else []
+        tracking.log_summary(settings.target.parent_run_id, metrics, files, "plots")
+    for name, why in skipped.items():
+        log.info("sweep %s: no %s plot (%s)", settings.name, name, why)
+    return metrics
+
+
+def _tracked_fit(
+    parent: SweepRun, tuner: tune.Tuner, settings: SweepSettings, space: SearchSpace | None
+) -> tuple[tune.ResultGrid, dict[str, str]]:
+    """Run the search, score its best trials on the evaluation sets and log the summary; the
+    parent run ends FINISHED (FAILED when a trial failed), or KILLED when interrupted."""
+    try:
+        results = tuner.fit()
+        failures = evaluate_top(settings)
+        summarise(settings, space)
+    except BaseException:
+        parent.finish("KILLED")
+        raise
+    parent.tag("supcon.eval_failures", str(len(failures)))
+    parent.finish("FINISHED" if not results.errors else "FAILED")
+    return results, failures
+
+
+def run_sweep(
+    space: SearchSpace, settings: SweepSettings, rungs: Rungs | None = None
+) -> tuple[SweepSettings, tune.ResultGrid, dict[str, str]]:
+    """Start the sweep's parent run, save the settings (with their tracking target) beside the
+    Tune experiment, run it (ASHA's first rung at ``rungs``) and score its best trials. Returns
+    those settings, Tune's results and the trials whose evaluation failed (trial id -> error)."""
+    settings = replace(
+        settings,
+        decision_epochs=decision_epochs(settings.scheduler, rungs),
+        searcher=check_searcher(settings.searcher or None, space),
+    )
+    parent, settings = _start_parent(settings, label(settings.searcher))
+    settings.save()
+    return settings, *_tracked_fit(parent, build_tuner(space, settings, rungs), settings, space)
+
+
+def resume_sweep(
+    folder: str, settings: SweepSettings, space: SearchSpace | None = None
+) -> tuple[SweepSettings, tune.ResultGrid, dict[str, str]]:
+    """``Tuner.restore``: finished trials stay, unfinished and errored ones restart from their
+    checkpoints (their Train runs resume by name), the searcher continues from its state, and
+    the same MLflow parent and trial runs continue; then the best trials are scored (sets
+    already scored are not scored again)."""
+    parent, settings = _start_parent(settings, settings.target.searcher)
+    tuner = tune.Tuner.restore(
+        folder, trainable=trainable(settings), resume_unfinished=True, resume_errored=True
+    )
+    return settings, *_tracked_fit(parent, tuner, settings, space)

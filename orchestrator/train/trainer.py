@@ -1,0 +1,96 @@
+"""A trial's Ray Train run: its worker group and its ``TorchTrainer``, shared by the sweep's
+trials, ``trial --ray``, ``confirm``'s reruns and the evaluations (:mod:`orchestrator.train.
+evaluator`)."""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+import ray
+from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, ScalingConfig
+from ray.train.torch import TorchConfig, TorchTrainer
+
+from orchestrator.settings import SweepSettings, TrialResources, TrialSpec
+from orchestrator.storage import prune_unregistered_checkpoints
+from orchestrator.train.worker import SPEC_KEY, train_worker
+
+log = logging.getLogger(__name__)
+
+
+def scaling(resources: TrialResources, placement: str = "PACK") -> ScalingConfig:
+    """The worker group of a trial (or of its evaluation): ``resources.workers`` DDP ranks with
+    their CPUs and an equal share of the trial's GPUs."""
+    per_worker = {"CPU": resources.cpus_per_worker}
+    if resources.gpus:
+        per_worker["GPU"] = resources.gpus / resources.workers
+    return ScalingConfig(
+        num_workers=resources.workers,
+        use_gpu=bool(resources.gpus),
+        resources_per_worker=per_worker,
+        placement_strategy=placement,
+    )
+
+
+def torch_trainer(
+    settings: SweepSettings,
+    trial_id: str,
+    params: dict[str, Any],
+    callbacks: list,
+    *,
+    with_eval: bool,
+    corpora_checked: bool,
+    run_tags: dict[str, str] | None = None,
+    decisions: Any = None,
+) -> TorchTrainer:
+    """The Ray Train run of one trial, named after it so that a rerun resumes from its storage.
+    ``corpora_checked``: the driver checked the corpora's files, so the workers do not.
+    ``run_tags``: set on the trial's MLflow run when it is created. ``decisions``: where the
+    workers learn Tune's decision at ``settings.decision_epochs`` (None: they never wait).
+
+    Storage keeps one reported checkpoint (Ray deletes the older one as each new one lands):
+    the latest, which holds the best weights too, is all that resume needs.
+    """
+    spec = TrialSpec(
+        base=settings.base,
+        params=params,
+        trial_id=trial_id,
+        trials_dir=settings.trials_dir,
+        models_dir=settings.models_dir,
+        tracking=settings.target,
+        resources=settings.resources,
+        driver_started=time.time(),
+        with_eval=with_eval,
+        objective=settings.objective,
+        corpora_checked=corpora_checked,
+        run_tags=run_tags or {},
+        verbose=settings.verbose,
+        decisions=decisions,
+        decision_epochs=settings.decision_epochs if decisions is not None else (),
+    )
+    return TorchTrainer(
+        train_worker,
+        # Ray Train wants a dict here (it exports it as the run's state); it holds the one spec.
+        train_loop_config={SPEC_KEY: spec},
+        scaling_config=scaling(settings.resources, settings.placement),
+        torch_config=TorchConfig(backend="nccl" if settings.gpus_per_trial else "gloo"),
+        run_config=ray.train.RunConfig(
+            name=trial_id,
+            storage_path=settings.train_dir,
+            callbacks=callbacks,
+            failure_config=FailureConfig(max_failures=settings.max_failures),
+            checkpoint_config=CheckpointConfig(num_to_keep=1),
+            # Ray Train's own lines ("Reporting training result ...", per rank per report)
+            # bury Tune's table: warnings only, unless --verbose.
+            logging_config=LoggingConfig(log_level="INFO" if settings.verbose else "WARNING"),
+        ),
+    )
+
+
+def fit_trial(trainer: TorchTrainer, settings: SweepSettings, trial_id: str) -> None:
+    """Run the trial's Train run; then drop the checkpoints a dead worker group left behind."""
+    trainer.fit()
+    stale = prune_unregistered_checkpoints(f"{settings.train_dir}/{trial_id}")
+    if stale:
+        log.info("trial %s: deleted %d unregistered checkpoint(s)", trial_id, len(stale))

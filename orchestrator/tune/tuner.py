@@ -1,0 +1,176 @@
+"""The Tune side of a sweep: the trial driver Tune runs, what of its reports Tune sees, the
+callbacks that print and close trials, the ASHA scheduler and the Tuner.
+
+Each Tune trial is a small function trainable (the trial's driver, holding no CPU) that launches
+one ``TorchTrainer`` (:mod:`orchestrator.train.trainer`) and relays its per-epoch reports to
+Tune (:mod:`orchestrator.train.decisions`), so the searcher and the ASHA scheduler see every
+epoch, and at ASHA's rungs the workers learn Tune's decision before they start the next epoch.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from ray import tune
+from ray.tune.schedulers import ASHAScheduler
+from ray.tune.search import ConcurrencyLimiter
+from ray.util.queue import Queue
+
+from orchestrator.objective import OBJECTIVE
+from orchestrator.settings import SweepSettings, TrackingTarget
+from orchestrator.tracking import Tracking
+from orchestrator.tracking.store import STOPPED_EARLY
+from orchestrator.train.decisions import Decisions, ForwardReports, relay
+from orchestrator.train.resources import DRIVER_RESOURCE
+from orchestrator.train.trainer import fit_trial, torch_trainer
+from orchestrator.tune.scheduling import Rungs, run_order
+from orchestrator.tune.searcher import check_searcher, search_algorithm
+from search_spaces import SearchSpace
+
+GRID_KEY = "grid_point"
+
+
+# What a Tune result holds, in this order: Tune's progress table shows the first four, so the
+# objective, the epoch, the dev loss and the queue's fill; everything else is in MLflow.
+TUNE_KEYS = (
+    OBJECTIVE,
+    "epoch",
+    "encoder/dev/loss",
+    "encoder/train/queue_fill",
+    "encoder/dev/eer",
+    "classifier/dev/eer",
+    "step",
+)
+
+
+def objective_report(metric: str) -> Callable[[dict[str, Any]], dict[str, Any] | None]:
+    """Which reports reach Tune, and what of them: those that carry the sweep's objective
+    (:data:`OBJECTIVE`), every epoch's for a per-epoch metric, only the final one for an
+    end-of-trial metric, so Tune's strict metric check holds for every result and the searcher
+    is told each trial's value once it exists. Each holds :data:`TUNE_KEYS` and ``metric``."""
+    keys = (*TUNE_KEYS, metric) if metric not in TUNE_KEYS else TUNE_KEYS
+
+    def keep(metrics: dict[str, Any]) -> dict[str, Any] | None:
+        if OBJECTIVE not in metrics:
+            return None
+        return {k: metrics[k] for k in keys if k in metrics}
+
+    return keep
+
+
+def _trial_driver(config: dict[str, Any], settings: SweepSettings) -> None:
+    """One Tune trial: its TorchTrainer, each objective-carrying report relayed to Tune by this
+    driver, which tells the workers Tune's decision at the ASHA rungs
+    (:mod:`orchestrator.train.decisions`)."""
+    params = config.get(GRID_KEY, config)
+    trial_id = tune.get_context().get_trial_id()
+    results = Queue(actor_options={"num_cpus": 0})
+    decisions = Decisions.remote() if settings.decision_epochs else None
+    callbacks = [ForwardReports(results, objective_report(settings.metric))]
+    trainer = torch_trainer(
+        settings,
+        trial_id,
+        params,
+        callbacks,
+        with_eval=False,
+        corpora_checked=True,
+        decisions=decisions,
+    )
+    relay(
+        lambda: fit_trial(trainer, settings, trial_id), results, decisions, settings.decision_epochs
+    )
+
+
+class TrialLines(tune.Callback):
+    """One line per trial that ends: its id, params, objective, how it ended, its wall time."""
+
+    def _print(self, trial, status: str) -> None:
+        result = trial.last_result or {}
+        config = trial.config.get(GRID_KEY, trial.config)
+        params = " ".join(f"{k}={v}" for k, v in config.items())
+        value = result.get(OBJECTIVE)
+        shown = f"{value:.4g}" if isinstance(value, float) else "-"
+        wall = result.get("time_total_s", 0.0)
+        print(f"trial {trial.trial_id} {status}: {params}  {OBJECTIVE}={shown}  {wall:.0f} s")
+
+    def on_trial_complete(self, iteration, trials, trial, **info) -> None:
+        finished = "classifier/dev/eer" in (trial.last_result or {})
+        self._print(trial, "finished" if finished else "stopped early")
+
+    def on_trial_error(self, iteration, trials, trial, **info) -> None:
+        self._print(trial, "FAILED")
+
+
+class CloseTrialRuns(tune.Callback):
+    """Marks a trial's MLflow run when Tune ends the trial from outside its workers: KILLED for a
+    trial stopped early by ASHA (its workers stop at the rung and leave the run to this, or are
+    torn down first), FAILED for an errored one. Runs the workers finished themselves are not
+    touched, and the workers do not change a run this closed."""
+
+    def __init__(self, target: TrackingTarget) -> None:
+        self.tracking = Tracking(target)
+
+    def _close(self, trial, status: str, reason: str) -> None:
+        self.tracking.close_trial(trial.trial_id, status, reason)
+
+    def on_trial_complete(self, iteration, trials, trial, **info) -> None:
+        self._close(trial, "KILLED", STOPPED_EARLY)
+
+    def on_trial_error(self, iteration, trials, trial, **info) -> None:
+        self._close(trial, "FAILED", "trial errored")
+
+
+def trainable(settings: SweepSettings) -> Callable[..., Any]:
+    """The Tune trainable: the trial driver with no CPU of its own and one driver slot."""
+    fn = tune.with_parameters(_trial_driver, settings=settings)
+    return tune.with_resources(fn, {"CPU": 0, DRIVER_RESOURCE: 1})
+
+
+def _scheduler(s: SweepSettings, rungs: Rungs | None) -> ASHAScheduler | None:
+    """ASHA with its first rung after the space's queues have run (None when it could stop
+    nothing, or with ``--scheduler none``)."""
+    if s.scheduler != "asha" or rungs is None or not rungs.stops:
+        return None
+    return ASHAScheduler(
+        time_attr="epoch", max_t=s.base.stage1.epochs, grace_period=rungs.grace, reduction_factor=2
+    )
+
+
+def tune_config(
+    space: SearchSpace, s: SweepSettings, rungs: Rungs | None
+) -> tuple[dict, tune.TuneConfig]:
+    """The Tuner's param space and config: a grid's points in :func:`~orchestrator.tune.
+    scheduling.run_order`, or the named searcher's suggestions (:mod:`orchestrator.tune.
+    searcher`). Tune selects on :data:`OBJECTIVE` (the sweep's metric, summarised per trial),
+    which the searcher, the scheduler and Tune's strict metric check all read."""
+    common = {
+        "metric": OBJECTIVE,
+        "mode": s.mode,
+        "scheduler": _scheduler(s, rungs),
+        "max_concurrent_trials": s.max_concurrent,
+    }
+    searcher = check_searcher(s.searcher or None, space)
+    algorithm = search_algorithm(searcher, space, OBJECTIVE, s.mode, s.seed)
+    if algorithm is None:
+        param_space = {GRID_KEY: tune.grid_search(run_order(space, s.scheduler, rungs, s.seed))}
+        return param_space, tune.TuneConfig(num_samples=1, **common)
+    limited = ConcurrencyLimiter(algorithm, max_concurrent=s.max_concurrent)
+    return {}, tune.TuneConfig(num_samples=s.num_samples, search_alg=limited, **common)
+
+
+def build_tuner(
+    space: SearchSpace, settings: SweepSettings, rungs: Rungs | None = None
+) -> tune.Tuner:
+    param_space, config = tune_config(space, settings, rungs)
+    return tune.Tuner(
+        trainable(settings),
+        param_space=param_space,
+        tune_config=config,
+        run_config=tune.RunConfig(
+            name=settings.name,
+            storage_path=settings.tune_dir,
+            callbacks=[CloseTrialRuns(settings.target), TrialLines()],
+            verbose=2 if settings.verbose else 1,
+        ),
+    )
