@@ -19,12 +19,8 @@ import time
 
 import numpy as np
 
-from trainer.metrics import (
-    bootstrap_eer_ci,
-    bootstrap_eers,
-    compute_eer,
-    paired_bootstrap_delta,
-)
+from trainer.bootstrap import bootstrap_eer_ci, bootstrap_eers, paired_bootstrap_delta
+from trainer.metrics import compute_eer
 
 # ASVspoof 2021 DF eval: about 600,000 trials of which about 25,000 bona fide.
 BONAFIDE_SHARE = 25 / 600

@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from trainer import checkpoint
+from trainer.bootstrap import bootstrap_eer_ci
 from trainer.breakdown import breakdown, headline
 from trainer.config import TrainerConfig, load_config, to_yaml
 from trainer.data.corpora import CorpusSplit
@@ -29,16 +30,15 @@ from trainer.embed import embed
 from trainer.memory import resolve_eval_batch
 from trainer.metrics import (
     SetResult,
-    bootstrap_eer_ci,
     class_scores,
     compute_eer,
     evaluate,
     pooled_all,
     pooled_mean,
-    write_scores,
 )
 from trainer.model import SupConModel
 from trainer.runtime import Runtime, loader_workers
+from trainer.scores import write_scores
 from trainer.stage2 import freeze
 
 MODEL_DIR = "model"
@@ -210,7 +210,7 @@ class SetScores:
 
     def write(self, folder: Path) -> Path:
         """The score file ``folder/<set>.tsv`` of every row scored (see
-        :func:`trainer.metrics.write_scores`; an ASVspoof 2021 row's key holds its subset)."""
+        :func:`trainer.scores.write_scores`; an ASVspoof 2021 row's key holds its subset)."""
         folder.mkdir(parents=True, exist_ok=True)
         return write_scores(folder / f"{self.name}.tsv", self.split.utterances, self.scores)
 

@@ -26,11 +26,12 @@ from trainer.evaluate import (
     embed_split,
     pooled_metrics,
 )
-from trainer.metrics import class_scores, write_scores
+from trainer.metrics import class_scores
 from trainer.model import SupConModel
 from trainer.plots import curves_plot, det_plot
 from trainer.reporting import JsonlReporter, Reporter
 from trainer.runtime import Runtime, setup
+from trainer.scores import write_scores
 from trainer.stage1 import Progress, Stage1
 from trainer.stage2 import Stage2Result, freeze, train_classifier
 

@@ -51,7 +51,7 @@ from orchestrator.train.trainer import fit_trial, torch_trainer
 from trainer.config import config_from_params
 from trainer.data.corpora import read_corpus
 from trainer.data.records import Utterance
-from trainer.metrics import read_scores
+from trainer.scores import read_scores
 
 log = logging.getLogger(__name__)
 

@@ -21,9 +21,9 @@ from typing import Any
 import numpy as np
 
 from orchestrator.reports.stats import Comparison, Interval, compare, deviations, interval
+from trainer.bootstrap import bootstrap_eers
 from trainer.data.records import Utterance
 from trainer.evaluate import speaker_groups
-from trainer.metrics import bootstrap_eers
 
 STATS = ("mean", "std", "min", "max")
 SHOWN_PARAMS = ("loss.similarity", "loss.temperature", "queue.size", "queue.start_epoch")

@@ -5,15 +5,15 @@ import math
 import numpy as np
 import pytest
 
-from trainer.metrics import (
+from trainer.bootstrap import (
     PairedDelta,
     bootstrap_eer_ci,
     bootstrap_eers,
-    compute_eer,
     eer_of_resamples,
     paired_bootstrap_delta,
     percentile_interval,
 )
+from trainer.metrics import compute_eer
 
 
 def _gaussian(rng: np.random.Generator, n_t: int, n_s: int, mu: float = 2.0):

@@ -20,10 +20,10 @@ from trainer.cli import main
 from trainer.config import load_config
 from trainer.data.corpora import read_corpus
 from trainer.evaluate import MODEL_FILES, ModelNotFoundError, load_model
-from trainer.metrics import read_scores
 from trainer.reporting import EPOCH_METRICS, FINAL_METRICS
 from trainer.run import prepare_trial, run_trial
 from trainer.runtime import setup
+from trainer.scores import read_scores
 
 
 def test_cli_trial_writes_everything(synth_root: Path, tmp_path: Path, capsys) -> None:
