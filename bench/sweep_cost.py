@@ -24,7 +24,7 @@ from trainer.config import load_config
 from trainer.evaluate import FinalModel
 from trainer.model import SupConModel, count_parameters
 from trainer.queue import CrossBatchQueue
-from trainer.stage1 import build_optimizer
+from trainer.step import build_optimizer
 
 TRAIN, DEV = 25_380, 24_844  # ASVspoof 2019 LA train and dev clips
 TEST = {"asv19": 71_237, "itw": 31_779, "asv21la": 181_566, "asv21df": 611_829}  # all trials

@@ -4,7 +4,7 @@ Cases, interleaved in one process on one model and batch (each its own copy of t
 
 - ``before``: the step as it was on 2026-11-26 (gradient checkpointing on, the all-ones
   attention mask passed to the encoder, foreach AdamW, a host sync every step);
-- ``ours``: the trainer's defaults (``trainer.stage1.Stepper``: checkpointing ``auto``, SDPA
+- ``ours``: the trainer's defaults (``trainer.step.Stepper``: checkpointing ``auto``, SDPA
   attention without a mask for unpadded batches, fused AdamW on CUDA, a sync every 50 steps);
 - ``plain``: forward, in-batch SupCon written out, backward, AdamW, with the same attention
   and checkpointing as ``ours``: what any loop would cost (ours / plain is the overhead);
@@ -50,7 +50,7 @@ from trainer.memory import resolve_checkpointing, resolve_eval_batch
 from trainer.model import SupConModel
 from trainer.queue import CrossBatchQueue
 from trainer.runtime import Runtime
-from trainer.stage1 import LossWatch, Stepper, build_optimizer, build_schedule
+from trainer.step import LossWatch, Stepper, build_optimizer, build_schedule
 
 # Dense peak TFLOP/s by name fragment (bf16, tf32); MFU is reported against these.
 PEAKS = {"H100": (989.0, 494.0), "H200": (989.0, 494.0), "A100": (312.0, 156.0)}

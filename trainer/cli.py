@@ -100,7 +100,7 @@ def _run_trial(cfg: TrainerConfig, local_default: bool, out: Path) -> int:
     from trainer import distributed
     from trainer.model import ModelLoadError
     from trainer.run import run_trial
-    from trainer.stage1 import NonFiniteLossError
+    from trainer.step import NonFiniteLossError
 
     try:
         if local_default:

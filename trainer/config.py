@@ -6,12 +6,10 @@ Unknown keys, wrong types and impossible combinations fail at load time, naming 
 from __future__ import annotations
 
 import copy
-import hashlib
-import json
 import re
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -19,6 +17,12 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from trainer.data.config import CropConfig, DatasetConfig, RawBoostConfig, SamplerConfig
 
 CONFIG_DIR = Path(__file__).parent / "configs"
+
+# The loss variants, named once: the config validates against them, and the loss
+# (:mod:`trainer.loss`) and the loss step (:class:`trainer.contrastive.LossSpec`) dispatch on them.
+Similarity = Literal["cosine", "angular"]
+Contrast = Literal["local", "global"]
+SameLabel = Literal["exclude", "negative", "positive"]
 
 
 class _Strict(BaseModel):
@@ -84,9 +88,9 @@ class LossConfig(_Strict):
     each rank's anchors with the batch gathered from every rank, ``local`` with this rank's own
     batch only (the authors' DDP code). The queue, when on, is global either way."""
 
-    similarity: Literal["cosine", "angular"] = "cosine"
+    similarity: Similarity = "cosine"
     temperature: float = Field(default=0.3, gt=0.0)
-    contrast: Literal["local", "global"] = "global"
+    contrast: Contrast = "global"
 
 
 class QueueConfig(_Strict):
@@ -104,7 +108,7 @@ class QueueConfig(_Strict):
     size: int = Field(default=0, ge=0)
     start_epoch: int = Field(default=0, ge=0)
     start_step: int = Field(default=0, ge=0)
-    same_label: Literal["exclude", "negative", "positive"] = "exclude"
+    same_label: SameLabel = "exclude"
 
 
 class DataConfig(_Strict):
@@ -285,8 +289,8 @@ def load_config(
 # naming the new key; configs this project stored (model folders, MLflow params, saved sweeps,
 # checkpoints) are read through upgrade_stored.
 RENAMED = {
-    "queue.positives": "queue.same_label: exclude | negative | positive (positives: false was "
-    "'negative', true was 'positive'; the authors' loss is 'exclude')",
+    "queue.positives": f"queue.same_label: {' | '.join(get_args(SameLabel))} (positives: false "
+    "was 'negative', true was 'positive'; the authors' loss is 'exclude')",
 }
 
 
@@ -376,48 +380,3 @@ def resolve_roots(cfg: TrainerConfig) -> TrainerConfig:
     roots = {"data.train.root": data.train.root, "data.dev.root": data.dev.root}
     roots |= {f"data.eval.{name}.root": ds.root for name, ds in data.eval.items()}
     return apply_overrides(cfg, {k: Path(v).expanduser().resolve() for k, v in roots.items()})
-
-
-# Keys that change how a run runs, not what it trains and measures: runs that differ only in
-# them are one configuration (the world size counts, through config_id's own argument).
-RUNTIME_ONLY = frozenset(
-    {
-        "model.gradient_checkpointing",
-        "model.attention",
-        "data.eval_batch_size",
-        "data.num_workers",
-        "runtime.device",
-        "runtime.threads",
-        "runtime.progress",
-        "runtime.resume_world_size",
-        "runtime.world_size",
-        "runtime.compile",
-        "runtime.adamw",
-        "runtime.sync_every",
-        "runtime.gpu_memory_fraction",
-    }
-)
-
-
-def method_keys(cfg: TrainerConfig) -> dict[str, Any]:
-    """The flattened config without its seed, the :data:`RUNTIME_ONLY` keys and the corpus
-    roots (where the same corpus lives differs between machines): the method and what it is
-    measured on."""
-    return {
-        k: v
-        for k, v in flatten(cfg).items()
-        if k != "seed"
-        and k not in RUNTIME_ONLY
-        and not (k.startswith("data.") and k.endswith(".root"))
-    }
-
-
-def config_id(cfg: TrainerConfig, world_size: int) -> str:
-    """A stable 12-hex-digit id of ``cfg``'s method (:func:`method_keys`) run on
-    ``world_size`` ranks (the global batch and the epoch's length depend on it): runs of one
-    configuration under different seeds, threads or machines share it. A SHA-256 of the keys
-    as sorted JSON, so it depends neither on the Python version, the host nor the order the
-    keys were set in."""
-    leaves = {**method_keys(cfg), "world_size": int(world_size)}
-    text = json.dumps(leaves, sort_keys=True, separators=(",", ":"), default=str)
-    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:12]

@@ -8,11 +8,13 @@ batch, plus queue entries) and says where each anchor sits in it.
 from __future__ import annotations
 
 import math
-from typing import Literal
+from typing import get_args
 
 import torch
 
-Similarity = Literal["cosine", "angular"]
+from trainer.config import Similarity
+
+SIMILARITIES: tuple[Similarity, ...] = get_args(Similarity)
 
 # acos has an infinite derivative at +-1. Clamping keeps it finite: an entry at the bound gets a
 # zero gradient from the clamp instead of inf (inf * 0 from a later mask is still NaN).
@@ -39,8 +41,9 @@ def pairwise_similarity(a: torch.Tensor, b: torch.Tensor, similarity: Similarity
     sizes, (B, N, D) = (16, 8k, 256), that costs nothing measurable on a GPU; CPU float32 matmuls
     are plain IEEE float32 and stay in float32.
     """
-    if similarity not in ("cosine", "angular"):
-        raise ValueError(f"similarity must be 'cosine' or 'angular', got {similarity!r}")
+    if similarity not in SIMILARITIES:
+        allowed = " or ".join(map(repr, SIMILARITIES))
+        raise ValueError(f"similarity must be {allowed}, got {similarity!r}")
     with torch.autocast(device_type=a.device.type, enabled=False):
         exact = _exact_matmul_dtype(a.device)
         cos = (a.to(exact) @ b.to(exact).T).float()  # (B, N)

@@ -16,36 +16,27 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch.profiler import record_function
+from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from trainer import checkpoint, distributed
 from trainer.config import ConfigError, TrainerConfig
-from trainer.contrastive import contrastive_step
+from trainer.contrastive import LossSpec
 from trainer.data.corpora import CorpusSplit
 from trainer.data.dataset import AudioDataset, make_loader
 from trainer.data.rawboost import RawBoost
 from trainer.data.records import Utterance
 from trainer.data.sampler import BalancedBatchSampler, balanced_subset
 from trainer.embed import embed
-from trainer.loss import supcon_loss
 from trainer.memory import resolve_checkpointing, resolve_eval_batch
 from trainer.metrics import compute_eer
-from trainer.model import SupConModel, padding_mask
+from trainer.model import SupConModel
 from trainer.queue import CrossBatchQueue
 from trainer.reporting import Reporter
-from trainer.runtime import Runtime, adamw_options, loader_workers
+from trainer.runtime import Runtime, loader_workers
+from trainer.step import LossWatch, NonFiniteLossError, Stepper, build_optimizer, build_schedule
 
 log = logging.getLogger(__name__)
-
-
-class NonFiniteLossError(RuntimeError):
-    """The loss became NaN or inf at global step ``step``; the trial must fail visibly, not
-    continue silently."""
-
-    def __init__(self, message: str, step: int) -> None:
-        super().__init__(message)
-        self.step = step
 
 
 @dataclass
@@ -84,37 +75,6 @@ class Stage1Result:
     stopped: bool = False  # the orchestrator stopped the trial after the last epoch
 
 
-def build_optimizer(cfg: TrainerConfig, model: SupConModel) -> torch.optim.AdamW:
-    """AdamW over two groups: encoder at ``stage1.lr_encoder``, head at ``stage1.lr_head``; the
-    implementation (fused, foreach, for-loop) from ``runtime.adamw`` for the model's device."""
-    s1 = cfg.stage1
-    groups = [
-        {"params": list(model.encoder_parameters()), "lr": s1.lr_encoder},
-        {"params": list(model.head_parameters()), "lr": s1.lr_head},
-    ]
-    device = next(model.parameters()).device
-    options = adamw_options(cfg.runtime.adamw, device)
-    return torch.optim.AdamW(groups, weight_decay=s1.weight_decay, **options)
-
-
-def build_schedule(
-    cfg: TrainerConfig, optimizer: torch.optim.Optimizer, total_steps: int
-) -> torch.optim.lr_scheduler.LambdaLR:
-    """Per-step LR factor: linear warm-up over ``stage1.warmup_steps``, then constant or a cosine
-    decay to 0 at ``total_steps``."""
-    warmup, kind = cfg.stage1.warmup_steps, cfg.stage1.schedule
-
-    def factor(step: int) -> float:
-        if warmup and step < warmup:
-            return (step + 1) / warmup
-        if kind == "cosine":
-            span = max(1, total_steps - warmup)
-            return 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warmup) / span)))
-        return 1.0
-
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
-
-
 def dev_supcon_loss(z: torch.Tensor, labels: torch.Tensor, cfg: TrainerConfig) -> float:
     """Mean in-batch SupCon loss (no queue) over fixed, class-balanced batches of the dev set.
 
@@ -128,8 +88,9 @@ def dev_supcon_loss(z: torch.Tensor, labels: torch.Tensor, cfg: TrainerConfig) -
     clips are left out (like the authors' epoch, one pass over the bona fide). So the value
     depends on neither the epoch nor the world size, and both classes are in every batch.
 
-    Reduction: the plain mean of the per-batch SupCon losses (:func:`supcon_loss`, Khosla et al.
-    2020, arXiv:2004.11362).
+    Reduction: the plain mean of the per-batch SupCon losses (:func:`trainer.loss.supcon_loss`
+    with the config's similarity and temperature, through :class:`LossSpec`; Khosla et al. 2020,
+    arXiv:2004.11362).
     """
     is_bona = labels.cpu() == 1  # (N,)
     pools = torch.nonzero(is_bona).flatten(), torch.nonzero(~is_bona).flatten()
@@ -146,118 +107,12 @@ def dev_supcon_loss(z: torch.Tensor, labels: torch.Tensor, cfg: TrainerConfig) -
         columns.append(drawn[: n_batches * share].view(n_batches, share))
     batches = torch.cat(columns, dim=1).to(z.device)  # (n_batches, bona + spoof per batch)
     self_index = torch.arange(batches.shape[1], device=z.device)
+    spec = LossSpec.from_config(cfg)
     losses = [
-        supcon_loss(
-            z[batch],
-            labels[batch],
-            z[batch],
-            labels[batch],
-            self_index,
-            similarity=cfg.loss.similarity,
-            temperature=cfg.loss.temperature,
-        )
+        spec.supcon(z[batch], labels[batch], z[batch], labels[batch], self_index)
         for batch in batches
     ]  # n_batches scalars
     return float(torch.stack(losses).mean())
-
-
-class LossWatch:
-    """This rank's step losses, kept on the device and checked every ``every`` steps.
-
-    A check is one host sync and one all-reduce: it raises :class:`NonFiniteLossError` naming
-    the first step at which any rank's loss was NaN or inf, and otherwise returns the checked
-    losses as floats. Between checks nothing waits for the device, so the host keeps queueing
-    work; the steps after a non-finite loss (at most ``every - 1``) are wasted, not hidden.
-    Every rank must add and check at the same steps (the all-reduce is a collective).
-    """
-
-    def __init__(self, every: int) -> None:
-        self.every = every
-        self.losses: list[torch.Tensor] = []  # 0-d device tensors
-        self.first_step = 0
-
-    def add(self, loss: torch.Tensor, step: int) -> list[float]:
-        """Record ``loss`` (0-d, detached) of global step ``step``; check when ``every`` are
-        pending. Returns the losses checked now ([] when none)."""
-        if not self.losses:
-            self.first_step = step
-        self.losses.append(loss)
-        return self.check() if len(self.losses) >= self.every else []
-
-    def check(self) -> list[float]:
-        if not self.losses:
-            return []
-        losses = torch.stack(self.losses).float()  # (n,)
-        n = len(self.losses)
-        bad = ~torch.isfinite(losses)
-        first = torch.where(bad.any(), bad.float().argmax(), torch.tensor(n, device=bad.device))
-        first = int(distributed.all_reduce_min(first))
-        values = losses.tolist()
-        self.losses = []
-        if first < n:
-            step = self.first_step + first
-            value = values[first] if not math.isfinite(values[first]) else "not finite on a rank"
-            raise NonFiniteLossError(f"stage 1 loss is {value}", step)
-        return values
-
-
-class Stepper:
-    """One stage-1 optimisation step: forward, SupCon (local or gathered batch, + queue),
-    backward, clip, AdamW, then enqueue the gathered batch. The benchmark times exactly this.
-
-    Nothing in a step waits for the device (:class:`LossWatch` checks the losses); the
-    ``stage1/*`` profiler ranges name its parts in a ``torch.profiler`` trace.
-    """
-
-    def __init__(
-        self,
-        cfg: TrainerConfig,
-        rt: Runtime,
-        model: SupConModel,
-        optimizer: torch.optim.Optimizer,
-        scheduler: torch.optim.lr_scheduler.LRScheduler,
-        queue: CrossBatchQueue,
-    ) -> None:
-        self.cfg, self.rt, self.model = cfg, rt, model
-        self.optimizer, self.scheduler, self.queue = optimizer, scheduler, queue
-        self.ddp = distributed.wrap_ddp(model, rt.device)
-        self.clip_params = list(model.head_parameters())
-        if cfg.stage1.grad_clip_scope == "all":
-            self.clip_params += list(model.encoder_parameters())
-
-    def __call__(
-        self, batch: dict[str, torch.Tensor], *, use_queue: bool
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Returns (this rank's loss, detached, 0-d on the device; its embeddings (B, D))."""
-        cfg, device = self.cfg, self.rt.device
-        wave = batch["waveform"].to(device, non_blocking=True)  # (B, T)
-        mask = padding_mask(batch["attention_mask"], device)  # (B, T) or None
-        labels = batch["label"].to(device, non_blocking=True)  # (B,)
-        with record_function("stage1/forward"), self.rt.autocast():
-            z = self.ddp(wave, mask)  # (B, D)
-        with record_function("stage1/loss"):
-            loss, gathered_z, gathered_labels = contrastive_step(
-                z,
-                labels,
-                self.queue,
-                similarity=cfg.loss.similarity,
-                temperature=cfg.loss.temperature,
-                use_queue=use_queue,
-                same_label=cfg.queue.same_label,
-                contrast=cfg.loss.contrast,
-            )
-        with record_function("stage1/backward"):
-            self.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-        with record_function("stage1/optimizer"):
-            if cfg.stage1.grad_clip is not None:
-                torch.nn.utils.clip_grad_norm_(self.clip_params, cfg.stage1.grad_clip)
-            self.optimizer.step()
-            self.scheduler.step()
-        if use_queue:
-            with record_function("stage1/enqueue"):
-                self.queue.enqueue(gathered_z, gathered_labels)
-        return loss.detach(), z.detach()
 
 
 def _monitor_clips(dev: CorpusSplit, cfg: TrainerConfig) -> list[Utterance]:
@@ -292,7 +147,21 @@ class Stage1:
         self.monitor = _monitor_clips(dev, cfg)
         self.ckpt_dir = out_dir / "checkpoints" / "last"
         self.reporter = reporter
-        self.sampler = BalancedBatchSampler(
+        self.sampler = self._build_sampler(train)
+        self.workers = loader_workers(cfg.data.num_workers, cfg.runtime, rt.device)
+        self.loader = self._build_loader(train)
+        self.eval_batch = self._prepare_model()
+        self.optimizer = build_optimizer(cfg, model)
+        self.scheduler = build_schedule(cfg, self.optimizer, cfg.stage1.epochs * len(self.sampler))
+        self.queue = CrossBatchQueue(cfg.queue.size, cfg.model.embedding_dim, device=rt.device)
+        self.stepper = Stepper(cfg, rt, model, self.optimizer, self.scheduler, self.queue)
+
+    # --- setup -------------------------------------------------------------------------------
+
+    def _build_sampler(self, train: CorpusSplit) -> BalancedBatchSampler:
+        """This rank's class-balanced batches of ``train``; the epoch's shape is logged once."""
+        cfg = self.cfg
+        sampler = BalancedBatchSampler(
             [u.is_bonafide for u in train.utterances],
             cfg.data.sampler,
             world_size=distributed.world_size(),
@@ -305,10 +174,15 @@ class Stage1:
                 "rank(s); the epoch's length depends on the world size",
                 cfg.data.sampler.epoch,
                 ", overridden by batches_per_epoch" if cfg.data.sampler.batches_per_epoch else "",
-                len(self.sampler),
+                len(sampler),
                 cfg.data.sampler.batch_size,
                 distributed.world_size(),
             )
+        return sampler
+
+    def _build_loader(self, train: CorpusSplit) -> DataLoader:
+        """The training loader over :attr:`sampler`'s batches: training crop, RawBoost if on."""
+        cfg = self.cfg
         augment = RawBoost(cfg.data.rawboost) if cfg.data.rawboost.algo else None
         dataset = AudioDataset(
             train.utterances,
@@ -317,27 +191,26 @@ class Stage1:
             seed=cfg.seed,
             mask=cfg.data.attention_mask,
         )
-        self.workers = loader_workers(cfg.data.num_workers, cfg.runtime, rt.device)
-        self.loader = make_loader(
+        return make_loader(
             dataset,
             batch_sampler=self.sampler,
             num_workers=self.workers,
             seed=cfg.seed,
             world_rank=distributed.world_rank(),
-            pin_memory=rt.device.type == "cuda",
+            pin_memory=self.rt.device.type == "cuda",
             pad_multiple=cfg.data.pad_multiple,
         )
-        # Both before DDP wraps the model: the probes run it alone.
-        resolve_checkpointing(cfg, model, rt)
-        self.eval_batch = resolve_eval_batch(cfg, model, rt)
+
+    def _prepare_model(self) -> int:
+        """Resolve gradient checkpointing and the evaluation batch (each may probe the GPU with
+        the model alone, so before DDP wraps it), then compile if asked; returns the batch."""
+        cfg, model = self.cfg, self.model
+        resolve_checkpointing(cfg, model, self.rt)
+        eval_batch = resolve_eval_batch(cfg, model, self.rt)
         if cfg.runtime.compile:
             # In place: the state dict keeps its keys, so checkpoints do not depend on it.
             model.encoder.compile()
-        self.optimizer = build_optimizer(cfg, model)
-        total_steps = cfg.stage1.epochs * len(self.sampler)
-        self.scheduler = build_schedule(cfg, self.optimizer, total_steps)
-        self.queue = CrossBatchQueue(cfg.queue.size, cfg.model.embedding_dim, device=rt.device)
-        self.stepper = Stepper(cfg, rt, model, self.optimizer, self.scheduler, self.queue)
+        return eval_batch
 
     # --- checkpoints -------------------------------------------------------------------------
 
@@ -468,12 +341,9 @@ class Stage1:
     def _improved(self, metrics: dict[str, float], progress: Progress) -> bool:
         """Update the early-stopping state of ``progress``; whether this epoch is the best yet."""
         key = "encoder/dev/loss" if self.cfg.stage1.monitor == "dev_loss" else "encoder/dev/eer"
-        if metrics[key] < progress.best:
-            progress.best, progress.best_epoch, progress.bad_epochs = (
-                metrics[key],
-                progress.epoch,
-                0,
-            )
+        value = metrics[key]
+        if value < progress.best:
+            progress.best, progress.best_epoch, progress.bad_epochs = value, progress.epoch, 0
             return True
         progress.bad_epochs += 1
         return False

@@ -29,9 +29,9 @@ from trainer.config import (
     TrainerConfig,
     apply_overrides,
     config_from_params,
-    config_id,
     to_yaml,
 )
+from trainer.identity import config_id
 
 
 def find_experiment(client: MlflowClient, uri: str, experiment: str) -> str:
@@ -158,7 +158,7 @@ def reproducible_config(row: dict[str, Any]) -> TrainerConfig:
 
 
 def row_config_id(row: dict[str, Any]) -> str:
-    """The :func:`~trainer.config.config_id` of a :func:`query_best` row: its method (from its
+    """The :func:`~trainer.identity.config_id` of a :func:`query_best` row: its method (from its
     params) on its world size (its workers). Recomputed, so runs tagged by an older version,
     whose id hashed other keys, group with today's; a row without its resources keeps the
     ``supcon.config_id`` tag it has (or, without one, a config pinned to one rank)."""

@@ -370,7 +370,8 @@ def test_a_runs_configuration_id_is_recomputed_from_its_params_and_world_size() 
     import json as _json
 
     from orchestrator.tracking.query import row_config_id
-    from trainer.config import config_id, flatten, load_config
+    from trainer.config import flatten, load_config
+    from trainer.identity import config_id
 
     cfg = load_config()
     params = flatten(cfg)

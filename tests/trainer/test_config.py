@@ -11,11 +11,10 @@ from trainer.config import (
     ConfigError,
     apply_overrides,
     config_from_params,
-    config_id,
     flatten,
     load_config,
-    method_keys,
 )
+from trainer.identity import config_id, method_keys
 
 
 @pytest.mark.parametrize("name", ["local.yaml", "paper.yaml"])

@@ -9,7 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from trainer.contrastive import contrastive_step
+from trainer.contrastive import LossSpec, contrastive_step
 from trainer.queue import CrossBatchQueue
 
 
@@ -57,10 +57,8 @@ def test_each_reading_matches_a_per_anchor_loop(same_label: str, similarity: str
     queue.enqueue(queue_z.float(), queue_labels)
     z32 = z.float().requires_grad_()
     z64 = z.clone().requires_grad_()
-    kw = {"similarity": similarity, "temperature": 0.2}
-    loss, _, _ = contrastive_step(
-        z32, labels, queue, use_queue=True, same_label=same_label, contrast="local", **kw
-    )
+    spec = LossSpec(similarity, 0.2, contrast="local", same_label=same_label)
+    loss, _, _ = contrastive_step(z32, labels, queue, spec, use_queue=True)
     ref = _reference(z64, labels, queue_z, queue_labels, same_label, similarity, 0.2)
     loss.backward()
     ref.backward()
@@ -72,11 +70,12 @@ def test_the_three_readings_differ():
     z, labels, queue_z, queue_labels = _inputs(seed=4)
     queue = CrossBatchQueue(len(queue_z), z.shape[1])
     queue.enqueue(queue_z.float(), queue_labels)
-    kw = {"similarity": "cosine", "temperature": 0.2, "use_queue": True}
-    values = [
-        float(contrastive_step(z.float(), labels, queue, same_label=mode, **kw)[0])
-        for mode in ("exclude", "negative", "positive")
-    ]
+
+    def loss_of(mode: str) -> float:
+        spec = LossSpec("cosine", 0.2, same_label=mode)
+        return float(contrastive_step(z.float(), labels, queue, spec, use_queue=True)[0])
+
+    values = [loss_of(mode) for mode in ("exclude", "negative", "positive")]
     assert len({round(v, 4) for v in values}) == 3
 
 
@@ -87,10 +86,8 @@ def test_an_unknown_reading_is_refused():
             z.float(),
             labels,
             CrossBatchQueue(0, 8),
-            similarity="cosine",
-            temperature=0.2,
+            LossSpec("cosine", 0.2, same_label="ignore"),  # type: ignore[arg-type]
             use_queue=True,
-            same_label="ignore",
         )
 
 
@@ -140,11 +137,12 @@ def test_the_rebuilt_regime_has_the_logged_cosines():
 
 def test_only_exclude_gives_the_loss_the_authors_logged():
     z, labels, queue = _logged_regime()
-    kw = {"similarity": "cosine", "temperature": TAU, "use_queue": True, "contrast": "local"}
-    loss = {
-        mode: float(contrastive_step(z, labels, queue, same_label=mode, **kw)[0])
-        for mode in ("exclude", "negative", "positive")
-    }
+
+    def loss_of(mode: str) -> float:
+        spec = LossSpec("cosine", TAU, contrast="local", same_label=mode)
+        return float(contrastive_step(z, labels, queue, spec, use_queue=True)[0])
+
+    loss = {mode: loss_of(mode) for mode in ("exclude", "negative", "positive")}
     low, high = LOGGED_LOSS
     # Every cosine at its logged mean is a lower bound of the real batch's loss (Jensen: the
     # spread of the cosines only raises the log-sum-exp), hence a little room below the log.

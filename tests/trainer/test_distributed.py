@@ -19,7 +19,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from tests.helpers import free_port, gloo_rank
 from trainer import distributed
-from trainer.contrastive import contrastive_step
+from trainer.contrastive import LossSpec, contrastive_step
 from trainer.loss import supcon_loss
 from trainer.queue import CrossBatchQueue
 
@@ -50,6 +50,7 @@ def _train(variant: str, world_rank: int, world_size: int) -> dict[str, Any]:
     queue is filled every step and read from step 1 on. Returns this rank's per-step losses and
     gradients, and the queue."""
     similarity, temperature, same_label, contrast = VARIANTS[variant]
+    spec = LossSpec(similarity, temperature, contrast=contrast, same_label=same_label)
     torch.manual_seed(0)
     model = torch.nn.Linear(16, 8)
     net = distributed.wrap_ddp(model, torch.device("cpu"))
@@ -63,14 +64,7 @@ def _train(variant: str, world_rank: int, world_size: int) -> dict[str, Any]:
         x, labels = _global_batch(step)
         z = F.normalize(net(x[rows]), dim=1)  # (B, 8)
         loss, gathered_z, gathered_labels = contrastive_step(
-            z,
-            labels[rows],
-            queue,
-            similarity=similarity,
-            temperature=temperature,
-            use_queue=step >= 1,
-            same_label=same_label,
-            contrast=contrast,
+            z, labels[rows], queue, spec, use_queue=step >= 1
         )
         optimizer.zero_grad()
         loss.backward()
@@ -295,16 +289,14 @@ def test_one_process_step_is_supcon_on_batch_plus_queue(mode: str):
     queue_z, queue_labels = queue.contents()
     kw = {"similarity": "cosine", "temperature": 0.2}
     for same_label in ("positive", "negative", "exclude"):
-        loss, gathered_z, gathered_labels = contrastive_step(
-            z, labels, queue, use_queue=True, same_label=same_label, contrast=mode, **kw
-        )
+        spec = LossSpec(**kw, contrast=mode, same_label=same_label)
+        loss, gathered_z, gathered_labels = contrastive_step(z, labels, queue, spec, use_queue=True)
         expected = _shard_loss(z, labels, queue_z, queue_labels, same_label=same_label, **kw)
         torch.testing.assert_close(loss, expected, atol=1e-6, rtol=0)
         assert torch.equal(gathered_z, z) and torch.equal(gathered_labels, labels)
     assert len(queue) == 5  # read, not filled
-    off, _, _ = contrastive_step(
-        z, labels, queue, use_queue=False, same_label="positive", contrast=mode, **kw
-    )
+    spec = LossSpec(**kw, contrast=mode, same_label="positive")
+    off, _, _ = contrastive_step(z, labels, queue, spec, use_queue=False)
     torch.testing.assert_close(off, supcon_loss(z, labels, z, labels, torch.arange(6), **kw))
 
 
@@ -315,11 +307,14 @@ def test_local_contrast_skips_the_gather_with_gradient(monkeypatch: pytest.Monke
     monkeypatch.setattr(distributed, "gather_with_grad", no_gather_with_grad)
     z = F.normalize(torch.randn(4, 3, requires_grad=True), dim=1)
     labels = torch.tensor([0, 1, 0, 1])
-    kw = {"similarity": "cosine", "temperature": 0.2, "use_queue": False, "same_label": "exclude"}
-    loss, gathered_z, _ = contrastive_step(z, labels, CrossBatchQueue(0, 3), contrast="local", **kw)
+    kw = {"similarity": "cosine", "temperature": 0.2, "same_label": "exclude"}
+    local = LossSpec(**kw, contrast="local")
+    loss, gathered_z, _ = contrastive_step(z, labels, CrossBatchQueue(0, 3), local, use_queue=False)
     loss.backward()
     assert not gathered_z.requires_grad
     with pytest.raises(AssertionError, match="must not gather"):
-        contrastive_step(z, labels, CrossBatchQueue(0, 3), contrast="global", **kw)
+        spec = LossSpec(**kw, contrast="global")
+        contrastive_step(z, labels, CrossBatchQueue(0, 3), spec, use_queue=False)
     with pytest.raises(ValueError, match="contrast must be 'local' or 'global'"):
-        contrastive_step(z, labels, CrossBatchQueue(0, 3), contrast="both", **kw)
+        spec = LossSpec(**kw, contrast="both")
+        contrastive_step(z, labels, CrossBatchQueue(0, 3), spec, use_queue=False)

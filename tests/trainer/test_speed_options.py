@@ -22,7 +22,7 @@ from trainer.memory import (
 from trainer.model import SupConModel, padding_mask
 from trainer.queue import CrossBatchQueue
 from trainer.runtime import Runtime, adamw_options, loader_workers
-from trainer.stage1 import LossWatch, NonFiniteLossError, Stepper, build_optimizer, build_schedule
+from trainer.step import LossWatch, NonFiniteLossError, Stepper, build_optimizer, build_schedule
 
 CPU = torch.device("cpu")
 SR = 16000

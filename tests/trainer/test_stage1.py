@@ -13,7 +13,7 @@ import torch.multiprocessing as mp
 import torch.nn.functional as F
 
 from tests.helpers import free_port, gloo_rank
-from trainer import distributed, stage1
+from trainer import contrastive, distributed, stage1
 from trainer.config import TrainerConfig, load_config
 from trainer.loss import supcon_loss
 
@@ -66,7 +66,7 @@ def _batches_seen(
         seen.append((anchors[:, None, :] == z[None]).all(-1).int().argmax(1))  # (B,)
         return supcon_loss(anchors, anchor_labels, contrast, contrast_labels, self_index, **kw)
 
-    monkeypatch.setattr(stage1, "supcon_loss", spy)
+    monkeypatch.setattr(contrastive, "supcon_loss", spy)
     return stage1.dev_supcon_loss(z, labels, cfg), seen
 
 
