@@ -47,7 +47,7 @@ from orchestrator.tracking import (
 )
 from orchestrator.tracking.sweeps import SweepRef
 from orchestrator.train.resources import DRIVER_RESOURCE, moved_share
-from orchestrator.train.trainer import fit_trial, torch_trainer
+from orchestrator.train.trainer import failure_line, fit_trial, torch_trainer
 from trainer.config import config_from_params
 from trainer.data.corpora import read_corpus
 from trainer.data.records import Utterance
@@ -172,8 +172,7 @@ def _run_job(
     try:
         fit_trial(trainer, settings, job.trial_id)
     except TrainingFailedError as err:
-        lines = [line for line in str(err).splitlines() if line.strip()]
-        return lines[-1] if lines else type(err).__name__
+        return failure_line(err)
     return None
 
 

@@ -18,9 +18,9 @@ import ray
 from ray.train import FailureConfig, TrainingFailedError
 from ray.train.torch import TorchConfig, TorchTrainer
 
-from orchestrator.train.evaluation import JOB_KEY, EvalJob, run_job
+from orchestrator.train.evaluation import JOB_KEY, EvalJob, SetFailedError, run_job
 from orchestrator.train.resources import DRIVER_RESOURCE
-from orchestrator.train.trainer import scaling
+from orchestrator.train.trainer import failure_line, scaling
 
 
 def eval_worker(config: dict[str, EvalJob]) -> None:
@@ -46,21 +46,12 @@ def _evaluator(job: EvalJob) -> TorchTrainer:
     )
 
 
-def _cause(err: TrainingFailedError) -> str:
-    """The worker's own error line (the failing set), not Ray's traceback around it."""
-    failures = getattr(err, "worker_failures", None) or {0: err}
-    text = str(next(iter(failures.values())))
-    lines = [line.strip() for line in text.splitlines() if line.strip()]
-    named = [line for line in lines if "SetFailedError" in line]
-    return (named or lines or [type(err).__name__])[-1]
-
-
 @ray.remote(num_cpus=0, resources={DRIVER_RESOURCE: 1})
 def _evaluate(job: EvalJob) -> str | None:
     try:
         _evaluator(job).fit()
     except TrainingFailedError as err:
-        return _cause(err)
+        return failure_line(err, SetFailedError.__name__)
     return None
 
 

@@ -88,6 +88,17 @@ def torch_trainer(
     )
 
 
+def failure_line(err: Exception, marker: str | None = None) -> str:
+    """The failed worker's own error line, not Ray's traceback around it: the last line of
+    the first worker failure that names ``marker`` (the failing evaluation set), else its last
+    line."""
+    failures = getattr(err, "worker_failures", None) or {0: err}
+    text = str(next(iter(failures.values())))
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    named = [line for line in lines if marker and marker in line]
+    return (named or lines or [type(err).__name__])[-1]
+
+
 def fit_trial(trainer: TorchTrainer, settings: SweepSettings, trial_id: str) -> None:
     """Run the trial's Train run; then drop the checkpoints a dead worker group left behind."""
     trainer.fit()
