@@ -20,8 +20,10 @@ sweep: $(STAMP)
 	$(BIN)/supcon-sweep sweep --space search_spaces/default.yaml --num-samples 4 \
 		--max-concurrent 1 --workers-per-trial 2 --out $(OUT)
 
+# Everything CI runs: the Ray tier and the Ray-free tier side by side (tests/run_tiers.py),
+# then the 25 slowest tests of both.
 test: $(STAMP)
-	$(BIN)/python -m pytest
+	$(BIN)/python -m tests.run_tiers
 
 # The tests that need no Ray, no cluster, no multi-process DDP and no slow subprocess trial
 # (the kill-and-resume test): under 2 minutes on 2 cores.

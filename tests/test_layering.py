@@ -354,6 +354,7 @@ _BLOCK_AND_IMPORT = textwrap.dedent(
 )
 
 
+@pytest.mark.slow
 def test_trainer_imports_without_ray_optuna_mlflow() -> None:
     modules = [
         m.name

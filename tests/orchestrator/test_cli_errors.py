@@ -129,6 +129,7 @@ def test_an_end_of_trial_metric_is_accepted_without_asha(tmp_path: Path) -> None
     assert check_objective("encoder/dev/loss", "min", "asha").per_epoch
 
 
+@pytest.mark.slow
 def test_no_ray_at_address_is_a_clear_error(tmp_path: Path) -> None:
     done = subprocess.run(
         [

@@ -64,6 +64,7 @@ def quiet_env(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 @pytest.mark.usefixtures("quiet_env")
+@pytest.mark.slow
 def test_only_rank_0_writes_to_mlflow(tmp_path: Path) -> None:
     spec = _spec(tmp_path)
     (parent,) = _runs(spec)

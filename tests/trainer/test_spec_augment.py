@@ -222,6 +222,7 @@ def two_ranks(tmp_path_factory: pytest.TempPathFactory) -> list[dict[str, Any]]:
 
 
 @pytest.mark.dist
+@pytest.mark.slow
 def test_ddp_trains_in_step_when_a_rank_masks_nothing(two_ranks) -> None:
     fixed = [rank["fixed"] for rank in two_ranks]
     assert torch.equal(fixed[0]["params"], fixed[1]["params"])

@@ -187,6 +187,7 @@ def test_non_finite_loss_fails_the_trial(
 
 
 @pytest.mark.dist
+@pytest.mark.slow
 def test_torchrun_two_processes(synth_root: Path, tmp_path: Path) -> None:
     """The same trial as DDP over 2 gloo processes; rank 0 alone writes the outputs."""
     out = tmp_path / "ddp"

@@ -67,6 +67,7 @@ def _spectral_stats(wave: np.ndarray) -> np.ndarray:
     return torch.cat([log_mag.mean(1), log_mag.std(1), flux]).numpy()
 
 
+@pytest.mark.slow
 def test_artefact_is_learnable_and_eval_sets_are_harder(synth_root: Path) -> None:
     """A linear model on frame statistics, trained on train, separates dev; unseen attacks and
     channels make the evaluation sets harder on average, as on the real benchmark."""
@@ -127,6 +128,7 @@ def test_the_local_default_scores_every_set_on_100_clips_per_class() -> None:
     assert all(counts[(rel, label)] >= 100 for rel in scored for label in ("bonafide", "spoof"))
 
 
+@pytest.mark.slow
 def test_the_artifact_knob_leaves_part_of_the_natural_wave_in_a_spoof() -> None:
     """At artifact 0.5 a spoof is half natural, half vocoded: it correlates with the natural
     utterance far more than the fully vocoded spoof (artifact 1.0, the micro corpus) does."""
@@ -175,6 +177,7 @@ def test_a_failed_generation_leaves_nothing(tmp_path: Path, monkeypatch) -> None
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.slow
 def test_a_clip_failing_in_a_worker_process_leaves_nothing(tmp_path: Path, monkeypatch) -> None:
     real_plan = synth.plan
 
@@ -189,6 +192,7 @@ def test_a_clip_failing_in_a_worker_process_leaves_nothing(tmp_path: Path, monke
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.slow
 def test_the_files_do_not_depend_on_the_number_of_processes(
     synth_root: Path, tmp_path: Path
 ) -> None:
