@@ -66,9 +66,11 @@ def micro(synth_root: Path, epochs: int = 3) -> list[str]:
     ]
 
 
-def sweep_args(out: Path, synth_root: Path, *extra: str) -> list[str]:
-    """``supcon-sweep sweep`` arguments for the 2-trial smoke sweep, 2 gloo workers per trial,
-    no test-set scoring afterwards (``extra`` may ask for it: the last ``--eval-top-k`` wins)."""
+def sweep_args(out: Path, synth_root: Path, *extra: str, workers: int = 2) -> list[str]:
+    """``supcon-sweep sweep`` arguments for the 2-trial smoke sweep, ``workers`` gloo workers
+    per trial (2: DDP; 1 where DDP is not what a test checks: a Train worker costs seconds to
+    start), no test-set scoring afterwards (``extra`` may ask for it: the last
+    ``--eval-top-k`` wins)."""
     return [
         "sweep",
         "--space",
@@ -76,9 +78,9 @@ def sweep_args(out: Path, synth_root: Path, *extra: str) -> list[str]:
         "--out",
         str(out),
         "--workers-per-trial",
-        "2",
+        str(workers),
         "--cpus-per-worker",
-        "0.5",
+        str(1.0 / workers),
         "--max-concurrent",
         "2",
         "--scheduler",

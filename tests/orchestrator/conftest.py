@@ -37,7 +37,8 @@ def ray_session():
 @pytest.fixture(scope="session")
 def smoke_sweep(ray_session, synth_root: Path, tmp_path_factory) -> Path:
     """``OUT`` of the 2-trial smoke sweep (2 gloo workers per trial), its best trial alone
-    scored on the evaluation sets (``--eval-top-k 1``); shared by the sweep and evaluate tests.
+    scored on the evaluation sets (``--eval-top-k 1``); shared by the sweep, evaluate and
+    confirm tests (the confirm tests rerun its best trial into the same store).
 
     The evaluate tests score the other trial later, so what the sweep itself logged is kept in
     ``OUT/after_sweep.json``: trial run id -> its metric keys when the sweep ended."""

@@ -1,6 +1,6 @@
-"""``supcon-sweep confirm`` on a real smoke sweep: Ray Train reruns under new seeds, MLflow
-runs and tags, aggregated metrics, an interrupted confirmation finished by running it again;
-``best --by-config``; ``best --export`` reproducing a 2-worker trial."""
+"""``supcon-sweep confirm`` on the session's smoke sweep: Ray Train reruns under new seeds,
+MLflow runs and tags, aggregated metrics, an interrupted confirmation finished by running it
+again; ``best --by-config``; ``best --export`` reproducing a 2-worker trial."""
 
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ from orchestrator.cli import main
 from orchestrator.settings import DEFAULT_EXPERIMENT
 from orchestrator.tracking import Tracking
 from orchestrator.tracking.query import row_config_id
-from tests.helpers import sweep_args, wait_for
+from tests.helpers import wait_for
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 ROOT = Path(__file__).resolve().parents[2]
@@ -28,11 +28,10 @@ KEYS = [f"eval/{s}/eer" for s in SETS] + ["eval/pooled_mean/eer", "eval/pooled_a
 
 
 @pytest.fixture(scope="module")
-def sweep_out(ray_session, synth_root: Path, tmp_path_factory) -> Path:
-    """A 2-trial smoke sweep of 2 epochs, its best trial scored on the test sets."""
-    out = tmp_path_factory.mktemp("confirm")
-    assert main([*sweep_args(out, synth_root, "--eval-top-k", "1"), "stage1.epochs=2"]) == 0
-    return out
+def sweep_out(smoke_sweep: Path) -> Path:
+    """The session's smoke sweep (2 trials, 2 workers each, its best trial scored on the test
+    sets), which the sweep and evaluate tests read too: they look at the sweep's own runs."""
+    return smoke_sweep
 
 
 def _client(out: Path) -> MlflowClient:

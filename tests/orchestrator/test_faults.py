@@ -97,7 +97,7 @@ def test_killed_driver_resumes_without_duplicate_runs(ray_session, synth_root: P
     address = ray_session.get_runtime_context().gcs_address
     env = {**os.environ, "RAY_AUTH_MODE": os.environ.get("RAY_AUTH_MODE", "token")}
     args = [
-        *sweep_args(tmp_path, synth_root, "--address", address, "--max-concurrent", "1"),
+        *sweep_args(tmp_path, synth_root, "--address", address, "--max-concurrent", "1", workers=1),
         "stage1.epochs=4",
     ]
     cmd = [sys.executable, "-m", "orchestrator.cli", *args]

@@ -45,7 +45,8 @@ def _sweep(out: Path, synth_root: Path, space: str, *extra: str) -> int:
     out.mkdir(parents=True, exist_ok=True)
     path.write_text(space)
     argv = ["sweep", "--space", str(path), "--out", str(out), "--name", "s", "--seed", "3"]
-    argv += ["--workers-per-trial", "2", "--cpus-per-worker", "0.5", "--max-concurrent", "1"]
+    # One Train worker per trial: the objective and the rungs are the subject here, not DDP.
+    argv += ["--workers-per-trial", "1", "--cpus-per-worker", "1", "--max-concurrent", "1"]
     argv += ["--eval-top-k", "0", *extra, *micro(synth_root, EPOCHS)]
     return main(argv)
 

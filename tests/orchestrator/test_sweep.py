@@ -1,6 +1,7 @@
 """Real sweeps on a local Ray instance: Optuna/grid over Ray Train DDP trials, MLflow tracking.
 
-Each starts Ray Train runs of 2 gloo workers: tens of seconds to minutes apiece."""
+Each starts Ray Train runs (2 gloo workers for the smoke sweep, whose single MLflow writer is
+rank 0; 1 where DDP is not the subject): tens of seconds to minutes apiece."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from mlflow.tracking import MlflowClient
 
 from orchestrator.cli import main
 from orchestrator.settings import DEFAULT_EXPERIMENT
-from orchestrator.tracking import Tracking
+from orchestrator.tracking import CONFIRM_TAG, Tracking
 from tests.helpers import checkpoint_dirs, data_overrides, sweep_args
 from trainer.evaluate import MODEL_FILES
 
@@ -38,10 +39,19 @@ def _assert_one_point_per_epoch(client: MlflowClient, run_id: str, keys: list[st
         assert set(range(EPOCHS)) <= set(steps), f"{key} misses an epoch: {steps}"
 
 
+def _sweep_parents(runs: list) -> list:
+    """The sweeps' parent runs among ``runs`` (not a confirmation's: the confirm tests rerun
+    the smoke sweep's best trial into the same store)."""
+    return [r for r in runs if PARENT_TAG not in r.data.tags and CONFIRM_TAG not in r.data.tags]
+
+
 def _children(out: Path) -> list:
+    """The smoke sweep's trial runs."""
     client = MlflowClient(f"sqlite:///{out / 'mlflow.db'}")
     exp = client.get_experiment_by_name(DEFAULT_EXPERIMENT)
-    return [r for r in client.search_runs([exp.experiment_id]) if PARENT_TAG in r.data.tags]
+    runs = client.search_runs([exp.experiment_id])
+    (parent,) = _sweep_parents(runs)
+    return [r for r in runs if r.data.tags.get(PARENT_TAG) == parent.info.run_id]
 
 
 def test_sweep_tracks_parent_and_nested_trials(smoke_sweep: Path) -> None:
@@ -49,7 +59,7 @@ def test_sweep_tracks_parent_and_nested_trials(smoke_sweep: Path) -> None:
     client = MlflowClient(uri)
     exp = client.get_experiment_by_name(DEFAULT_EXPERIMENT)
     runs = client.search_runs([exp.experiment_id])
-    parents = [r for r in runs if PARENT_TAG not in r.data.tags]
+    parents = _sweep_parents(runs)
     children = [r for r in runs if r.data.tags.get(PARENT_TAG) == parents[0].info.run_id]
     assert len(parents) == 1 and len(children) == 2
     after_sweep = json.loads((smoke_sweep / "after_sweep.json").read_text())
@@ -79,7 +89,9 @@ def test_only_the_best_trial_is_scored_on_the_test_sets(smoke_sweep: Path) -> No
     none, but its final model is in storage for a later ``evaluate``."""
     uri = f"sqlite:///{smoke_sweep / 'mlflow.db'}"
     client = MlflowClient(uri)
-    (best,) = Tracking.at(uri, DEFAULT_EXPERIMENT).best("encoder/dev/eer", top=1)
+    (best,) = Tracking.at(uri, DEFAULT_EXPERIMENT).best(
+        "encoder/dev/eer", top=1, confirmations=False
+    )
     children = {r.info.run_id: r for r in _children(smoke_sweep)}
     tested = children.pop(best["run_id"])
     (untested,) = children.values()
@@ -111,7 +123,9 @@ def test_storage_keeps_one_checkpoint_per_trial(smoke_sweep: Path) -> None:
 
 def test_best_returns_the_lowest(smoke_sweep: Path, capsys) -> None:
     uri = f"sqlite:///{smoke_sweep / 'mlflow.db'}"
-    rows = Tracking.at(uri, DEFAULT_EXPERIMENT).best(metric="encoder/dev/eer", mode="min", top=2)
+    rows = Tracking.at(uri, DEFAULT_EXPERIMENT).best(
+        metric="encoder/dev/eer", mode="min", top=2, confirmations=False
+    )
     values = [r["metrics"]["encoder/dev/eer"] for r in rows]
     assert len(rows) == 2 and values == sorted(values)
     assert main(["best", "--out", str(smoke_sweep), "--json"]) == 0
@@ -132,7 +146,9 @@ def test_sweep_with_an_active_mlflow_run(
     ours = f"sqlite:///{tmp_path / 'mlflow.db'}"
     shared = tmp_path / "shared"  # --storage: Tune results and Train checkpoints go there
     with mlflow.start_run() as active:
-        args = sweep_args(tmp_path, synth_root, "--tracking-uri", ours, "--storage", str(shared))
+        args = sweep_args(
+            tmp_path, synth_root, "--tracking-uri", ours, "--storage", str(shared), workers=1
+        )
         assert main([*args, "stage1.epochs=1"]) == 0
         assert mlflow.active_run().info.run_id == active.info.run_id
     assert MlflowClient(mlflow.get_tracking_uri()).get_run(active.info.run_id).data.metrics == {}
@@ -173,7 +189,7 @@ def test_failing_trial_is_marked_failed_while_the_sweep_goes_on(
     other trial of the grid still finishes."""
     space = tmp_path / "space.yaml"
     space.write_text("loss.temperature: {grid: [1.0e-40, 0.3]}\n")
-    args = sweep_args(tmp_path, synth_root, "--max-failures", "0")
+    args = sweep_args(tmp_path, synth_root, "--max-failures", "0", workers=1)
     args[args.index("--space") + 1] = str(space)
     assert main([*args, "stage1.epochs=1"]) == 0
     client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
@@ -192,7 +208,7 @@ def test_a_sweep_in_which_every_trial_fails_exits_1(
     """The work ran and failed: exit status 1 (not 2, which says nothing ran)."""
     space = tmp_path / "space.yaml"
     space.write_text("loss.temperature: {grid: [1.0e-40]}\n")
-    args = sweep_args(tmp_path, synth_root, "--max-failures", "0")
+    args = sweep_args(tmp_path, synth_root, "--max-failures", "0", workers=1)
     args[args.index("--space") + 1] = str(space)
     assert main([*args, "stage1.epochs=1"]) == 1
     assert "every trial of sweep smoke failed" in capsys.readouterr().err
