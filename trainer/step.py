@@ -14,12 +14,13 @@ from torch.profiler import record_function
 from trainer import distributed
 from trainer.config import TrainerConfig
 from trainer.contrastive import LossSpec, contrastive_step
+from trainer.errors import PicklableError
 from trainer.model import SupConModel, padding_mask
 from trainer.queue import CrossBatchQueue
 from trainer.runtime import Runtime, adamw_options
 
 
-class NonFiniteLossError(RuntimeError):
+class NonFiniteLossError(PicklableError, RuntimeError):
     """The loss became NaN or inf at global step ``step``; the trial must fail visibly, not
     continue silently."""
 

@@ -5,8 +5,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
+from trainer.errors import PicklableError
 
-class CorpusError(ValueError):
+
+class CorpusError(PicklableError, ValueError):
     """A corpus cannot be used as configured (layout, protocol, labels, files)."""
 
 
