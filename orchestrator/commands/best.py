@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from orchestrator.commands.options import EXIT_STATUS, add_tracking_args, bad_input
+from orchestrator.commands.options import EXIT_STATUS, add_tracking_args, bad_input, whole
 from orchestrator.objective import OBJECTIVE
 from trainer.config import ConfigError
 
@@ -36,7 +36,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "experiment's sweeps selected on, as their searcher saw it)",
     )
     p.add_argument("--mode", choices=("min", "max"), help="min or max (default: the sweeps')")
-    p.add_argument("--top", type=int, default=5, help="how many trials (default 5)")
+    p.add_argument("--top", type=whole(1), default=5, help="how many trials (default 5)")
     p.add_argument("--json", action="store_true", help="print the runs as JSON")
     p.add_argument(
         "--by-config",

@@ -7,7 +7,7 @@ import json
 import sys
 from pathlib import Path
 
-from orchestrator.commands.options import EXIT_FAILED, EXIT_STATUS, bad_input
+from orchestrator.commands.options import EXIT_FAILED, EXIT_STATUS, bad_input, whole
 
 DEFAULT_FOLDER = Path("runs") / "cluster"
 _EPILOG = (
@@ -44,9 +44,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         default=DEFAULT_FOLDER,
         help=f"state, logs and the MLflow store (default {DEFAULT_FOLDER})",
     )
-    local.add_argument("--nodes", type=int, default=1, help="Ray nodes besides the head")
-    local.add_argument("--head-cpus", type=int, default=1, help="CPUs the head offers")
-    local.add_argument("--worker-cpus", type=int, default=1, help="CPUs each node offers")
+    local.add_argument("--nodes", type=whole(0), default=1, help="Ray nodes besides the head")
+    local.add_argument("--head-cpus", type=whole(1), default=1, help="CPUs the head offers")
+    local.add_argument("--worker-cpus", type=whole(1), default=1, help="CPUs each node offers")
     local.add_argument(
         "--drivers",
         type=int,

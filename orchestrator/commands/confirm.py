@@ -21,9 +21,11 @@ from orchestrator.commands.options import (
     EXIT_STATUS,
     add_ray_args,
     add_tracking_args,
+    amount,
     bad_input,
     preflight,
     storage_path,
+    whole,
 )
 from orchestrator.engine.session import check_ray_address
 from orchestrator.objective import OBJECTIVE
@@ -61,12 +63,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     which.add_argument("--sweep", help="the sweep's name (its MLflow parent run's supcon.sweep)")
     which.add_argument("--parent-run-id", help="the sweep's MLflow parent run id")
     p.add_argument(
-        "--top", type=int, default=3, help="how many configurations, best first (default 3)"
+        "--top", type=whole(1), default=3, help="how many configurations, best first (default 3)"
     )
     seeds = p.add_mutually_exclusive_group()
     seeds.add_argument(
         "--seeds",
-        type=int,
+        type=whole(1),
         default=3,
         help="new seeds per configuration (default 3): the sweep trial's seed + 1000, + 2000, "
         "... (a run's rank r seeds seed + r, so nearby seeds would share ranks' streams)",
@@ -82,14 +84,19 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--mode", choices=("min", "max"), help="min or max (default: the sweep's)")
     p.add_argument(
-        "--max-concurrent", type=int, default=1, help="reruns at once on the cluster (default 1)"
+        "--max-concurrent",
+        type=whole(1),
+        default=1,
+        help="reruns at once on the cluster (default 1)",
     )
     p.add_argument(
         "--workers-per-trial",
-        type=int,
+        type=whole(1),
         help="DDP ranks per rerun (default: the sweep's; another number changes the global batch)",
     )
-    p.add_argument("--gpus-per-trial", type=float, help="GPUs per rerun (default: the sweep's)")
+    p.add_argument(
+        "--gpus-per-trial", type=amount(zero=True), help="GPUs per rerun (default: the sweep's)"
+    )
     p.add_argument(
         "--storage",
         help="where the reruns' Train checkpoints and models go (default: the sweep's storage)",
@@ -101,7 +108,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "winner on the ranking metric, so its figures lean optimistic; for users short of "
         "compute). Default: fresh seeds only, the sweep trial shown apart",
     )
-    p.add_argument("--n-boot", type=int, default=1000, help="bootstrap resamples (default 1000)")
+    p.add_argument(
+        "--n-boot", type=whole(1), default=1000, help="bootstrap resamples (default 1000)"
+    )
     add_tracking_args(p)
     add_ray_args(p)
     p.set_defaults(handler=_confirm)
@@ -121,17 +130,6 @@ def _seed_list(text: str) -> list[int]:
             f"seed(s) {', '.join(map(str, repeated))} given more than once in {text!r}"
         )
     return seeds
-
-
-def _check(args: argparse.Namespace) -> None:
-    """ConfigError naming the first bad number."""
-    for name in ("top", "seeds", "max_concurrent", "n_boot"):
-        if getattr(args, name) < 1:
-            raise ConfigError(
-                f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}"
-            )
-    if args.workers_per_trial is not None and args.workers_per_trial < 1:
-        raise ConfigError(f"--workers-per-trial must be at least 1, got {args.workers_per_trial}")
 
 
 def _sweep_settings(sweep, out: Path) -> SweepSettings:
@@ -170,10 +168,6 @@ def _resources(args: argparse.Namespace, settings: SweepSettings) -> dict[str, A
 
 
 def _confirm(args: argparse.Namespace) -> int:
-    try:
-        _check(args)
-    except ConfigError as err:
-        return bad_input(err)
     from orchestrator.engine.confirm import ConfirmError, candidates
     from orchestrator.tracking import Tracking, TrackingError, check_reachable, resolve_tracking_uri
 

@@ -5,7 +5,9 @@ answer "bad input" before anything heavy is imported."""
 from __future__ import annotations
 
 import argparse
+import math
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 from orchestrator.settings import DEFAULT_EXPERIMENT
@@ -19,6 +21,7 @@ from trainer.reporting import EPOCH_METRICS, FINAL_METRICS
 
 DEFAULT_OUT = Path("runs")
 DEFAULT_JOB_SERVER = "http://127.0.0.1:8265"
+DEFAULT_NUM_SAMPLES = 8
 
 EXIT_STATUS = (
     "Exit status: 0 done; 1 the work ran and failed (a trial, a sweep in which every trial "
@@ -26,6 +29,38 @@ EXIT_STATUS = (
     "config, search space, an unknown experiment or run, a missing store, MLflow or Ray not "
     "reachable)."
 )
+
+
+def whole(minimum: int) -> Callable[[str], int]:
+    """An argparse ``type``: a whole number of at least ``minimum``. A bad value is refused by
+    argparse before anything starts (exit 2, naming the flag)."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be {minimum} or more, got {value}")
+        return value
+
+    return parse
+
+
+def amount(*, zero: bool) -> Callable[[str], float]:
+    """An argparse ``type``: a finite number above 0 (or 0 too, with ``zero``)."""
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+        if not math.isfinite(value) or value < 0 or (value == 0 and not zero):
+            bound = "0 or more" if zero else "more than 0"
+            raise argparse.ArgumentTypeError(f"must be {bound}, got {text}")
+        return value
+
+    return parse
 
 
 def add_tracking_args(parser: argparse._ActionsContainer, *, out: bool = True) -> None:
@@ -104,11 +139,11 @@ def add_sweep_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument(
         "--num-samples",
-        type=int,
-        default=8,
-        help="trials of tpe or random (a grid runs every point)",
+        type=whole(1),
+        help=f"trials of tpe or random (default {DEFAULT_NUM_SAMPLES}); a grid runs each of its "
+        "points once and ignores it, saying so",
     )
-    p.add_argument("--max-concurrent", type=int, default=1, help="trials running at once")
+    p.add_argument("--max-concurrent", type=whole(1), default=1, help="trials running at once")
     p.add_argument(
         "--scheduler",
         choices=("asha", "none"),
@@ -190,18 +225,20 @@ def eval_top_k(text: str) -> int | None:
 
 
 def add_trial_resources(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--workers-per-trial", type=int, default=2, help="Ray Train workers (DDP ranks)")
+    p.add_argument(
+        "--workers-per-trial", type=whole(1), default=2, help="Ray Train workers (DDP ranks)"
+    )
     p.add_argument(
         "--gpus-per-trial",
-        type=float,
+        type=amount(zero=True),
         default=0,
         help="GPUs per trial: one per worker, or a share (0.5, 0.25) of one GPU for a one-worker "
         "trial, packing 2 or 4 trials per GPU; 0 runs gloo on CPUs",
     )
-    p.add_argument("--cpus-per-worker", type=float, default=1.0)
+    p.add_argument("--cpus-per-worker", type=amount(zero=False), default=1.0)
     p.add_argument(
         "--max-failures",
-        type=int,
+        type=whole(0),
         default=2,
         help="worker-group restarts from the last checkpoint per trial",
     )

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from orchestrator.commands.options import (
+    DEFAULT_NUM_SAMPLES,
     EXIT_FAILED,
     EXIT_STATUS,
     add_dry_run,
@@ -86,6 +87,19 @@ def _validated(args: argparse.Namespace) -> tuple[TrainerConfig, SearchSpace]:
     return gpu_share(cfg, args.gpus_per_trial), space
 
 
+def _num_samples(asked: int | None, space: SearchSpace) -> int:
+    """``--num-samples`` for a sampled space; a grid runs each point once, so a number given
+    for one is ignored, and said to be."""
+    if space.is_grid and asked is not None:
+        points = len(space.grid_points())
+        print(
+            f"--num-samples {asked} ignored: {space.path} is a grid, each of its {points} "
+            "points runs once",
+            file=sys.stderr,
+        )
+    return asked or DEFAULT_NUM_SAMPLES
+
+
 def _settings(args: argparse.Namespace, cfg: TrainerConfig, space: SearchSpace) -> SweepSettings:
     """The sweep's settings (nothing is checked or created here)."""
     from orchestrator.settings import TrackingTarget
@@ -99,7 +113,7 @@ def _settings(args: argparse.Namespace, cfg: TrainerConfig, space: SearchSpace) 
         space_path=str(args.space.resolve()),
         metric=args.metric,
         mode=args.mode,
-        num_samples=args.num_samples,
+        num_samples=_num_samples(args.num_samples, space),
         max_concurrent=args.max_concurrent,
         scheduler=args.scheduler,
         workers_per_trial=args.workers_per_trial,

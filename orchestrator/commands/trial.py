@@ -14,7 +14,9 @@ from orchestrator.commands.options import (
     EXIT_STATUS,
     add_ray_args,
     add_tracking_args,
+    amount,
     bad_input,
+    whole,
 )
 from orchestrator.engine.session import check_ray_address
 from orchestrator.settings import SweepSettings, TrackingTarget, TrialResources
@@ -43,19 +45,19 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "--workers-per-trial",
         "--workers",
         dest="workers",
-        type=int,
+        type=whole(1),
         help="Ray Train workers (DDP ranks; default: the config's runtime.world_size, else 2)",
     )
     group.add_argument(
         "--gpus-per-trial",
         "--gpus",
         dest="gpus",
-        type=float,
+        type=amount(zero=True),
         default=0,
         help="GPUs for the trial: one per worker, or a share (0.5, 0.25) of one GPU for one "
         "worker (0: gloo on CPU)",
     )
-    group.add_argument("--cpus-per-worker", type=float, default=1.0)
+    group.add_argument("--cpus-per-worker", type=amount(zero=False), default=1.0)
     add_ray_args(group)
     add_tracking_args(group, out=False)
     trial.set_defaults(handler=run)

@@ -96,11 +96,29 @@ def artifact_root(out_dir: Path) -> str:
     return (Path(out_dir).resolve() / "mlartifacts").as_uri()
 
 
+def _check_scheme(uri: str) -> None:
+    """TrackingError naming the URI when MLflow (with its installed plugins) has no tracking
+    store for its scheme: found before Ray starts, not when the first trial logs."""
+    try:  # MLflow's registry of stores, plugins included; not a public module
+        from mlflow.tracking._tracking_service.utils import _tracking_store_registry as stores
+    except ImportError:
+        return
+    try:
+        stores.get_store_builder(uri)
+    except Exception:  # MLflow raises its own "unsupported URI" exception
+        known = ", ".join(sorted(k for k in getattr(stores, "_registry", {}) if k))
+        raise TrackingError(
+            f"--tracking-uri {safe_uri(uri)}: MLflow has no tracking store for the scheme "
+            f"{urlsplit(uri).scheme!r} (it knows: {known}; a plain path is a local folder)"
+        ) from None
+
+
 def check_reachable(uri: str, timeout: float = 5) -> None:
     """Fail fast, naming the URI, when an http(s) server does not answer or the SQLite folder
     cannot be created. One plain GET without retries (MLflow's client retries for minutes); any
     HTTP answer, even an error status or a TLS handshake, counts as reachable. Other schemes
-    (databricks, postgresql, ...) are not checked."""
+    (databricks, postgresql, ...) are not checked; a scheme MLflow has no store for is refused."""
+    _check_scheme(uri)
     parts = urlsplit(uri)
     if parts.scheme in ("http", "https"):
         netloc = parts.netloc.rpartition("@")[2]  # credentials are not needed for /health

@@ -121,6 +121,78 @@ def test_a_sweep_that_cannot_work_is_refused_before_any_trial(
     assert not (tmp_path / "mlflow.db").exists()  # no parent run, nothing half-written
 
 
+BAD_NUMBERS = [
+    (["sweep"], "--workers-per-trial", "0", "must be 1 or more, got 0"),
+    (["sweep"], "--workers-per-trial", "-2", "must be 1 or more, got -2"),
+    (["sweep"], "--cpus-per-worker", "0", "must be more than 0, got 0"),
+    (["sweep"], "--cpus-per-worker", "-1", "must be more than 0, got -1"),
+    (["sweep"], "--cpus-per-worker", "nan", "must be more than 0, got nan"),
+    (["sweep"], "--gpus-per-trial", "-1", "must be 0 or more, got -1"),
+    (["sweep"], "--max-concurrent", "0", "must be 1 or more, got 0"),
+    (["sweep"], "--max-failures", "-5", "must be 0 or more, got -5"),
+    (["sweep"], "--num-samples", "0", "must be 1 or more, got 0"),
+    (["sweep"], "--num-samples", "-3", "must be 1 or more, got -3"),
+    (["sweep"], "--num-samples", "2.5", "expected a whole number, got '2.5'"),
+    (["submit"], "--workers-per-trial", "0", "must be 1 or more, got 0"),
+    (["trial", "--ray"], "--workers-per-trial", "0", "must be 1 or more, got 0"),
+    (["trial", "--ray"], "--cpus-per-worker", "0", "must be more than 0, got 0"),
+    (["trial", "--ray"], "--gpus-per-trial", "inf", "must be 0 or more, got inf"),
+    (["best"], "--top", "0", "must be 1 or more, got 0"),
+    (["confirm", "--sweep", "s"], "--top", "0", "must be 1 or more, got 0"),
+    (["confirm", "--sweep", "s"], "--seeds", "0", "must be 1 or more, got 0"),
+    (["confirm", "--sweep", "s"], "--n-boot", "0", "must be 1 or more, got 0"),
+    (["confirm", "--sweep", "s"], "--max-concurrent", "-1", "must be 1 or more, got -1"),
+    (["confirm", "--sweep", "s"], "--workers-per-trial", "0", "must be 1 or more, got 0"),
+    (["confirm", "--sweep", "s"], "--gpus-per-trial", "-0.5", "must be 0 or more, got -0.5"),
+    (["cluster", "local", "up"], "--nodes", "-1", "must be 0 or more, got -1"),
+    (["cluster", "local", "up"], "--worker-cpus", "0", "must be 1 or more, got 0"),
+]
+
+
+@pytest.mark.parametrize(
+    ("command", "flag", "value", "said"),
+    BAD_NUMBERS,
+    ids=lambda x: " ".join(x) if isinstance(x, list) else x,
+)
+def test_every_numeric_flag_is_checked_before_anything_starts(
+    tmp_path: Path, capsys, command: list[str], flag: str, value: str, said: str
+) -> None:
+    """Exit 2 from argparse, naming the flag; before this, 0 workers or CPUs started Ray and
+    failed after ~40 s in tracebacks, and --max-concurrent 0 hung."""
+    import ray
+
+    with pytest.raises(SystemExit) as done:
+        main([*command, flag, value])
+    assert done.value.code == 2
+    err = capsys.readouterr().err
+    assert f"error: argument {flag}" in err and f": {said}" in err  # an alias may follow
+    assert not ray.is_initialized()
+
+
+def test_num_samples_on_a_grid_is_ignored_and_said_to_be(tmp_path: Path, capsys) -> None:
+    grid = ROOT / "search_spaces" / "paper_grid.yaml"
+    argv = ["sweep", "--space", str(grid), "--out", str(tmp_path), "--dry-run", "--json"]
+    assert main([*argv, "--no-data-check", "--num-samples", "3"]) == 0
+    captured = capsys.readouterr()
+    plan = json.loads(captured.out)
+    assert "--num-samples 3 ignored" in captured.err and "each of its" in captured.err
+    assert len(plan["trials"]) > 3  # every point still runs
+    assert main([*argv, "--no-data-check"]) == 0
+    assert "ignored" not in capsys.readouterr().err
+
+
+def test_a_tracking_uri_mlflow_has_no_store_for_is_refused_before_ray(
+    tmp_path: Path, capsys
+) -> None:
+    import ray
+
+    assert main(["sweep", "--out", str(tmp_path), "--tracking-uri", "foo://bar"]) == 2
+    err = capsys.readouterr().err
+    assert "--tracking-uri foo://bar: MLflow has no tracking store for the scheme 'foo'" in err
+    assert "sqlite" in err  # what it does know
+    assert not ray.is_initialized() and not (tmp_path / "mlflow.db").exists()
+
+
 def test_an_end_of_trial_metric_is_accepted_without_asha(tmp_path: Path) -> None:
     from orchestrator.objective import check_objective
 
