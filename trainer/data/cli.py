@@ -7,7 +7,7 @@ import json
 import sys
 from pathlib import Path
 
-from trainer.data.config import CorpusKind
+from trainer.data.config import SPLITS, CorpusKind
 from trainer.data.errors import CorpusError
 
 KINDS: tuple[str, ...] = CorpusKind.__args__
@@ -67,7 +67,12 @@ def add_commands(parser: argparse.ArgumentParser) -> None:
     )
     check.add_argument("--kind", choices=KINDS, required=True, help="corpus layout")
     check.add_argument("--root", type=Path, required=True, help="corpus root directory")
-    check.add_argument("--split", help="one split (default: every split of the corpus)")
+    check.add_argument(
+        "--split",
+        help="one split (default: every split of the corpus): "
+        + "; ".join(f"{kind}: {', '.join(splits)}" for kind, splits in SPLITS.items())
+        + "; manifest: the stem of ROOT/SPLIT.csv",
+    )
     check.add_argument(
         "--subset",
         choices=("eval", "progress", "hidden", "all"),
@@ -80,7 +85,7 @@ def add_commands(parser: argparse.ArgumentParser) -> None:
         help="decode every file fully (finds corruption past the header; slower)",
     )
     check.add_argument("--json", action="store_true", help="print one JSON object")
-    check.set_defaults(handler=_check)
+    check.set_defaults(handler=_check, parser=check)
 
 
 def _synth(args: argparse.Namespace) -> int:
@@ -102,9 +107,24 @@ def _synth(args: argparse.Namespace) -> int:
     return 0
 
 
+def _split_problem(kind: str, split: str | None) -> str | None:
+    """Why ``--split`` cannot be a split of ``kind`` (None when it can)."""
+    if split is None:
+        return None
+    allowed = SPLITS.get(kind)
+    if allowed is not None and split not in allowed:
+        return f"{split!r} is not a split of {kind}; choose from {', '.join(allowed)}"
+    if kind == "manifest" and (not split or "/" in split):
+        return f"a manifest split is the stem of ROOT/SPLIT.csv, got {split!r}"
+    return None
+
+
 def _check(args: argparse.Namespace) -> int:
     from trainer.data.check import check_corpus, format_report
 
+    problem = _split_problem(args.kind, args.split)
+    if problem is not None:
+        args.parser.error(f"argument --split: {problem}")  # exit 2, as argparse's own checks
     try:
         reports = check_corpus(
             args.kind, args.root, split=args.split, subset=args.subset, decode=args.decode

@@ -67,3 +67,22 @@ def test_check_rejects_unknown_kind(capsys) -> None:
         main(["check", "--kind", "asvspoof2020", "--root", "."])
     assert exc.value.code == 2
     assert "invalid choice: 'asvspoof2020'" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("kind", "split", "said"),
+    [
+        ("asvspoof2019", "nope", "'nope' is not a split of asvspoof2019; choose from train, dev"),
+        ("itw", "train", "'train' is not a split of itw; choose from eval"),
+        ("manifest", "a/b", "a manifest split is the stem of ROOT/SPLIT.csv, got 'a/b'"),
+    ],
+)
+def test_a_split_the_layout_does_not_have_is_an_argument_error(
+    tmp_path: Path, capsys, kind: str, split: str, said: str
+) -> None:
+    with pytest.raises(SystemExit) as exc:
+        main(["check", "--kind", kind, "--root", str(tmp_path), "--split", split])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert f"error: argument --split: {said}" in err and "usage:" in err
+    assert "pydantic" not in err and "validation error" not in err
