@@ -26,7 +26,7 @@ from orchestrator.commands.options import (
     preflight,
     storage_path,
 )
-from orchestrator.engine.session import check_ray_address
+from orchestrator.engine.session import check_local_gpus, check_ray_address
 from orchestrator.objective import OBJECTIVE, check_objective
 from orchestrator.settings import SETTINGS_FILE, SweepSettings
 from orchestrator.train.resources import check_gpus, gpu_share, worker_threads
@@ -185,6 +185,7 @@ def _sweep(args: argparse.Namespace) -> int:
         settings = _settings(args, cfg, space)
         check_reachable(settings.tracking_uri)
         check_ray_address(args.address)
+        check_local_gpus(args.address, settings.gpus_per_trial)
         if args.config is None:
             ensure_synthetic(cfg, DEFAULT_DATA)
         steps = preflight(settings.base, settings.workers_per_trial, "trial")
@@ -218,6 +219,7 @@ def _dry_run(args: argparse.Namespace, cfg: TrainerConfig, space: SearchSpace) -
         if "://" in settings.tracking_uri and not settings.tracking_uri.startswith("sqlite"):
             check_reachable(settings.tracking_uri)
         check_ray_address(args.address)
+        check_local_gpus(args.address, settings.gpus_per_trial)
         missing_synth = (
             args.config is None and reads_from(cfg, DEFAULT_DATA) and not DEFAULT_DATA.exists()
         )
@@ -261,6 +263,7 @@ def _resume(args: argparse.Namespace) -> int:
     try:
         check_reachable(settings.tracking_uri)
         check_ray_address(args.address)
+        check_local_gpus(args.address, settings.gpus_per_trial)
         preflight(settings.base, settings.workers_per_trial, "trial")
         from orchestrator.engine.session import start_ray
         from orchestrator.engine.sweep import resume_sweep

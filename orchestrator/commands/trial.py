@@ -18,7 +18,7 @@ from orchestrator.commands.options import (
     bad_input,
     whole,
 )
-from orchestrator.engine.session import check_ray_address
+from orchestrator.engine.session import check_local_gpus, check_ray_address
 from orchestrator.settings import SweepSettings, TrackingTarget, TrialResources
 from orchestrator.train.resources import check_gpus, gpu_share, worker_threads
 from trainer import cli as trainer_cli
@@ -104,7 +104,8 @@ def _on_ray(args: argparse.Namespace) -> int:
     try:
         check_reachable(settings.tracking_uri)
         check_ray_address(args.address)
-    except (TrackingError, ConnectionError) as err:
+        check_local_gpus(args.address, args.gpus)
+    except (TrackingError, ConnectionError, ConfigError) as err:
         return bad_input(err)
     from ray.train import TrainingFailedError
 

@@ -7,11 +7,13 @@ seconds, where ``ray.init`` retries for minutes) before anything heavy is import
 from __future__ import annotations
 
 import logging
+import math
 import os
 import socket
 from typing import Any
 
 from orchestrator.train.resources import DRIVER_RESOURCE
+from trainer.config import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -31,6 +33,30 @@ def check_ray_address(address: str | None, timeout: float = 5.0) -> None:
             return
     except (OSError, ValueError) as err:
         raise ConnectionError(f"no Ray cluster reachable at {address}: {err}") from None
+
+
+def starts_local_ray(address: str | None) -> bool:
+    """Whether :func:`start_ray` would start a private local instance (no ``--address``, no
+    ``RAY_ADDRESS``), whose resources are this machine's."""
+    return not address and not os.environ.get("RAY_ADDRESS")
+
+
+def check_local_gpus(address: str | None, gpus: float) -> None:
+    """ConfigError when a local instance would lack the GPUs one trial asks for: its workers
+    would otherwise wait for them until Ray Train's start-up timeout, again and again. A
+    cluster is not checked here: an autoscaler may add GPU nodes."""
+    if gpus <= 0 or not starts_local_ray(address):
+        return
+    import torch
+
+    have, need = torch.cuda.device_count(), max(1, math.ceil(gpus))
+    if have < need:
+        visible = os.environ.get("CUDA_VISIBLE_DEVICES", "unset")
+        raise ConfigError(
+            f"--gpus-per-trial {gpus:g} needs {need} GPU(s), and this machine shows CUDA "
+            f"{have} (CUDA_VISIBLE_DEVICES={visible}); pass --gpus-per-trial 0 to train on the "
+            "CPUs, or --address to join a cluster with GPUs"
+        )
 
 
 def ray_init_kwargs(address: str | None, max_concurrent: int) -> dict[str, Any]:

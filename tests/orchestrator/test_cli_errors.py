@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from orchestrator.cli import build_parser, main
 from orchestrator.commands.submit import entrypoint
@@ -191,6 +192,40 @@ def test_a_tracking_uri_mlflow_has_no_store_for_is_refused_before_ray(
     assert "--tracking-uri foo://bar: MLflow has no tracking store for the scheme 'foo'" in err
     assert "sqlite" in err  # what it does know
     assert not ray.is_initialized() and not (tmp_path / "mlflow.db").exists()
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the machine has a GPU")
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["sweep", "--gpus-per-trial", "1", "--workers-per-trial", "1"],
+        ["sweep", "--gpus-per-trial", "0.5", "--workers-per-trial", "1"],
+        ["trial", "--ray", "--gpus-per-trial", "1", "--workers-per-trial", "1"],
+    ],
+    ids=" ".join,
+)
+def test_a_gpu_on_a_machine_without_one_is_refused_before_ray(
+    tmp_path: Path, capsys, monkeypatch, argv: list[str]
+) -> None:
+    """It hung on Ray Train's worker start-up timeout, retried every minute."""
+    import ray
+
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    assert main([*argv, "--out", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert "needs 1 GPU(s), and this machine shows CUDA 0" in err
+    assert "--gpus-per-trial 0" in err and "--address" in err
+    assert not ray.is_initialized() and not (tmp_path / "mlflow.db").exists()
+
+
+def test_a_cluster_is_not_checked_for_gpus_here(monkeypatch) -> None:
+    """An autoscaler may add GPU nodes: joining a cluster leaves the count to Ray."""
+    from orchestrator.engine.session import check_local_gpus
+
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    check_local_gpus("head:6379", 8)
+    monkeypatch.setenv("RAY_ADDRESS", "head:6379")
+    check_local_gpus(None, 8)
 
 
 def test_an_end_of_trial_metric_is_accepted_without_asha(tmp_path: Path) -> None:
