@@ -97,6 +97,9 @@ class SweepSettings:
     # The epochs at which ASHA can stop a trial (its rungs): there, every rank waits for Tune's
     # decision before the next epoch (orchestrator.train.decisions). () without ASHA.
     decision_epochs: tuple[int, ...] = ()
+    # How long a trial's workers may wait for their resources before it fails (see
+    # orchestrator.train.trainer.start_attempts): on an autoscaling cluster, nodes take minutes.
+    start_timeout_s: float = 600.0
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "decision_epochs", tuple(self.decision_epochs))
@@ -110,6 +113,7 @@ class SweepSettings:
         *,
         out_dir: str,
         tracking: TrackingTarget,
+        start_timeout_s: float = 600.0,
     ) -> SweepSettings:
         """The settings of ``trial --ray``: a sweep of the one trial ``name`` of ``base``, with
         no search, no scheduler, no restarts, selecting on the dev EER."""
@@ -129,6 +133,7 @@ class SweepSettings:
             seed=base.seed,
             out_dir=out_dir,
             tracking=tracking,
+            start_timeout_s=start_timeout_s,
         )
 
     @property

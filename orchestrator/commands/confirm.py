@@ -27,7 +27,7 @@ from orchestrator.commands.options import (
     storage_path,
     whole,
 )
-from orchestrator.engine.session import check_local_gpus, check_ray_address
+from orchestrator.engine.session import check_local_resources, check_ray_address
 from orchestrator.objective import OBJECTIVE
 from orchestrator.settings import SETTINGS_FILE, SweepSettings
 from orchestrator.train.resources import check_gpus
@@ -188,7 +188,12 @@ def _confirm(args: argparse.Namespace) -> int:
             )
         resources = _resources(args, settings)
         check_ray_address(args.address)
-        check_local_gpus(args.address, resources["gpus_per_trial"])
+        check_local_resources(
+            args.address,
+            resources["workers_per_trial"],
+            settings.cpus_per_worker,
+            resources["gpus_per_trial"],
+        )
         preflight(settings.base, settings.workers_per_trial, "rerun")
     except (TrackingError, ConfirmError, ConnectionError, ConfigError) as err:
         return bad_input(err)

@@ -224,6 +224,19 @@ def eval_top_k(text: str) -> int | None:
     return value
 
 
+def add_start_timeout(p: argparse._ActionsContainer) -> None:
+    p.add_argument(
+        "--start-timeout",
+        type=amount(zero=False),
+        default=600.0,
+        metavar="SECONDS",
+        help="how long a trial's workers may wait for the CPUs and GPUs they ask for before the "
+        "trial fails, naming what it asked and what the cluster has (default 600; raise it for "
+        "an autoscaling cluster that adds nodes). Counted in Ray Train's start attempts "
+        "(RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S, 60 s each)",
+    )
+
+
 def add_trial_resources(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--workers-per-trial", type=whole(1), default=2, help="Ray Train workers (DDP ranks)"
@@ -242,6 +255,7 @@ def add_trial_resources(p: argparse.ArgumentParser) -> None:
         default=2,
         help="worker-group restarts from the last checkpoint per trial",
     )
+    add_start_timeout(p)
     p.add_argument(
         "--storage",
         help="where Tune results and Train checkpoints go: storage every node reaches, a shared "

@@ -26,7 +26,7 @@ from orchestrator.commands.options import (
     preflight,
     storage_path,
 )
-from orchestrator.engine.session import check_local_gpus, check_ray_address
+from orchestrator.engine.session import check_local_resources, check_ray_address
 from orchestrator.objective import OBJECTIVE, check_objective
 from orchestrator.settings import SETTINGS_FILE, SweepSettings
 from orchestrator.train.resources import check_gpus, gpu_share, worker_threads
@@ -120,6 +120,7 @@ def _settings(args: argparse.Namespace, cfg: TrainerConfig, space: SearchSpace) 
         cpus_per_worker=args.cpus_per_worker,
         gpus_per_trial=args.gpus_per_trial,
         max_failures=args.max_failures,
+        start_timeout_s=args.start_timeout,
         seed=args.seed,
         out_dir=str(out),
         tracking=TrackingTarget(resolve_tracking_uri(args.tracking_uri, out), args.experiment),
@@ -135,6 +136,19 @@ def _objective_text(settings: SweepSettings) -> str:
     if settings.objective.per_epoch:
         return f"at the epoch stage 1 keeps, the best {settings.objective.monitor}"
     return "each trial's final value"
+
+
+def _print_failed(runs: list) -> None:
+    """The sweep's failed trials, each with its cause (its run's :data:`ERROR_TAG`)."""
+    from orchestrator.tracking import ERROR_TAG
+    from orchestrator.tracking.store import TRIAL_TAG
+
+    failed = [r for r in runs if r.info.status == "FAILED"]
+    if failed:
+        print(f"\nfailed trials ({len(failed)}):")
+    for run in failed:
+        cause = run.data.tags.get(ERROR_TAG, "cause not recorded")
+        print(f"  {run.data.tags.get(TRIAL_TAG, run.info.run_id)}: {cause}")
 
 
 def _outcome(settings: SweepSettings, results: ResultGrid, eval_failures: dict[str, str]) -> int:
@@ -161,6 +175,7 @@ def _outcome(settings: SweepSettings, results: ResultGrid, eval_failures: dict[s
         f"  (supcon-sweep best --experiment {target.experiment})"
         f"\nMLflow UI: {ui_link(target.uri, target.experiment_id)}"
     )
+    _print_failed(Tracking(target).trial_runs())
     for trial_id, error in eval_failures.items():
         print(f"error: evaluation of trial {trial_id} failed: {error}", file=sys.stderr)
     if errors and errors == len(results):
@@ -185,7 +200,12 @@ def _sweep(args: argparse.Namespace) -> int:
         settings = _settings(args, cfg, space)
         check_reachable(settings.tracking_uri)
         check_ray_address(args.address)
-        check_local_gpus(args.address, settings.gpus_per_trial)
+        check_local_resources(
+            args.address,
+            settings.workers_per_trial,
+            settings.cpus_per_worker,
+            settings.gpus_per_trial,
+        )
         if args.config is None:
             ensure_synthetic(cfg, DEFAULT_DATA)
         steps = preflight(settings.base, settings.workers_per_trial, "trial")
@@ -219,7 +239,12 @@ def _dry_run(args: argparse.Namespace, cfg: TrainerConfig, space: SearchSpace) -
         if "://" in settings.tracking_uri and not settings.tracking_uri.startswith("sqlite"):
             check_reachable(settings.tracking_uri)
         check_ray_address(args.address)
-        check_local_gpus(args.address, settings.gpus_per_trial)
+        check_local_resources(
+            args.address,
+            settings.workers_per_trial,
+            settings.cpus_per_worker,
+            settings.gpus_per_trial,
+        )
         missing_synth = (
             args.config is None and reads_from(cfg, DEFAULT_DATA) and not DEFAULT_DATA.exists()
         )
@@ -263,7 +288,12 @@ def _resume(args: argparse.Namespace) -> int:
     try:
         check_reachable(settings.tracking_uri)
         check_ray_address(args.address)
-        check_local_gpus(args.address, settings.gpus_per_trial)
+        check_local_resources(
+            args.address,
+            settings.workers_per_trial,
+            settings.cpus_per_worker,
+            settings.gpus_per_trial,
+        )
         preflight(settings.base, settings.workers_per_trial, "trial")
         from orchestrator.engine.session import start_ray
         from orchestrator.engine.sweep import resume_sweep

@@ -13,12 +13,13 @@ from orchestrator.commands.options import (
     EXIT_FAILED,
     EXIT_STATUS,
     add_ray_args,
+    add_start_timeout,
     add_tracking_args,
     amount,
     bad_input,
     whole,
 )
-from orchestrator.engine.session import check_local_gpus, check_ray_address
+from orchestrator.engine.session import check_local_resources, check_ray_address
 from orchestrator.settings import SweepSettings, TrackingTarget, TrialResources
 from orchestrator.train.resources import check_gpus, gpu_share, worker_threads
 from trainer import cli as trainer_cli
@@ -58,6 +59,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "worker (0: gloo on CPU)",
     )
     group.add_argument("--cpus-per-worker", type=amount(zero=False), default=1.0)
+    add_start_timeout(group)
     add_ray_args(group)
     add_tracking_args(group, out=False)
     trial.set_defaults(handler=run)
@@ -77,6 +79,7 @@ def _settings(args: argparse.Namespace, cfg: TrainerConfig) -> SweepSettings:
         cfg,
         TrialResources(args.workers, args.gpus, args.cpus_per_worker),
         out_dir=str(args.out.resolve()),
+        start_timeout_s=args.start_timeout,
         tracking=TrackingTarget(
             resolve_tracking_uri(args.tracking_uri, DEFAULT_OUT), args.experiment
         ),
@@ -104,13 +107,14 @@ def _on_ray(args: argparse.Namespace) -> int:
     try:
         check_reachable(settings.tracking_uri)
         check_ray_address(args.address)
-        check_local_gpus(args.address, args.gpus)
+        check_local_resources(args.address, args.workers, args.cpus_per_worker, args.gpus)
     except (TrackingError, ConnectionError, ConfigError) as err:
         return bad_input(err)
     from ray.train import TrainingFailedError
 
     from orchestrator.engine.session import start_ray
     from orchestrator.engine.trial import run_single_trial
+    from orchestrator.train.trainer import TrialStartError
 
     try:
         start_ray(args.address, 1)
@@ -119,7 +123,7 @@ def _on_ray(args: argparse.Namespace) -> int:
         metrics = run_single_trial(settings)
     except (TrackingError, ConnectionError) as err:
         return bad_input(err)
-    except TrainingFailedError as err:
+    except (TrainingFailedError, TrialStartError) as err:
         print(f"error: trial {settings.name} failed: {err}", file=sys.stderr)
         return EXIT_FAILED
     eers = {k: v for k, v in metrics.items() if k.endswith("/eer") and k.count("/") == 2}

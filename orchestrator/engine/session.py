@@ -41,11 +41,21 @@ def starts_local_ray(address: str | None) -> bool:
     return not address and not os.environ.get("RAY_ADDRESS")
 
 
-def check_local_gpus(address: str | None, gpus: float) -> None:
-    """ConfigError when a local instance would lack the GPUs one trial asks for: its workers
-    would otherwise wait for them until Ray Train's start-up timeout, again and again. A
-    cluster is not checked here: an autoscaler may add GPU nodes."""
-    if gpus <= 0 or not starts_local_ray(address):
+def check_local_resources(address: str | None, workers: int, cpus: float, gpus: float) -> None:
+    """ConfigError when a local instance would lack what one trial asks for (``workers`` ranks
+    of ``cpus`` CPUs each, ``gpus`` GPUs in all): its workers would otherwise wait until Ray
+    Train's start-up timeout. A cluster is not checked here: an autoscaler may add nodes (the
+    trial then fails after ``--start-timeout``, naming what it asked for)."""
+    if not starts_local_ray(address):
+        return
+    have_cpus = os.cpu_count() or 1
+    if workers * cpus > have_cpus:
+        raise ConfigError(
+            f"--workers-per-trial {workers} x --cpus-per-worker {cpus:g} = {workers * cpus:g} "
+            f"CPUs, and this machine has {have_cpus}; ask for fewer, or pass --address to join "
+            "a cluster"
+        )
+    if gpus <= 0:
         return
     import torch
 

@@ -17,6 +17,7 @@ from orchestrator.tracking.runs import SweepRun, TrialTracker
 from orchestrator.tracking.store import (
     CONFIG_ID_TAG,
     CONFIRM_TAG,
+    ERROR_TAG,
     MODEL_TAG,
     RESOURCES_TAG,
     REVISION_TAG,
@@ -27,6 +28,7 @@ from orchestrator.tracking.store import (
     check_reachable,
     decode_param,
     encode_param,
+    error_text,
     resolve_tracking_uri,
     safe_uri,
 )
@@ -34,6 +36,7 @@ from orchestrator.tracking.store import (
 __all__ = [
     "CONFIG_ID_TAG",
     "CONFIRM_TAG",
+    "ERROR_TAG",
     "MODEL_TAG",
     "RESOURCES_TAG",
     "REVISION_TAG",
@@ -47,6 +50,7 @@ __all__ = [
     "check_reachable",
     "decode_param",
     "encode_param",
+    "error_text",
     "export_config",
     "rerun_command",
     "resolve_tracking_uri",

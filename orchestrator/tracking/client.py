@@ -183,9 +183,12 @@ class Tracking:
         """A buffered, retrying writer into the existing run ``run_id`` (an evaluation's)."""
         return runs.TrialTracker(self.client, run_id, spool, patience)
 
-    def close_trial(self, trial_id: str, status: str, reason: str) -> bool:
-        """End the run of ``trial_id`` under the target's parent run, unless it has ended."""
-        return runs.close_trial(self.client, self.target, trial_id, status, reason)
+    def close_trial(
+        self, trial_id: str, status: str, reason: str, error: str | None = None
+    ) -> bool:
+        """End the run of ``trial_id`` under the target's parent run, unless it has ended;
+        ``error``: a failure's cause, tagged on the run either way."""
+        return runs.close_trial(self.client, self.target, trial_id, status, reason, error)
 
     def tag_run(self, run_id: str, tags: Mapping[str, str]) -> None:
         sweeps.tag_run(self.client, run_id, tags)

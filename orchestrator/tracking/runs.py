@@ -21,6 +21,7 @@ from orchestrator.tracking.store import (
     CODE_TAG,
     END_REASON_TAG,
     END_STATUSES,
+    ERROR_TAG,
     PARENT_TAG,
     STATUS_TAG,
     SWEEP_TAG,
@@ -92,13 +93,23 @@ def _finish(client: MlflowClient, run_id: str, status: str) -> None:
 
 
 def close_trial(
-    client: MlflowClient, target: TrackingTarget, trial_id: str, status: str, reason: str
+    client: MlflowClient,
+    target: TrackingTarget,
+    trial_id: str,
+    status: str,
+    reason: str,
+    error: str | None = None,
 ) -> bool:
     """Close a trial's run that its workers could not close (stopped early by the scheduler, or
-    killed); a run already ended is left alone. Returns whether a run was closed."""
+    killed); a run already ended is left alone. ``error``: the cause of a failure, tagged
+    (:data:`ERROR_TAG`) unless the workers tagged one. Returns whether a run was closed."""
     tags = {PARENT_TAG: target.parent_run_id, TRIAL_TAG: trial_id}
     run = _find_run(client, target.experiment_id, tags)
-    if run is None or run.info.status in END_STATUSES:
+    if run is None:
+        return False
+    if error and ERROR_TAG not in run.data.tags:
+        client.set_tag(run.info.run_id, ERROR_TAG, error)
+    if run.info.status in END_STATUSES:
         return False
     client.set_tag(run.info.run_id, END_REASON_TAG, reason)
     _finish(client, run.info.run_id, status)

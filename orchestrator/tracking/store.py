@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import math
 import os
+import re
 import ssl
 import subprocess
 import urllib.error
@@ -31,6 +32,7 @@ SEED_TAG = "supcon.seed"
 CONFIRM_TAG = "supcon.confirm"  # on a confirmation's runs: the sweep parent run it confirms
 TUNE_DIR_TAG = "supcon.tune_dir"  # on a sweep's parent run: its Tune folder (settings beside)
 END_REASON_TAG = "supcon.end_reason"  # why a run was closed from outside its workers
+ERROR_TAG = "supcon.error"  # a FAILED run's cause: the exception's class and first line
 STOPPED_EARLY = "stopped early by the scheduler"
 END_STATUSES = ("FINISHED", "FAILED", "KILLED")
 _ROOT = Path(__file__).resolve().parents[2]
@@ -50,6 +52,18 @@ def safe_uri(uri: str) -> str:
     if "@" in authority:
         authority = "***@" + authority.rpartition("@")[2]
     return f"{head}://{authority}{slash}{path}" + ("?..." if query else "")
+
+
+_USERINFO = re.compile(r"(?<=://)[^/@\s]+@")
+
+
+def error_text(err: BaseException, limit: int = 500) -> str:
+    """``Class: first line`` of ``err``, fit for a tag and a console line: credentials in any
+    URI it quotes (``user:password@``) are masked."""
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    text = f"{type(err).__name__}: {lines[0]}" if lines else type(err).__name__
+    text = _USERINFO.sub("***@", text)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def ui_link(uri: str, experiment_id: str) -> str:

@@ -5,11 +5,19 @@ evaluator`)."""
 from __future__ import annotations
 
 import logging
+import math
+import os
 import time
 from typing import Any
 
 import ray
-from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, ScalingConfig
+from ray.train import (
+    CheckpointConfig,
+    ControllerError,
+    FailureConfig,
+    LoggingConfig,
+    ScalingConfig,
+)
 from ray.train.torch import TorchConfig, TorchTrainer
 
 from orchestrator.settings import SweepSettings, TrialResources, TrialSpec
@@ -17,6 +25,22 @@ from orchestrator.storage import prune_unregistered_checkpoints
 from orchestrator.train.worker import SPEC_KEY, train_worker
 
 log = logging.getLogger(__name__)
+
+# Ray Train's own wait for a worker group's resources, per start attempt (60 s by default).
+START_TIMEOUT_VAR = "RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S"
+
+
+class TrialStartError(RuntimeError):
+    """A trial's workers could not get their resources in time; the message says what the
+    trial asked for and what the cluster has."""
+
+
+def start_attempts(timeout_s: float) -> int:
+    """Ray Train's start attempts that fit in ``timeout_s``: it retries a worker group that
+    timed out without limit by default (``FailureConfig.controller_failure_limit`` -1), so an
+    infeasible request, a GPU no node has, waited forever."""
+    per_attempt = float(os.environ.get(START_TIMEOUT_VAR, 60.0))
+    return max(1, math.ceil(timeout_s / per_attempt))
 
 
 def scaling(resources: TrialResources, placement: str = "PACK") -> ScalingConfig:
@@ -79,7 +103,10 @@ def torch_trainer(
             name=trial_id,
             storage_path=settings.train_dir,
             callbacks=callbacks,
-            failure_config=FailureConfig(max_failures=settings.max_failures),
+            failure_config=FailureConfig(
+                max_failures=settings.max_failures,
+                controller_failure_limit=start_attempts(settings.start_timeout_s) - 1,
+            ),
             checkpoint_config=CheckpointConfig(num_to_keep=1),
             # Ray Train's own lines ("Reporting training result ...", per rank per report)
             # bury Tune's table: warnings only, unless --verbose.
@@ -99,9 +126,49 @@ def failure_line(err: Exception, marker: str | None = None) -> str:
     return (named or lines or [type(err).__name__])[-1]
 
 
+def _resources_text(resources: dict[str, float]) -> str:
+    shown = {k: v for k, v in sorted(resources.items()) if k in ("CPU", "GPU")}
+    return ", ".join(f"{v:g} {k}" for k, v in shown.items()) or "none"
+
+
+def start_failure(settings: SweepSettings, trial_id: str) -> str:
+    """What a trial whose workers never started asked for, and what the cluster has."""
+    res = settings.resources
+    asked = {"CPU": res.cpus_per_worker, **({"GPU": res.gpus / res.workers} if res.gpus else {})}
+    return (
+        f"trial {trial_id}: its {res.workers} worker(s) did not start within "
+        f"{settings.start_timeout_s:g} s: each asks for {_resources_text(asked)}; the cluster "
+        f"has {_resources_text(ray.cluster_resources())} in all, "
+        f"{_resources_text(ray.available_resources())} free now (raise --start-timeout for an "
+        "autoscaling cluster)"
+    )
+
+
+def trial_cause(err: BaseException | None) -> BaseException | None:
+    """The exception that failed a trial, unwrapped from Ray's layers: the driver's own error
+    (a Ray task error's cause) or, for a failed worker group, the first worker's."""
+    for _ in range(4):  # RayTaskError -> TrainingFailedError -> RayTaskError -> cause
+        if err is None:
+            return None
+        failures = getattr(err, "worker_failures", None)
+        if failures:
+            err = next(iter(failures.values()))
+        elif getattr(err, "cause", None) is not None:
+            err = err.cause
+        else:
+            return err
+    return err
+
+
 def fit_trial(trainer: TorchTrainer, settings: SweepSettings, trial_id: str) -> None:
-    """Run the trial's Train run; then drop the checkpoints a dead worker group left behind."""
-    trainer.fit()
+    """Run the trial's Train run; then drop the checkpoints a dead worker group left behind.
+    :class:`TrialStartError` when its workers could not get their resources in time."""
+    try:
+        trainer.fit()
+    except ControllerError as err:
+        if "WorkerGroupStartupTimeoutError" not in type(err.controller_failure).__name__:
+            raise
+        raise TrialStartError(start_failure(settings, trial_id)) from None
     stale = prune_unregistered_checkpoints(f"{settings.train_dir}/{trial_id}")
     if stale:
         log.info("trial %s: deleted %d unregistered checkpoint(s)", trial_id, len(stale))

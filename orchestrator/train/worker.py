@@ -22,7 +22,15 @@ import ray.train
 from orchestrator.objective import MONITOR_KEYS, OBJECTIVE, Objective
 from orchestrator.settings import TrialSpec
 from orchestrator.storage import upload_folder
-from orchestrator.tracking import MODEL_TAG, RESOURCES_TAG, REVISION_TAG, Tracking, TrialTracker
+from orchestrator.tracking import (
+    ERROR_TAG,
+    MODEL_TAG,
+    RESOURCES_TAG,
+    REVISION_TAG,
+    Tracking,
+    TrialTracker,
+    error_text,
+)
 from orchestrator.train.decisions import wait_for
 from trainer.config import TrainerConfig, flatten
 from trainer.evaluate import MODEL_DIR
@@ -109,6 +117,12 @@ class RayReporter:
         """End the trial's MLflow run with ``status`` (rank 0; nothing on other ranks)."""
         if self.tracker is not None:
             self.tracker.finish(status)
+
+    def fail(self, err: BaseException) -> None:
+        """End the trial's run FAILED with its cause (:data:`ERROR_TAG`; rank 0 only)."""
+        if self.tracker is not None:
+            self.tracker.set_tag(ERROR_TAG, error_text(err))
+            self.tracker.finish("FAILED")
 
     def stopped(self) -> None:
         """A trial Tune stopped early ends here: its metrics are sent, and its run is left for
@@ -224,8 +238,8 @@ def train_worker(config: dict[str, TrialSpec]) -> None:
         )
         if world_rank == 0 and metrics is not None:
             _publish_model(spec, reporter)
-    except BaseException:
-        reporter.finish("FAILED")
+    except BaseException as err:
+        reporter.fail(err)
         raise
     # Ray's storage keeps the one checkpoint resume needs; this node's copies (rank 0's last
     # save, each rank's restored copy) are several GB apiece for XLS-R and nothing reads them.

@@ -9,6 +9,7 @@ epoch, and at ASHA's rungs the workers learn Tune's decision before they start t
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -19,11 +20,11 @@ from ray.util.queue import Queue
 
 from orchestrator.objective import OBJECTIVE
 from orchestrator.settings import SweepSettings, TrackingTarget
-from orchestrator.tracking import Tracking
+from orchestrator.tracking import Tracking, error_text
 from orchestrator.tracking.store import STOPPED_EARLY
 from orchestrator.train.decisions import Decisions, ForwardReports, relay
 from orchestrator.train.resources import DRIVER_RESOURCE
-from orchestrator.train.trainer import fit_trial, torch_trainer
+from orchestrator.train.trainer import fit_trial, torch_trainer, trial_cause
 from orchestrator.tune.scheduling import Rungs, run_order
 from orchestrator.tune.searcher import check_searcher, search_algorithm
 from search_spaces import SearchSpace
@@ -82,8 +83,29 @@ def _trial_driver(config: dict[str, Any], settings: SweepSettings) -> None:
     )
 
 
+def failure_of(trial) -> str:
+    """``Class: first line`` of what failed a Tune trial (its driver's or a worker's error)."""
+    try:
+        cause = trial_cause(trial.get_pickled_error())
+    except Exception:  # an error that does not unpickle here: Tune's text trace instead
+        cause = None
+    if cause is None:
+        text = trial.get_error()
+        cause = text if text is not None else RuntimeError("no error recorded")
+    return error_text(cause)
+
+
+def wall_s(trial) -> float:
+    """Seconds since the trial first ran (a trial that failed reports no ``time_total_s``)."""
+    result = trial.last_result or {}
+    started = trial.run_metadata.start_time
+    since = time.time() - started if started else 0.0
+    return max(result.get("time_total_s", 0.0), since)
+
+
 class TrialLines(tune.Callback):
-    """One line per trial that ends: its id, params, objective, how it ended, its wall time."""
+    """One line per trial that ends: its id, params, objective, how it ended, its wall time;
+    a failed one's cause on the next line."""
 
     def _print(self, trial, status: str) -> None:
         result = trial.last_result or {}
@@ -91,8 +113,10 @@ class TrialLines(tune.Callback):
         params = " ".join(f"{k}={v}" for k, v in config.items())
         value = result.get(OBJECTIVE)
         shown = f"{value:.4g}" if isinstance(value, float) else "-"
-        wall = result.get("time_total_s", 0.0)
+        wall = wall_s(trial)
         print(f"trial {trial.trial_id} {status}: {params}  {OBJECTIVE}={shown}  {wall:.0f} s")
+        if status == "FAILED":
+            print(f"  cause: {failure_of(trial)}")
 
     def on_trial_complete(self, iteration, trials, trial, **info) -> None:
         finished = "classifier/dev/eer" in (trial.last_result or {})
@@ -118,7 +142,8 @@ class CloseTrialRuns(tune.Callback):
         self._close(trial, "KILLED", STOPPED_EARLY)
 
     def on_trial_error(self, iteration, trials, trial, **info) -> None:
-        self._close(trial, "FAILED", "trial errored")
+        cause = failure_of(trial)
+        self.tracking.close_trial(trial.trial_id, "FAILED", "trial errored", error=cause)
 
 
 def trainable(settings: SweepSettings) -> Callable[..., Any]:

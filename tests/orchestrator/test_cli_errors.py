@@ -218,14 +218,29 @@ def test_a_gpu_on_a_machine_without_one_is_refused_before_ray(
     assert not ray.is_initialized() and not (tmp_path / "mlflow.db").exists()
 
 
-def test_a_cluster_is_not_checked_for_gpus_here(monkeypatch) -> None:
-    """An autoscaler may add GPU nodes: joining a cluster leaves the count to Ray."""
-    from orchestrator.engine.session import check_local_gpus
+def test_more_cpus_than_the_machine_has_are_refused_before_ray(
+    tmp_path: Path, capsys, monkeypatch
+) -> None:
+    import os
+
+    import ray
 
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
-    check_local_gpus("head:6379", 8)
+    cpus = os.cpu_count()
+    argv = ["--workers-per-trial", "2", "--cpus-per-worker", str(cpus), "--out", str(tmp_path)]
+    assert main(["sweep", *argv]) == 2
+    assert f"= {2 * cpus} CPUs, and this machine has {cpus}" in capsys.readouterr().err
+    assert not ray.is_initialized() and not (tmp_path / "mlflow.db").exists()
+
+
+def test_a_cluster_is_not_checked_for_resources_here(monkeypatch) -> None:
+    """An autoscaler may add GPU nodes: joining a cluster leaves the count to Ray."""
+    from orchestrator.engine.session import check_local_resources
+
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    check_local_resources("head:6379", 64, 8, 64)
     monkeypatch.setenv("RAY_ADDRESS", "head:6379")
-    check_local_gpus(None, 8)
+    check_local_resources(None, 64, 8, 64)
 
 
 def test_an_end_of_trial_metric_is_accepted_without_asha(tmp_path: Path) -> None:

@@ -14,7 +14,7 @@ from mlflow.tracking import MlflowClient
 
 from orchestrator.cli import main
 from orchestrator.settings import DEFAULT_EXPERIMENT
-from orchestrator.tracking import CONFIRM_TAG, Tracking
+from orchestrator.tracking import CONFIRM_TAG, ERROR_TAG, Tracking
 from tests.helpers import checkpoint_dirs, data_overrides, sweep_args
 from trainer.evaluate import MODEL_FILES
 
@@ -191,10 +191,12 @@ def test_sweep_with_an_active_mlflow_run(
 
 
 def test_failing_trial_is_marked_failed_while_the_sweep_goes_on(
-    ray_session, synth_root: Path, tmp_path: Path
+    ray_session, synth_root: Path, tmp_path: Path, capsys
 ) -> None:
-    """A NaN loss in one trial (temperature 1e-40) fails that trial in Tune and in MLflow; the
-    other trial of the grid still finishes."""
+    """A NaN loss in one trial (temperature 1e-40) fails that trial in Tune and in MLflow, with
+    its cause on the run, on its console line and in the sweep's summary; the other trial of
+    the grid still finishes. (NonFiniteLossError did not survive Ray's pickling before: the
+    driver saw a TypeError, the run had no cause and the line said 0 s.)"""
     space = tmp_path / "space.yaml"
     space.write_text("loss.temperature: {grid: [1.0e-40, 0.3]}\n")
     args = sweep_args(tmp_path, synth_root, "--max-failures", "0", workers=1)
@@ -208,6 +210,15 @@ def test_failing_trial_is_marked_failed_while_the_sweep_goes_on(
         if "mlflow.parentRunId" in r.data.tags
     }
     assert children == {1e-40: "FAILED", 0.3: "FINISHED"}
+    (failed,) = [r for r in client.search_runs([exp.experiment_id]) if r.info.status == "FAILED"]
+    cause = failed.data.tags[ERROR_TAG]
+    assert cause.startswith("NonFiniteLossError: ") and "TypeError" not in cause
+    out = capsys.readouterr().out
+    (line,) = [x for x in out.splitlines() if x.startswith("trial ") and " FAILED: " in x]
+    assert not line.endswith(" 0 s")  # it ran for seconds
+    assert f"  cause: {cause}" in out
+    summary = out[out.index("failed trials (1):") :]
+    assert f"{failed.data.tags['supcon.trial_id']}: {cause}" in summary
 
 
 def test_a_sweep_in_which_every_trial_fails_exits_1(
@@ -251,3 +262,25 @@ def test_single_trial_through_ray_train(
     assert "eval/asv19/eer" in capsys.readouterr().out
     rows = Tracking.at(uri, DEFAULT_EXPERIMENT).best(metric="eval/pooled_mean/eer")
     assert len(rows) == 1 and rows[0]["trial_id"].startswith("trial-")
+
+
+@pytest.mark.slow
+def test_a_trial_whose_workers_cannot_start_fails_naming_its_resources(
+    ray_session, synth_root: Path, tmp_path: Path, capsys
+) -> None:
+    """3 CPUs per worker on the session's 2: Ray Train retried the start every 60 s forever.
+    The trial joins the session by address (as on a cluster, which is not checked before
+    Ray), so it meets Ray Train's start-up timeout: one attempt with --start-timeout 1."""
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    argv = ["trial", "--ray", "--workers", "1", "--cpus-per-worker", "3", "--start-timeout", "1"]
+    address = ray_session.get_runtime_context().gcs_address
+    argv += ["--address", address, "--tracking-uri", uri, "--out", str(tmp_path)]
+    assert main([*argv, *data_overrides(synth_root), "stage1.epochs=1"]) == 1
+    err = capsys.readouterr().err
+    assert "its 1 worker(s) did not start within 1 s: each asks for 3 CPU" in err
+    assert "the cluster has 2 CPU in all" in err and "--start-timeout" in err
+    client = MlflowClient(uri)
+    (parent,) = client.search_runs(
+        [client.get_experiment_by_name(DEFAULT_EXPERIMENT).experiment_id]
+    )
+    assert parent.info.status == "FAILED"

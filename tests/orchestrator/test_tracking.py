@@ -403,3 +403,41 @@ def test_a_run_the_sweeps_driver_closed_keeps_its_status(store: Path) -> None:
     after = client.get_run(tracker.run_id)
     assert after.info.status == "KILLED" and after.info.end_time == ended.end_time
     assert after.data.tags["supcon.end_reason"] == "stopped early by the scheduler"
+
+
+def test_a_failure_is_recorded_as_its_class_and_first_line_without_credentials() -> None:
+    from orchestrator.tracking import error_text
+    from trainer.data.errors import AudioDecodeError
+
+    err = AudioDecodeError(Path("/c/LA_T_1.flac"), "truncated body\nmore detail")
+    assert (
+        error_text(err)
+        == "AudioDecodeError: cannot decode audio file /c/LA_T_1.flac: truncated body"
+    )
+    leaky = RuntimeError("cannot reach http://alice:s3cret@mlflow:5000/api (refused)")
+    assert error_text(leaky) == "RuntimeError: cannot reach http://***@mlflow:5000/api (refused)"
+    assert len(error_text(ValueError("x" * 2000))) == 500
+
+
+def test_a_failed_trial_s_cause_is_tagged_even_when_its_workers_closed_the_run(
+    tmp_path: Path,
+) -> None:
+    """The driver tags the cause it saw unless rank 0 tagged one; it never reopens the run."""
+    from orchestrator.tracking import ERROR_TAG
+
+    tracking = Tracking.at(f"sqlite:///{tmp_path / 'mlflow.db'}", "e")
+    parent = tracking.start_sweep("s", searcher="grid", params={}, tags={}, space_text=None)
+    client = MlflowClient(parent.target.uri)
+    for trial_id, worker_cause in (("a", None), ("b", "NonFiniteLossError: loss is nan")):
+        run = client.create_run(
+            parent.target.experiment_id,
+            tags={"mlflow.parentRunId": parent.run_id, "supcon.trial_id": trial_id},
+        )
+        if worker_cause:
+            client.set_tag(run.info.run_id, ERROR_TAG, worker_cause)
+        client.set_terminated(run.info.run_id, "FAILED")
+    closing = Tracking(parent.target)
+    assert not closing.close_trial("a", "FAILED", "trial errored", error="TrialStartError: x")
+    assert not closing.close_trial("b", "FAILED", "trial errored", error="RayTaskError: y")
+    tags = {r.data.tags["supcon.trial_id"]: r.data.tags[ERROR_TAG] for r in closing.trial_runs()}
+    assert tags == {"a": "TrialStartError: x", "b": "NonFiniteLossError: loss is nan"}
