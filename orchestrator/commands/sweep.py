@@ -286,6 +286,9 @@ def _resume(args: argparse.Namespace) -> int:
     from orchestrator.tracking import TrackingError, check_reachable
 
     try:
+        from orchestrator.tune.tuner import check_resumable
+
+        check_resumable(folder)  # before Ray starts or MLflow is touched
         check_reachable(settings.tracking_uri)
         check_ray_address(args.address)
         check_local_resources(

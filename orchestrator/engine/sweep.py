@@ -27,7 +27,7 @@ from orchestrator.settings import SweepSettings
 from orchestrator.tracking import TUNE_DIR_TAG, SweepRun, Tracking
 from orchestrator.tune.scheduling import Rungs, decision_epochs
 from orchestrator.tune.searcher import check_searcher, label
-from orchestrator.tune.tuner import build_tuner, trainable
+from orchestrator.tune.tuner import build_tuner, check_resumable, trainable
 from search_spaces import SearchSpace
 
 log = logging.getLogger(__name__)
@@ -131,8 +131,13 @@ def resume_sweep(
     checkpoints (their Train runs resume by name), the searcher continues from its state, and
     the same MLflow parent and trial runs continue; then the best trials are scored (sets
     already scored are not scored again)."""
+    check_resumable(folder)
     parent, settings = _start_parent(settings, settings.target.searcher)
-    tuner = tune.Tuner.restore(
-        folder, trainable=trainable(settings), resume_unfinished=True, resume_errored=True
-    )
+    try:
+        tuner = tune.Tuner.restore(
+            folder, trainable=trainable(settings), resume_unfinished=True, resume_errored=True
+        )
+    except BaseException:
+        parent.undo_reopen()
+        raise
     return settings, *_tracked_fit(parent, tuner, settings, space)

@@ -125,6 +125,7 @@ class SweepRun:
     def __init__(self, client: MlflowClient, target: TrackingTarget) -> None:
         self.client = client
         self.target = target
+        self.previous_status: str | None = None  # before start() continued it; None: new
 
     @property
     def uri(self) -> str:
@@ -160,8 +161,9 @@ class SweepRun:
         location = artifact_root(db.parent) if db is not None else None
         experiment_id = ensure_experiment(client, experiment, location)
         found = _find_run(client, experiment_id, {SWEEP_TAG: sweep_name})
+        previous = None
         if found is not None:
-            run_id = found.info.run_id
+            run_id, previous = found.info.run_id, found.info.status
             _reopen(client, run_id)
             log.info("continuing MLflow run %s of sweep %s", run_id, sweep_name)
         else:
@@ -173,10 +175,18 @@ class SweepRun:
         _log_params(client, run_id, {"searcher": searcher, **params})
         if space_text is not None:
             client.log_text(run_id, space_text, "search_space.yaml")
-        return cls(client, TrackingTarget(uri, experiment, experiment_id, run_id, searcher))
+        run = cls(client, TrackingTarget(uri, experiment, experiment_id, run_id, searcher))
+        run.previous_status = previous
+        return run
 
     def tag(self, key: str, value: str) -> None:
         self.client.set_tag(self.run_id, key, value)
+
+    def undo_reopen(self) -> None:
+        """Put back the status the run had before :meth:`start` continued it (a resume that
+        failed before any trial ran leaves the sweep's history as it was)."""
+        if self.previous_status in END_STATUSES:
+            _finish(self.client, self.run_id, self.previous_status)
 
     def finish(self, status: str = "FINISHED") -> None:
         _finish(self.client, self.run_id, status)

@@ -28,6 +28,7 @@ from orchestrator.train.trainer import fit_trial, torch_trainer, trial_cause
 from orchestrator.tune.scheduling import Rungs, run_order
 from orchestrator.tune.searcher import check_searcher, search_algorithm
 from search_spaces import SearchSpace
+from trainer.config import ConfigError
 
 GRID_KEY = "grid_point"
 
@@ -144,6 +145,17 @@ class CloseTrialRuns(tune.Callback):
     def on_trial_error(self, iteration, trials, trial, **info) -> None:
         cause = failure_of(trial)
         self.tracking.close_trial(trial.trial_id, "FAILED", "trial errored", error=cause)
+
+
+def check_resumable(folder: str) -> None:
+    """ConfigError naming ``folder`` when it holds no Tune state to restore (``tuner.pkl``):
+    checked before ``resume`` touches the sweep's MLflow run."""
+    if not tune.Tuner.can_restore(folder):
+        raise ConfigError(
+            f"{folder} holds no Tune state to resume (no tuner.pkl): the sweep's driver died "
+            "before Tune saved it, or this is not the sweep's Tune folder (TUNE_DIR/NAME); "
+            "start the sweep again instead"
+        )
 
 
 def trainable(settings: SweepSettings) -> Callable[..., Any]:

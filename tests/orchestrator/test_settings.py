@@ -150,3 +150,43 @@ def test_confirm_on_another_gpu_share_moves_the_memory_fraction_with_it() -> Non
     assert moved_share({key: None}, 1, 0.5)[key] == 0.5
     assert moved_share({key: 0.2}, 0.25, 0.5)[key] == 0.2  # the user's value stays
     assert moved_share({key: 0.2}, 1, 0.5)[key] == 0.2
+
+
+def test_resume_of_a_folder_without_tune_state_leaves_the_failed_sweep_as_it_was(
+    tmp_path: Path, capsys
+) -> None:
+    """It reopened the FAILED parent run ("continuing MLflow run ..."), then died on pyarrow's
+    FileNotFoundError: the run stayed RUNNING for good."""
+    from mlflow.tracking import MlflowClient
+
+    from orchestrator.cli import main
+    from orchestrator.tracking import Tracking
+
+    settings = _settings(tmp_path)
+    settings.save()  # the sweep's settings are there; Tune's tuner.pkl is not
+    parent = Tracking(settings.tracking).start_sweep(
+        settings.name, searcher="grid", params={}, tags={}, space_text=None
+    )
+    parent.finish("FAILED")
+    folder = f"{settings.tune_dir}/{settings.name}"
+    assert main(["resume", folder]) == 2
+    err = capsys.readouterr().err
+    assert f"{folder} holds no Tune state to resume (no tuner.pkl)" in err
+    assert "continuing MLflow run" not in err
+    assert MlflowClient(settings.tracking_uri).get_run(parent.run_id).info.status == "FAILED"
+
+
+def test_a_resume_that_fails_after_reopening_puts_the_status_back(tmp_path: Path) -> None:
+    from mlflow.tracking import MlflowClient
+
+    from orchestrator.tracking import Tracking
+
+    tracking = Tracking.at(f"sqlite:///{tmp_path / 'mlflow.db'}", "e")
+    first = tracking.start_sweep("s", searcher="grid", params={}, tags={}, space_text=None)
+    first.finish("KILLED")
+    again = tracking.start_sweep("s", searcher="grid", params={}, tags={}, space_text=None)
+    client = MlflowClient(tracking.target.uri)
+    assert again.run_id == first.run_id
+    assert client.get_run(again.run_id).info.status == "RUNNING"
+    again.undo_reopen()
+    assert client.get_run(again.run_id).info.status == "KILLED"
