@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+import tempfile
 from pathlib import Path
 
 from trainer.config import CONFIG_DIR, ConfigError, TrainerConfig, load_config, resolve_roots
@@ -82,6 +83,17 @@ def _error(err: Exception, code: int) -> int:
     return code
 
 
+def check_out(out: Path) -> None:
+    """ConfigError naming ``out`` when the trial's output folder cannot be made or written
+    (checked before anything is trained; the folder is what the trial writes anyway)."""
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=out):
+            pass
+    except OSError as err:
+        raise ConfigError(f"cannot write --out {out}: {err.strerror or err}") from None
+
+
 def run(args: argparse.Namespace) -> int:
     """The trial handler (``args`` from :func:`add_arguments`); returns the exit status.
 
@@ -91,6 +103,7 @@ def run(args: argparse.Namespace) -> int:
     """
     try:
         cfg = resolve_roots(load_config(args.config, args.overrides))
+        check_out(args.out.resolve())
     except ConfigError as err:
         return _error(err, EXIT_BAD_INPUT)
     return _run_trial(cfg, args.config is None, args.out.resolve())

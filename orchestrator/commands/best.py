@@ -66,7 +66,7 @@ def _query(args: argparse.Namespace) -> list[dict[str, Any]]:
     )
 
     uri = resolve_tracking_uri(args.tracking_uri, args.out)
-    check_reachable(uri)
+    check_reachable(uri, create=False)
     tracking = Tracking.at(uri, args.experiment)
     rows = []
     if args.metric is None:
@@ -87,8 +87,8 @@ def _query(args: argparse.Namespace) -> list[dict[str, Any]]:
 
 
 def _best(args: argparse.Namespace) -> int:
-    if args.top < 1:
-        return bad_input("--top must be at least 1")
+    if args.export is not None and args.export.is_dir():
+        return bad_input(f"--export {args.export} is a directory; name the YAML file to write")
     if args.by_config and args.export:
         return bad_input("--export writes one trial's config; it does not go with --by-config")
     if args.by_config:
@@ -116,6 +116,8 @@ def _best(args: argparse.Namespace) -> int:
             path = export_config(rows[0], args.export)
         except ConfigError as err:
             return bad_input(f"trial {rows[0]['trial_id']} has no valid config: {err}")
+        except OSError as err:
+            return bad_input(f"cannot write --export {args.export}: {err.strerror or err}")
         from trainer.config import load_config
 
         print(
@@ -141,7 +143,7 @@ def _by_config(args: argparse.Namespace) -> int:
     uri = resolve_tracking_uri(args.tracking_uri, args.out)
     tracking = Tracking.at(uri, args.experiment)
     try:
-        check_reachable(uri)
+        check_reachable(uri, create=False)
         default_metric, default_mode = tracking.sweep_objective()
         rows = tracking.configured_runs()
     except TrackingError as err:

@@ -91,6 +91,7 @@ def _on_ray(args: argparse.Namespace) -> int:
         cfg = load_config(args.config, [*args.overrides, "runtime.progress=false"])
         cfg = resolve_roots(worker_threads(cfg, args.cpus_per_worker))
         args.workers = args.workers or cfg.runtime.world_size or 2
+        trainer_cli.check_out(args.out.resolve())
         check_gpus(args.workers, args.gpus)
         cfg = gpu_share(cfg, args.gpus)
         if cfg.runtime.world_size not in (None, args.workers):

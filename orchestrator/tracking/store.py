@@ -127,7 +127,7 @@ def _check_scheme(uri: str) -> None:
         ) from None
 
 
-def check_reachable(uri: str, timeout: float = 5) -> None:
+def check_reachable(uri: str, timeout: float = 5, *, create: bool = True) -> None:
     """Fail fast, naming the URI, when an http(s) server does not answer or the SQLite folder
     cannot be created. One plain GET without retries (MLflow's client retries for minutes); any
     HTTP answer, even an error status or a TLS handshake, counts as reachable. Other schemes
@@ -151,6 +151,13 @@ def check_reachable(uri: str, timeout: float = 5) -> None:
                 f"most {timeout:g} s); start it or pass another --tracking-uri"
             ) from None
     db = _sqlite_path(uri)
+    if db is not None and not create:  # a read: nothing is created where there is no store
+        if not db.is_file():
+            raise TrackingError(
+                f"no MLflow store at {db}: no sweep has written there; pass the sweep's --out "
+                "or --tracking-uri"
+            )
+        return
     if db is not None:
         try:
             db.parent.mkdir(parents=True, exist_ok=True)

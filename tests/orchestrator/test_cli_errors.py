@@ -316,3 +316,12 @@ def test_inside_a_ray_job_the_sweep_joins_the_cluster_instead_of_starting_its_ow
     monkeypatch.setenv("RAY_ADDRESS", "10.0.0.5:6379")
     assert "address" not in ray_init_kwargs(None, 2)  # ray.init() reads RAY_ADDRESS itself
     assert ray_init_kwargs("head:6379", 2)["address"] == "head:6379"  # --address still wins
+
+
+@pytest.mark.parametrize("argv", [["trial"], ["trial", "--ray"]], ids=" ".join)
+def test_an_out_folder_that_cannot_be_written_is_refused_before_training(
+    argv: list[str], capsys
+) -> None:
+    assert main([*argv, "--out", "/proc/supcon-out"]) == 2
+    err = capsys.readouterr().err
+    assert "cannot write --out /proc/supcon-out: " in err and "Traceback" not in err

@@ -252,6 +252,31 @@ def test_best_json_and_export(store: Path, tmp_path: Path, capsys, monkeypatch) 
     assert cfg.stage1.weight_decay == 1e-5
 
 
+@pytest.mark.parametrize(
+    ("where", "said"),
+    [
+        ("a folder", "is a directory; name the YAML file to write"),
+        ("/proc/best.yaml", "cannot write --export /proc/best.yaml: "),
+    ],
+)
+def test_an_export_that_cannot_be_written_is_a_clear_error(
+    store: Path, tmp_path: Path, capsys, where: str, said: str
+) -> None:
+    target = tmp_path if where == "a folder" else Path(where)
+    assert main(["best", "--out", str(store), "--export", str(target)]) == 2
+    err = capsys.readouterr().err
+    assert said in err and "Traceback" not in err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_best_on_a_missing_store_creates_nothing(tmp_path: Path, capsys) -> None:
+    missing = tmp_path / "no-sweep-here"
+    for argv in (["best"], ["best", "--by-config"]):
+        assert main([*argv, "--out", str(missing)]) == 2
+        assert f"no MLflow store at {missing / 'mlflow.db'}" in capsys.readouterr().err
+    assert not missing.exists()
+
+
 def test_best_ranks_by_the_sweep_objective_and_marks_untested_trials(
     tmp_path: Path, capsys
 ) -> None:
