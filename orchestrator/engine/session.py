@@ -19,6 +19,26 @@ log = logging.getLogger(__name__)
 
 # A local instance's job: no Ray Train preemption watcher (see ray_init_kwargs).
 LOCAL_RUNTIME_ENV = {"env_vars": {"RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0"}}
+# Where Ray's State API (and the job client) look for the instance's dashboard. Unset, a
+# process that queries it without an address (Ray Train's placement-group cleaner does) looks
+# for "the" local instance and fails when a second sweep's is running: the group of a trial
+# ASHA stopped was never freed, and the next trial waited for its workers forever.
+API_SERVER_VAR = "RAY_API_SERVER_ADDRESS"
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on now."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def local_runtime_env(dashboard_port: int) -> dict[str, Any]:
+    """The job runtime env of a private local instance whose dashboard is on
+    ``dashboard_port``: every worker, actor and Train controller it starts queries its own
+    instance's State API, whatever else runs on the machine."""
+    api = {API_SERVER_VAR: f"http://127.0.0.1:{dashboard_port}"}
+    return {"env_vars": {**LOCAL_RUNTIME_ENV["env_vars"], **api}}
 
 
 def check_ray_address(address: str | None, timeout: float = 5.0) -> None:
@@ -72,20 +92,24 @@ def check_local_resources(address: str | None, workers: int, cpus: float, gpus: 
 def ray_init_kwargs(address: str | None, max_concurrent: int) -> dict[str, Any]:
     """``ray.init``'s arguments: join ``address``; else, inside a Ray Job (whose supervisor sets
     ``RAY_ADDRESS``) or wherever a user set it, join that cluster as a plain ``ray.init()``
-    does; else start an isolated local instance bound to 127.0.0.1 with the driver slots, and
-    without Ray Train's preemption watcher: one machine has no node to be drained, and in Ray
-    2.60 the watcher prints an error-level ``core_worker.cc`` line for every trial."""
+    does; else start an isolated local instance bound to 127.0.0.1 with the driver slots, its
+    dashboard on a port of its own that its processes are told (:func:`local_runtime_env`, so
+    two sweeps on one machine each finish), and without Ray Train's preemption watcher: one
+    machine has no node to be drained, and in Ray 2.60 the watcher prints an error-level
+    ``core_worker.cc`` line for every trial."""
     if address:
         return {"address": address, "log_to_driver": True}
     if os.environ.get("RAY_ADDRESS"):
         return {"log_to_driver": True}
+    port = free_port()
     return {
         "address": "local",
         "_node_ip_address": "127.0.0.1",
         "resources": {DRIVER_RESOURCE: max_concurrent},
         "include_dashboard": True,
         "dashboard_host": "127.0.0.1",
-        "runtime_env": LOCAL_RUNTIME_ENV,
+        "dashboard_port": port,
+        "runtime_env": local_runtime_env(port),
     }
 
 
@@ -99,4 +123,8 @@ def start_ray(address: str | None, max_concurrent: int) -> None:
     kwargs = ray_init_kwargs(address, max_concurrent)
     if "address" not in kwargs:
         log.info("joining the Ray cluster at RAY_ADDRESS=%s", os.environ["RAY_ADDRESS"])
+    elif kwargs["address"] == "local":
+        # The instance's own processes (raylet, GCS, dashboard) inherit this process's
+        # environment; an inherited value would name another instance.
+        os.environ[API_SERVER_VAR] = kwargs["runtime_env"]["env_vars"][API_SERVER_VAR]
     ray.init(**kwargs)
