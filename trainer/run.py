@@ -151,7 +151,8 @@ class Trial:
         first_step = encoder.first_step_at or time.monotonic()
         metrics |= {
             "time/setup_s": first_step - self.started,
-            "time/trial_s": time.monotonic() - self.started,
+            # a resumed trial counts its time before the interruption too
+            "time/trial_s": time.monotonic() - self.started + encoder.earlier_s,
         }
         dev_scores = final.scores(dev_z)  # (N_dev,)
         artifacts = self._write(metrics, encoder.progress, stage2, final, dev_scores, evaluated)

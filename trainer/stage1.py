@@ -50,6 +50,7 @@ class Progress:
     bad_epochs: int = 0
     done: bool = False
     history: list[dict[str, float]] = field(default_factory=list)
+    elapsed_s: float = 0.0  # stage 1's seconds by this checkpoint, over every run of the trial
 
 
 @dataclass(frozen=True)
@@ -73,6 +74,7 @@ class Stage1Result:
     progress: Progress
     first_step_at: float | None
     stopped: bool = False  # the orchestrator stopped the trial after the last epoch
+    earlier_s: float = 0.0  # stage 1's seconds in earlier runs of a resumed trial
 
 
 def dev_supcon_loss(z: torch.Tensor, labels: torch.Tensor, cfg: TrainerConfig) -> float:
@@ -361,6 +363,7 @@ class Stage1:
         else:
             progress, best_state = self._restore(resume)
         first_step_at = None
+        earlier_s, run_started = progress.elapsed_s, time.monotonic()
         epochs = tqdm(
             range(progress.epoch, self.cfg.stage1.epochs),
             desc="stage 1",
@@ -382,6 +385,7 @@ class Stage1:
             progress.done = stop or progress.epoch >= self.cfg.stage1.epochs
             metrics["epoch"] = float(epoch)
             progress.history.append(metrics)
+            progress.elapsed_s = earlier_s + time.monotonic() - run_started
             folder = self._save(progress, best_state)
             go_on = self.reporter.report(
                 metrics,
@@ -396,5 +400,5 @@ class Stage1:
             )
             if not go_on:
                 log.info("stage 1 stopped after epoch %d by the orchestrator", epoch)
-                return Stage1Result(best_state, progress, first_step_at, stopped=True)
-        return Stage1Result(best_state, progress, first_step_at)
+                return Stage1Result(best_state, progress, first_step_at, True, earlier_s)
+        return Stage1Result(best_state, progress, first_step_at, earlier_s=earlier_s)

@@ -97,8 +97,11 @@ class RayReporter:
         metrics = {**metrics, "time/launch_s": self.launch_s}
         if self.objective is not None:
             metrics[OBJECTIVE] = self.objective.final(metrics, history)
+        # The step after the last epoch, also in a resumed worker that trained no epoch itself
+        # (its history comes from the checkpoint): not on top of an epoch's points.
+        last = max([self.epoch, *(int(h["epoch"]) for h in history if "epoch" in h)])
         if self.tracker is not None:
-            self.tracker.log_metrics(metrics, step=self.epoch + 1)
+            self.tracker.log_metrics(metrics, step=last + 1)
             self.tracker.log_artifacts([p for p in artifacts if p.suffix != ".tsv"])
             self.tracker.log_artifacts([p for p in artifacts if p.suffix == ".tsv"], "scores")
         # The objective stays even when NaN (no finite epoch): Tune's strict metric check, the

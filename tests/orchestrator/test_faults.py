@@ -126,3 +126,11 @@ def test_killed_driver_resumes_without_duplicate_runs(ray_session, synth_root: P
     assert len(parents) == 1 and len(children) == 2
     assert {c.info.status for c in children} == {"FINISHED"}
     assert parents[0].info.status == "FINISHED"
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    for child in children:
+        # the summary (the kept epoch's EER) after the last of 4 epochs, never on an epoch's
+        # step (a resumed worker that trained no epoch logged it at step 1)
+        eers = [m.step for m in client.get_metric_history(child.info.run_id, "encoder/dev/eer")]
+        assert set(eers) == {0, 1, 2, 3, 4} and eers.count(4) == 1, eers
+        summary = client.get_metric_history(child.info.run_id, "classifier/dev/eer")
+        assert [m.step for m in summary] == [4]

@@ -148,6 +148,11 @@ def test_resume_after_kill_matches_uninterrupted_run(synth_root: Path, tmp_path:
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert not (killed / "metrics.json").exists()
+    from trainer import checkpoint
+
+    saved = checkpoint.load(killed / "checkpoints" / "last", map_location="cpu")
+    earlier = saved["state"]["progress"]["elapsed_s"]  # stage 1's time before the kill
+    assert earlier > 0
     done = subprocess.run(
         _trial_cmd(killed, overrides),
         cwd=ROOT,
@@ -165,6 +170,8 @@ def test_resume_after_kill_matches_uninterrupted_run(synth_root: Path, tmp_path:
 
     assert results(killed) == results(straight)
     assert "eval/pooled_mean/eer" in results(killed)
+    resumed = json.loads((killed / "metrics.json").read_text())
+    assert resumed["time/trial_s"] > earlier + resumed["time/setup_s"]  # the time before counts
 
 
 @pytest.mark.parametrize("sync_every", [1, 50])
