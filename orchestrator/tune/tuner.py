@@ -9,11 +9,13 @@ epoch, and at ASHA's rungs the workers learn Tune's decision before they start t
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
-from ray import tune
+from ray import cloudpickle, tune
 from ray.tune.schedulers import ASHAScheduler
 from ray.tune.search import ConcurrencyLimiter
 from ray.util.queue import Queue
@@ -85,15 +87,21 @@ def _trial_driver(config: dict[str, Any], settings: SweepSettings) -> None:
 
 
 def failure_of(trial) -> str:
-    """``Class: first line`` of what failed a Tune trial (its driver's or a worker's error)."""
-    try:
-        cause = trial_cause(trial.get_pickled_error())
-    except Exception:  # an error that does not unpickle here: Tune's text trace instead
-        cause = None
-    if cause is None:
-        text = trial.get_error()
-        cause = text if text is not None else RuntimeError("no error recorded")
-    return error_text(cause)
+    """``Class: first line`` of what failed a Tune trial (its driver's or a worker's error),
+    from the files Tune has just written in the trial's local folder (its storage copy is
+    synced later)."""
+    pickled, text = trial.pickled_error_file, trial.error_file
+    cause = None
+    if pickled and os.path.isfile(pickled):
+        try:
+            with open(pickled, "rb") as f:
+                cause = trial_cause(cloudpickle.load(f))
+        except Exception:  # an error that does not unpickle here: Tune's text trace instead
+            cause = None
+    if cause is None and text and os.path.isfile(text):
+        lines = [line for line in Path(text).read_text("utf-8").splitlines() if line]
+        cause = RuntimeError(lines[-1] if lines else "no error recorded")
+    return error_text(cause if cause is not None else RuntimeError("no error recorded"))
 
 
 def wall_s(trial) -> float:

@@ -210,13 +210,14 @@ def test_failing_trial_is_marked_failed_while_the_sweep_goes_on(
         if "mlflow.parentRunId" in r.data.tags
     }
     assert children == {1e-40: "FAILED", 0.3: "FINISHED"}
-    (failed,) = [r for r in client.search_runs([exp.experiment_id]) if r.info.status == "FAILED"]
+    runs = client.search_runs([exp.experiment_id])
+    (failed,) = [r for r in runs if r.info.status == "FAILED" and PARENT_TAG in r.data.tags]
     cause = failed.data.tags[ERROR_TAG]
     assert cause.startswith("NonFiniteLossError: ") and "TypeError" not in cause
     out = capsys.readouterr().out
     (line,) = [x for x in out.splitlines() if x.startswith("trial ") and " FAILED: " in x]
     assert not line.endswith(" 0 s")  # it ran for seconds
-    assert f"  cause: {cause}" in out
+    assert f"  cause: {cause}" in out, [x for x in out.splitlines() if "cause" in x]
     summary = out[out.index("failed trials (1):") :]
     assert f"{failed.data.tags['supcon.trial_id']}: {cause}" in summary
 
