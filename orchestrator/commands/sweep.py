@@ -239,12 +239,18 @@ def _dry_run(args: argparse.Namespace, cfg: TrainerConfig, space: SearchSpace) -
         if "://" in settings.tracking_uri and not settings.tracking_uri.startswith("sqlite"):
             check_reachable(settings.tracking_uri)
         check_ray_address(args.address)
-        check_local_resources(
-            args.address,
-            settings.workers_per_trial,
-            settings.cpus_per_worker,
-            settings.gpus_per_trial,
-        )
+        try:  # a plan for a cluster is often made on a laptop: said, not refused
+            check_local_resources(
+                args.address,
+                settings.workers_per_trial,
+                settings.cpus_per_worker,
+                settings.gpus_per_trial,
+            )
+        except ConfigError as err:
+            print(
+                f"note: started here without --address, the sweep would stop: {err}",
+                file=sys.stderr,
+            )
         missing_synth = (
             args.config is None and reads_from(cfg, DEFAULT_DATA) and not DEFAULT_DATA.exists()
         )

@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 
 from orchestrator.cli import main
 from tests.helpers import ROOT, data_overrides
@@ -22,7 +23,7 @@ def _dry(capsys, *argv: str) -> tuple[int, str, str]:
 
 
 def test_the_paper_study_lists_exactly_its_16_configurations(tmp_path: Path, capsys) -> None:
-    code, out, _ = _dry(
+    code, out, err = _dry(
         capsys,
         "--json",
         "--no-data-check",
@@ -35,6 +36,8 @@ def test_the_paper_study_lists_exactly_its_16_configurations(tmp_path: Path, cap
         "2",
     )
     assert code == 0
+    if not torch.cuda.is_available():  # planned here for a cluster: said, not refused
+        assert "started here without --address, the sweep would stop: --gpus-per-trial 2" in err
     planned = json.loads(out)
     got = {
         (t["loss.similarity"], t["loss.temperature"], t["queue.size"]) for t in planned["trials"]
