@@ -136,3 +136,44 @@ def gloo_rank(world_rank: int, world_size: int, port: int) -> Iterator[None]:
         yield
     finally:
         distributed.destroy()
+
+
+def listeners(pid: int) -> set[tuple[str, int, str, int]]:
+    """(process name, pid, address, port) of every TCP socket ``pid`` and its descendants
+    listen on now: a local Ray instance's GCS, raylet, dashboard, agents and workers."""
+    import ipaddress
+
+    import psutil
+
+    found = set()
+    try:
+        root = psutil.Process(pid)
+        procs = [root, *root.children(recursive=True)]
+    except psutil.Error:
+        return found
+    for proc in procs:
+        try:
+            name = proc.name()
+            conns = proc.net_connections(kind="tcp")
+        except psutil.Error:
+            continue
+        for conn in conns:
+            if conn.status == psutil.CONN_LISTEN:
+                ip = ipaddress.ip_address(conn.laddr.ip)
+                ip = getattr(ip, "ipv4_mapped", None) or ip
+                found.add((name, proc.pid, str(ip), conn.laddr.port))
+    return found
+
+
+def off_loopback(found: set[tuple[str, int, str, int]]) -> list[tuple[str, int, str, int]]:
+    """The listeners not bound to loopback, except one per Ray Train worker process:
+    PyTorch's rendezvous store (TCPStore, on rank 0), which PyTorch 2.14 binds on every
+    interface and offers no address for."""
+    import ipaddress
+    from collections import Counter
+
+    outside = [e for e in found if not ipaddress.ip_address(e[2]).is_loopback]
+    # a process's title changes as it works (ray::RayTrainWorker.run_train_fn): count ports
+    ports = {(e[1], e[3]) for e in outside if e[0].startswith("ray::RayTrainWo")}
+    per_trainer = Counter(pid for pid, _ in ports)
+    return [e for e in outside if per_trainer.get(e[1], 0) != 1]

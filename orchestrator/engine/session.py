@@ -6,10 +6,12 @@ seconds, where ``ray.init`` retries for minutes) before anything heavy is import
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import os
 import socket
+from collections.abc import Iterator
 from typing import Any
 
 from orchestrator.train.resources import DRIVER_RESOURCE
@@ -24,6 +26,34 @@ LOCAL_RUNTIME_ENV = {"env_vars": {"RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0"}}
 # for "the" local instance and fails when a second sweep's is running: the group of a trial
 # ASHA stopped was never freed, and the next trial waited for its workers forever.
 API_SERVER_VAR = "RAY_API_SERVER_ADDRESS"
+
+
+@contextlib.contextmanager
+def loopback_node() -> Iterator[None]:
+    """Start a local Ray instance on loopback only inside this block.
+
+    ``ray.init`` turns ``_node_ip_address="127.0.0.1"`` into the machine's routed address
+    (``services.resolve_ip_for_localhost``), and Ray 2.60's GCS, raylet, workers and agents
+    then listen on every interface. Ray keeps the node on loopback when it believes multi-node
+    clusters are off for the process (``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER``, read once at
+    import into ``ray_constants.ENABLE_RAY_CLUSTER``), so this block sets that flag in this
+    process only: setting the variable in the environment would leak into ``ray start``
+    children (``cluster local up``'s worker nodes), which then refuse to join. The processes
+    the instance starts are told 127.0.0.1 on their command lines and bind it."""
+    from ray._private import ray_constants
+
+    if not hasattr(ray_constants, "ENABLE_RAY_CLUSTER"):
+        log.warning(
+            "this Ray has no ENABLE_RAY_CLUSTER; its local instance may listen on every interface"
+        )
+        yield
+        return
+    saved = ray_constants.ENABLE_RAY_CLUSTER
+    ray_constants.ENABLE_RAY_CLUSTER = False
+    try:
+        yield
+    finally:
+        ray_constants.ENABLE_RAY_CLUSTER = saved
 
 
 def free_port() -> int:
@@ -92,11 +122,11 @@ def check_local_resources(address: str | None, workers: int, cpus: float, gpus: 
 def ray_init_kwargs(address: str | None, max_concurrent: int) -> dict[str, Any]:
     """``ray.init``'s arguments: join ``address``; else, inside a Ray Job (whose supervisor sets
     ``RAY_ADDRESS``) or wherever a user set it, join that cluster as a plain ``ray.init()``
-    does; else start an isolated local instance bound to 127.0.0.1 with the driver slots, its
-    dashboard on a port of its own that its processes are told (:func:`local_runtime_env`, so
-    two sweeps on one machine each finish), and without Ray Train's preemption watcher: one
-    machine has no node to be drained, and in Ray 2.60 the watcher prints an error-level
-    ``core_worker.cc`` line for every trial."""
+    does; else start an isolated local instance on 127.0.0.1 (:func:`loopback_node`) with the
+    driver slots, its dashboard on a port of its own that its processes are told
+    (:func:`local_runtime_env`, so two sweeps on one machine each finish), and without Ray
+    Train's preemption watcher: one machine has no node to be drained, and in Ray 2.60 the
+    watcher prints an error-level ``core_worker.cc`` line for every trial."""
     if address:
         return {"address": address, "log_to_driver": True}
     if os.environ.get("RAY_ADDRESS"):
@@ -127,4 +157,7 @@ def start_ray(address: str | None, max_concurrent: int) -> None:
         # The instance's own processes (raylet, GCS, dashboard) inherit this process's
         # environment; an inherited value would name another instance.
         os.environ[API_SERVER_VAR] = kwargs["runtime_env"]["env_vars"][API_SERVER_VAR]
+        with loopback_node():
+            ray.init(**kwargs)
+        return
     ray.init(**kwargs)

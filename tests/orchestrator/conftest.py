@@ -18,24 +18,30 @@ use_ray_token_auth()
 def ray_session():
     import ray
 
-    from orchestrator.engine.session import API_SERVER_VAR, free_port, local_runtime_env
+    from orchestrator.engine.session import (
+        API_SERVER_VAR,
+        free_port,
+        local_runtime_env,
+        loopback_node,
+    )
 
     # address="local" ignores RAY_ADDRESS and stale cluster files: never joins another Ray.
     # As the CLI starts a local instance: its processes query this instance's State API.
     port = free_port()
     env = local_runtime_env(port)
     os.environ[API_SERVER_VAR] = env["env_vars"][API_SERVER_VAR]
-    ray.init(
-        address="local",
-        _node_ip_address="127.0.0.1",
-        num_cpus=2,
-        resources={"TRAIN_DRIVER": 2},
-        include_dashboard=True,
-        dashboard_host="127.0.0.1",
-        dashboard_port=port,
-        log_to_driver=False,
-        runtime_env=env,
-    )
+    with loopback_node():
+        ray.init(
+            address="local",
+            _node_ip_address="127.0.0.1",
+            num_cpus=2,
+            resources={"TRAIN_DRIVER": 2},
+            include_dashboard=True,
+            dashboard_host="127.0.0.1",
+            dashboard_port=port,
+            log_to_driver=False,
+            runtime_env=env,
+        )
     yield ray
     ray.shutdown()
 

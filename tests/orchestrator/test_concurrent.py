@@ -1,5 +1,5 @@
 """Two local sweeps on one machine at once, each with its own private Ray instance, and ASHA
-stopping trials in both: both finish.
+stopping trials in both: both finish, and neither instance listens beyond loopback.
 
 Before, Ray Train's placement-group cleaner of a trial ASHA stopped asked the State API for
 "the" local Ray instance, found two and gave up; the stopped trial's group was never freed,
@@ -17,7 +17,7 @@ from mlflow.tracking import MlflowClient
 
 from orchestrator.settings import DEFAULT_EXPERIMENT
 from orchestrator.tracking.store import END_REASON_TAG, STOPPED_EARLY
-from tests.helpers import micro
+from tests.helpers import listeners, micro, off_loopback
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 ROOT = Path(__file__).resolve().parents[2]
@@ -57,11 +57,12 @@ def test_two_local_sweeps_at_once_both_finish(synth_root: Path, tmp_path: Path) 
     outs = [tmp_path / "first", tmp_path / "second"]
     sweeps = [_start(out, synth_root) for out in outs]
     deadline = time.monotonic() + 1200  # a stall waits forever; both took ~5 min on 2 cores
+    heard: set = set()  # every socket either sweep's Ray listened on, sampled every 2 s
     try:
-        for sweep in sweeps:
-            sweep.wait(timeout=max(1.0, deadline - time.monotonic()))
-    except subprocess.TimeoutExpired:
-        pass
+        while any(s.poll() is None for s in sweeps) and time.monotonic() < deadline:
+            for sweep in sweeps:
+                heard |= listeners(sweep.pid)
+            time.sleep(2)
     finally:
         for sweep in sweeps:
             if sweep.poll() is None:
@@ -75,3 +76,9 @@ def test_two_local_sweeps_at_once_both_finish(synth_root: Path, tmp_path: Path) 
         stopped = [r for r in trials if r.data.tags.get(END_REASON_TAG) == STOPPED_EARLY]
         assert stopped, f"ASHA stopped no trial of the {out.name} sweep"
         assert all(r.info.status in ("FINISHED", "KILLED") for r in trials)
+    # Each local instance listens on loopback only: GCS, raylet, dashboard, agents, workers.
+    names = {entry[0] for entry in heard}
+    assert {"gcs_server", "raylet"} <= names, sorted(names)
+    for title in ("ray::DashboardA", "ray::RayTrainWo"):
+        assert any(name.startswith(title) for name in names), (title, sorted(names))
+    assert not off_loopback(heard), sorted(off_loopback(heard))
