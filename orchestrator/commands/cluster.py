@@ -33,11 +33,14 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
             "more Ray nodes and an MLflow server (SQLite, artifacts under FOLDER), all bound to "
             "127.0.0.1; run again to restart whatever has died. status: addresses and live "
             "processes. down: stop exactly the processes `up` started. Then: supcon-sweep "
-            "submit --address DASHBOARD ...; supcon-sweep best --tracking-uri MLFLOW."
+            "submit --address DASHBOARD ...; supcon-sweep best --tracking-uri MLFLOW. clean: "
+            "stop the Ray processes that local sweeps killed with SIGKILL left running (their "
+            "dashboard and runtime-env agents), and nothing else; every local sweep does this "
+            "before it starts Ray."
         ),
         epilog=_EPILOG,
     )
-    local.add_argument("action", choices=("up", "down", "status"))
+    local.add_argument("action", choices=("up", "down", "status", "clean"))
     local.add_argument(
         "--folder",
         type=Path,
@@ -71,6 +74,12 @@ def _print_status(info: dict, as_json: bool) -> None:
 def _local(args: argparse.Namespace) -> int:
     from orchestrator.engine import local_cluster as lc
 
+    if args.action == "clean":
+        from orchestrator.engine import leftovers
+
+        stopped = leftovers.clean()
+        print(f"stopped: {', '.join(stopped) or 'nothing was left behind'}")
+        return 0
     try:
         if args.action == "up":
             spec = lc.Spec(args.nodes, args.head_cpus, args.worker_cpus, args.drivers)

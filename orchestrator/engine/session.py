@@ -6,6 +6,7 @@ seconds, where ``ray.init`` retries for minutes) before anything heavy is import
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import logging
 import math
@@ -14,6 +15,7 @@ import socket
 from collections.abc import Iterator
 from typing import Any
 
+from orchestrator.engine import leftovers
 from orchestrator.train.resources import DRIVER_RESOURCE
 from trainer.config import ConfigError
 
@@ -157,7 +159,10 @@ def start_ray(address: str | None, max_concurrent: int) -> None:
         # The instance's own processes (raylet, GCS, dashboard) inherit this process's
         # environment; an inherited value would name another instance.
         os.environ[API_SERVER_VAR] = kwargs["runtime_env"]["env_vars"][API_SERVER_VAR]
+        leftovers.clean()
         with loopback_node():
             ray.init(**kwargs)
+        entry = leftovers.record()
+        atexit.register(leftovers.forget, entry)
         return
     ray.init(**kwargs)
