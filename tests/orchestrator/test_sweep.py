@@ -6,6 +6,7 @@ rank 0; 1 where DDP is not the subject): tens of seconds to minutes apiece."""
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import mlflow
@@ -225,20 +226,38 @@ def test_failing_trial_is_marked_failed_while_the_sweep_goes_on(
 def test_a_sweep_in_which_every_trial_fails_exits_1(
     ray_session, synth_root: Path, tmp_path: Path, capsys
 ) -> None:
-    """The work ran and failed: exit status 1 (not 2, which says nothing ran)."""
+    """The work ran and failed: exit status 1 (not 2, which says nothing ran). The cause is a
+    dev clip with a valid header and a truncated body (``data check`` reads only headers unless
+    ``--decode``, and a sweep does not decode first): the run says which file, and the summary
+    lists the trial with it.
+    (Ray could not rebuild AudioDecodeError before: the driver saw a TypeError, no cause.)"""
+    corpus = tmp_path / "corpus"
+    shutil.copytree(synth_root, corpus)
+    broken = sorted((corpus / "LA" / "ASVspoof2019_LA_dev" / "flac").glob("*.flac"))[0]
+    with broken.open("r+b") as handle:
+        handle.truncate(200)
     space = tmp_path / "space.yaml"
-    space.write_text("loss.temperature: {grid: [1.0e-40]}\n")
-    args = sweep_args(tmp_path, synth_root, "--max-failures", "0", workers=1)
+    space.write_text("loss.temperature: {grid: [0.3]}\n")
+    args = sweep_args(tmp_path, corpus, "--max-failures", "0", workers=1)
     args[args.index("--space") + 1] = str(space)
     assert main([*args, "stage1.epochs=1"]) == 1
-    assert "every trial of sweep smoke failed" in capsys.readouterr().err
+    out, err = capsys.readouterr()
+    assert "every trial of sweep smoke failed" in err
     client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
     exp = client.get_experiment_by_name(DEFAULT_EXPERIMENT)
+    runs = client.search_runs([exp.experiment_id])
     statuses = {
         "parent" if "mlflow.parentRunId" not in r.data.tags else "trial": r.info.status
-        for r in client.search_runs([exp.experiment_id])
+        for r in runs
     }
     assert statuses == {"parent": "FAILED", "trial": "FAILED"}
+    (trial,) = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
+    cause = trial.data.tags[ERROR_TAG]
+    assert cause.startswith(f"AudioDecodeError: cannot decode audio file {broken}"), cause
+    assert f"  cause: {cause}" in out
+    assert (
+        f"{trial.data.tags['supcon.trial_id']}: {cause}" in out[out.index("failed trials (1):") :]
+    )
 
 
 def test_single_trial_through_ray_train(
