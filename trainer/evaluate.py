@@ -12,6 +12,7 @@ metrics come from :func:`trainer.metrics.evaluate`; the pooled figures from ever
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -45,7 +46,31 @@ MODEL_DIR = "model"
 WEIGHTS = "model.pt"
 CLASSIFIER = "classifier.pt"
 CONFIG = "config.yaml"
-MODEL_FILES = (WEIGHTS, CLASSIFIER, CONFIG)
+MODEL_FILES = (WEIGHTS, CLASSIFIER, CONFIG)  # what loading the model needs
+DECISION = "decision.json"
+FOLDER_FILES = (*MODEL_FILES, DECISION)  # what a trial writes (the orchestrator adds MLflow's)
+
+
+@dataclass(frozen=True)
+class Decision:
+    """Stage 2's operating point: a clip is bona fide when its score is above ``threshold``
+    (the dev set's EER point, where the official DET walk rejects scores at or below it)."""
+
+    threshold: float
+    dev_eer: float
+
+    def text(self) -> str:
+        rule = "bona fide when score > threshold (the dev EER point)"
+        return json.dumps({**self.__dict__, "rule": rule}, indent=2) + "\n"
+
+    @classmethod
+    def read(cls, folder: Path) -> Decision | None:
+        """The folder's decision; None for a folder written before decisions were kept."""
+        path = folder / DECISION
+        if not path.is_file():
+            return None
+        raw = json.loads(path.read_text(encoding="utf-8"))
+        return cls(float(raw["threshold"]), float(raw["dev_eer"]))
 
 
 class ModelNotFoundError(FileNotFoundError):
@@ -57,9 +82,16 @@ def embed_split(
 ) -> torch.Tensor:
     """(N, D) embeddings of ``split`` with the config's evaluation crop, batch size and loader
     workers (``auto`` resolved for this device, see :mod:`trainer.memory`)."""
+    return embed_utterances(model, split.utterances, cfg, rt, desc)
+
+
+def embed_utterances(
+    model: nn.Module, utterances: Sequence[Utterance], cfg: TrainerConfig, rt: Runtime, desc: str
+) -> torch.Tensor:
+    """:func:`embed_split` of any clips (a model scoring audio outside a corpus)."""
     return embed(
         model,
-        split.utterances,
+        utterances,
         cfg.data.eval_crop,
         device=rt.device,
         precision=rt.autocast(),
@@ -82,14 +114,18 @@ class FinalModel:
     cfg: TrainerConfig
     model: SupConModel
     classifier: nn.Linear
+    decision: Decision | None = None
 
     def save(self, folder: Path) -> Path:
-        """Write the model folder atomically (see :func:`trainer.checkpoint.write_folder`)."""
+        """Write the model folder atomically (see :func:`trainer.checkpoint.write_folder`): the
+        weights, the config and the decision threshold."""
         files = {
             WEIGHTS: self.model.state_dict(),
             CLASSIFIER: self.classifier.state_dict(),
             CONFIG: to_yaml(self.cfg),
         }
+        if self.decision is not None:
+            files[DECISION] = self.decision.text()
         return checkpoint.write_folder(folder, files)
 
     def scores(self, z: torch.Tensor) -> np.ndarray:

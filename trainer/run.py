@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -21,12 +21,13 @@ from trainer.data.corpora import CorpusSplit, read_corpus
 from trainer.evaluate import (
     CLASSIFIER,
     MODEL_DIR,
+    Decision,
     FinalModel,
     SetScores,
     embed_split,
     pooled_metrics,
 )
-from trainer.metrics import class_scores
+from trainer.metrics import class_scores, compute_eer
 from trainer.model import SupConModel
 from trainer.plots import curves_plot, det_plot
 from trainer.reporting import JsonlReporter, Reporter
@@ -155,6 +156,8 @@ class Trial:
             "time/trial_s": time.monotonic() - self.started + encoder.earlier_s,
         }
         dev_scores = final.scores(dev_z)  # (N_dev,)
+        dev_eer, threshold = compute_eer(*class_scores(d.dev.utterances, dev_scores))
+        final = replace(final, decision=Decision(threshold, dev_eer))
         artifacts = self._write(metrics, encoder.progress, stage2, final, dev_scores, evaluated)
         self.reporter.final(metrics, artifacts, history=encoder.progress.history)
         return metrics

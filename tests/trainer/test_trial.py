@@ -19,7 +19,7 @@ from tests.helpers import ROOT, free_port, micro
 from trainer.cli import main
 from trainer.config import load_config
 from trainer.data.corpora import read_corpus
-from trainer.evaluate import MODEL_FILES, ModelNotFoundError, load_model
+from trainer.evaluate import FOLDER_FILES, ModelNotFoundError, load_model
 from trainer.reporting import EPOCH_METRICS, FINAL_METRICS
 from trainer.run import prepare_trial, run_trial
 from trainer.runtime import setup
@@ -48,7 +48,7 @@ def test_cli_trial_writes_everything(synth_root: Path, tmp_path: Path, capsys) -
     assert len(read_scores(out / "scores" / "asv19.tsv")) == 68
     assert (out / "checkpoints" / "last" / "state.pt").is_file()
     assert (out / "det.png").stat().st_size > 0 and (out / "config.yaml").is_file()
-    assert sorted(p.name for p in (out / "model").iterdir()) == sorted(MODEL_FILES)
+    assert sorted(p.name for p in (out / "model").iterdir()) == sorted(FOLDER_FILES)
     epochs = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [e["epoch"] for e in epochs] == [0, 1, 2]
     assert (
