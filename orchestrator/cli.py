@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 import logging
 
-from orchestrator.commands import best, cluster, confirm, evaluate, submit, sweep, trial
+from orchestrator.commands import best, cluster, confirm, evaluate, score, submit, sweep, trial
 from orchestrator.commands.options import EXIT_STATUS
 from trainer.data import cli as data_cli
 
@@ -33,6 +33,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_parser(sub)
     confirm.add_parser(sub)
     best.add_parser(sub)
+    score.add_parser(sub)
     cluster.add_parser(sub)
     return parser
 

@@ -31,3 +31,16 @@ def synth_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     with FileLock(str(folder / "synth.lock")):  # generate() reuses a finished corpus
         return generate(folder / "synth", seed=0, size="micro", progress=False)
+
+
+@pytest.fixture(scope="session")
+def micro_trial(synth_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """``OUT`` of one local 1-epoch ``supcon-sweep trial`` on the synthetic corpus (no Ray):
+    its model folder (an MLflow model), score files and metrics. Tests read it, never change
+    it."""
+    from orchestrator.cli import main
+    from tests.helpers import micro
+
+    out = tmp_path_factory.mktemp("micro_trial")
+    assert main(["trial", "--out", str(out), *micro(synth_root, epochs=1)]) == 0
+    return out

@@ -66,8 +66,18 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    """The ``trial`` handler: through Ray Train with ``--ray``, else the trainer's own."""
-    return _on_ray(args) if args.ray else trainer_cli.run(args)
+    """The ``trial`` handler: through Ray Train with ``--ray``, else the trainer's own, whose
+    final model folder is then made an MLflow model (as a sweep trial's is)."""
+    if args.ray:
+        return _on_ray(args)
+    code = trainer_cli.run(args)
+    model = args.out.resolve() / "model"
+    if code == 0 and (model / "decision.json").is_file():
+        from orchestrator.tracking.pyfunc import make_mlflow_model
+
+        make_mlflow_model(model)
+        print(f"the final model is an MLflow model: mlflow.pyfunc.load_model({str(model)!r})")
+    return code
 
 
 def _settings(args: argparse.Namespace, cfg: TrainerConfig) -> SweepSettings:

@@ -31,6 +31,7 @@ from orchestrator.tracking import (
     TrialTracker,
     error_text,
 )
+from orchestrator.tracking.pyfunc import make_mlflow_model
 from orchestrator.train.decisions import wait_for
 from trainer.config import TrainerConfig, flatten
 from trainer.evaluate import MODEL_DIR
@@ -192,8 +193,9 @@ def _restore(out_dir: Path, world_rank: int) -> tuple[Path | None, str | None]:
 
 
 def _publish_model(spec: TrialSpec, reporter: RayReporter) -> None:
-    """Rank 0: copy the final model to the sweep's storage, then tag the run with where it is
-    (a run tagged so always has the whole model there)."""
+    """Rank 0: make the final model an MLflow model, copy it to the sweep's storage, then tag
+    the run with where it is (a run tagged so always has the whole model there)."""
+    make_mlflow_model(spec.out_dir / MODEL_DIR)
     uri = upload_folder(spec.out_dir / MODEL_DIR, spec.model_uri)
     reporter.tag(MODEL_TAG, uri)
     log.info("trial %s: final model in %s", spec.trial_id, uri)
