@@ -8,7 +8,13 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from orchestrator.commands.options import EXIT_STATUS, add_tracking_args, bad_input, whole
+from orchestrator.commands.options import (
+    CHAMPION,
+    EXIT_STATUS,
+    add_tracking_args,
+    bad_input,
+    whole,
+)
 from orchestrator.objective import OBJECTIVE
 from trainer.config import ConfigError
 
@@ -52,6 +58,20 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "the global batch and epoch length) and its pretrained weights' hub revision; prints "
         "the command that reruns it",
     )
+    p.add_argument(
+        "--register",
+        metavar="NAME",
+        help="register the best trial's final model (an MLflow model folder in the sweep's "
+        "storage, not copied) as a new version of NAME in MLflow's model registry, tagged with "
+        "its sweep, config id and selection metric, and point --alias at it; then "
+        "mlflow.pyfunc.load_model('models:/NAME@ALIAS') or `supcon-sweep score --model` runs "
+        "it. Registering the same trial again creates nothing",
+    )
+    p.add_argument(
+        "--alias",
+        default=CHAMPION,
+        help=f"the alias --register points at the version (default {CHAMPION})",
+    )
     p.set_defaults(handler=_best)
 
 
@@ -89,8 +109,11 @@ def _query(args: argparse.Namespace) -> list[dict[str, Any]]:
 def _best(args: argparse.Namespace) -> int:
     if args.export is not None and args.export.is_dir():
         return bad_input(f"--export {args.export} is a directory; name the YAML file to write")
-    if args.by_config and args.export:
-        return bad_input("--export writes one trial's config; it does not go with --by-config")
+    if args.by_config and (args.export or args.register):
+        return bad_input(
+            "--export and --register take one trial; they do not go with --by-config "
+            "(`supcon-sweep confirm --register` registers the configuration confirmed best)"
+        )
     if args.by_config:
         return _by_config(args)
     from orchestrator.reports.best import print_table
@@ -125,6 +148,36 @@ def _best(args: argparse.Namespace) -> int:
             f"with the same global batch, with\n  {rerun_command(load_config(path), path)}",
             file=sys.stderr if args.json else sys.stdout,
         )
+    if args.register:
+        return _register(args, rows[0])
+    return 0
+
+
+def _register(args: argparse.Namespace, row: dict[str, Any]) -> int:
+    from orchestrator.tracking import TrackingError, resolve_tracking_uri, row_config_id
+    from orchestrator.tracking.registry import register
+    from orchestrator.tracking.store import SWEEP_TAG
+
+    value = row["metrics"].get(args.metric)
+    tags = {
+        "supcon.sweep": row["tags"].get(SWEEP_TAG, ""),
+        "supcon.trial_id": row["trial_id"],
+        "supcon.config_id": row_config_id(row),
+        "supcon.selected_by": f"{args.metric} ({args.mode})",
+        "supcon.selected_value": "" if value is None else repr(value),
+    }
+    uri = resolve_tracking_uri(args.tracking_uri, args.out)
+    try:
+        done = register(uri, row, args.register, args.alias, tags)
+    except TrackingError as err:
+        return bad_input(err)
+    what = "registered" if done.created else "already registered (nothing created):"
+    print(
+        f"{what} trial {row['trial_id']} as {done.name} version {done.version}, alias "
+        f"{done.alias}; its model: {done.source}\n  load it: mlflow.pyfunc.load_model("
+        f"{done.uri!r})  or  supcon-sweep score --model {done.uri} PATH ...",
+        file=sys.stderr if args.json else sys.stdout,
+    )
     return 0
 
 

@@ -21,6 +21,7 @@ from trainer.reporting import EPOCH_METRICS, FINAL_METRICS
 
 DEFAULT_OUT = Path("runs")
 DEFAULT_JOB_SERVER = "http://127.0.0.1:8265"
+CHAMPION = "champion"  # the registry alias --register points at by default
 DEFAULT_NUM_SAMPLES = 8
 
 EXIT_STATUS = (

@@ -16,8 +16,9 @@ from mlflow.tracking import MlflowClient
 from orchestrator.cli import main
 from orchestrator.settings import DEFAULT_EXPERIMENT
 from orchestrator.tracking import CONFIRM_TAG, ERROR_TAG, Tracking
+from orchestrator.tracking.pyfunc import MLFLOW_FILES
 from tests.helpers import checkpoint_dirs, data_overrides, sweep_args
-from trainer.evaluate import MODEL_FILES
+from trainer.evaluate import FOLDER_FILES
 
 PARENT_TAG = "mlflow.parentRunId"
 
@@ -109,7 +110,7 @@ def test_only_the_best_trial_is_scored_on_the_test_sets(smoke_sweep: Path) -> No
     for run in (tested, untested):
         model = Path(run.data.tags["supcon.model_uri"])
         assert model == smoke_sweep / "models" / run.data.tags["supcon.trial_id"]
-        assert sorted(p.name for p in model.iterdir()) == sorted(MODEL_FILES)
+        assert sorted(p.name for p in model.iterdir()) == sorted(FOLDER_FILES + MLFLOW_FILES)
         assert json.loads(run.data.tags["supcon.resources"])["workers"] == 2
 
 
@@ -304,3 +305,45 @@ def test_a_trial_whose_workers_cannot_start_fails_naming_its_resources(
         [client.get_experiment_by_name(DEFAULT_EXPERIMENT).experiment_id]
     )
     assert parent.info.status == "FAILED"
+
+
+def test_best_registers_the_champion_that_scores_as_its_trial(
+    smoke_sweep: Path, synth_root: Path, tmp_path: Path, capsys
+) -> None:
+    """``best --register``: the best trial's model becomes version 1 of NAME, alias champion,
+    tagged with the sweep, config id and selection metric; again, nothing is created. Loaded
+    by name it scores; ``score --model models:/...`` reproduces the trial's own test-set score
+    file (the best trial is the one the sweep scored, ``--eval-top-k 1``)."""
+    uri = f"sqlite:///{smoke_sweep / 'mlflow.db'}"
+    argv = ["best", "--out", str(smoke_sweep), "--register", "smoke-detector"]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert "registered trial" in out and "version 1, alias champion" in out
+    assert main(argv) == 0
+    assert "already registered (nothing created)" in capsys.readouterr().out
+    client = MlflowClient(uri, uri)
+    assert len(client.search_model_versions("name = 'smoke-detector'")) == 1
+    version = client.get_model_version_by_alias("smoke-detector", "champion")
+    (best,) = Tracking.at(uri, DEFAULT_EXPERIMENT).best(
+        "sweep/objective", top=1, confirmations=False
+    )
+    assert version.run_id == best["run_id"]
+    assert version.source == best["tags"]["supcon.model_uri"]
+    assert version.tags["supcon.sweep"] == "smoke"
+    assert version.tags["supcon.selected_by"] == "sweep/objective (min)"
+    assert float(version.tags["supcon.selected_value"]) == best["metrics"]["sweep/objective"]
+    assert version.tags["supcon.config_id"]
+
+    scored = tmp_path / "asv19.tsv"
+    spec = f"asvspoof2019:{synth_root / 'LA'}:eval"
+    argv = ["score", "--model", "models:/smoke-detector@champion", "--tracking-uri", uri]
+    assert main([*argv, "--corpus", spec, "--out", str(scored)]) == 0
+    theirs = Path(client.download_artifacts(best["run_id"], "scores/asv19.tsv", str(tmp_path)))
+    mine_rows = scored.read_text().splitlines()
+    their_rows = theirs.read_text().splitlines()
+    assert len(mine_rows) == len(their_rows) == 69
+    for a, b in zip(mine_rows[1:], their_rows[1:], strict=True):
+        (ua, sa, *ra), (ub, sb, *rb) = a.split("\t"), b.split("\t")
+        assert ua == ub and ra == rb and abs(float(sa) - float(sb)) <= 1e-5
+    eer = best["metrics"]["eval/asv19/eer"]
+    assert f"EER {100 * eer:.2f} %" in capsys.readouterr().err
