@@ -58,6 +58,28 @@ def loopback_node() -> Iterator[None]:
         ray_constants.ENABLE_RAY_CLUSTER = saved
 
 
+def loopback_only(address: str) -> bool:
+    """Whether ``address`` (``HOST:PORT``) is a Ray instance that listens on loopback only (a
+    private local instance, :func:`loopback_node`): joining it must keep 127.0.0.1, which
+    ``ray.init`` would otherwise turn into this machine's routed address, where nothing
+    answers. A loopback address of an instance that also listens there (``cluster local``,
+    whose nodes are on the routed address) is left to Ray as before."""
+    import ray.util
+
+    hostport = address.split("://", 1)[-1].rstrip("/")
+    host, _, port = hostport.rpartition(":")
+    if host not in ("127.0.0.1", "localhost", "::1", "[::1]") or not port.isdigit():
+        return False
+    routed = ray.util.get_node_ip_address()
+    if routed in ("127.0.0.1", "::1"):
+        return True
+    try:
+        with socket.create_connection((routed, int(port)), timeout=2):
+            return False
+    except OSError:
+        return True
+
+
 def free_port() -> int:
     """A TCP port on 127.0.0.1 that nothing listens on now."""
     with socket.socket() as probe:
@@ -164,5 +186,9 @@ def start_ray(address: str | None, max_concurrent: int) -> None:
             ray.init(**kwargs)
         entry = leftovers.record()
         atexit.register(leftovers.forget, entry)
+        return
+    if address and loopback_only(address):
+        with loopback_node():  # else Ray rewrites 127.0.0.1 to this machine's routed address
+            ray.init(**kwargs)
         return
     ray.init(**kwargs)

@@ -18,6 +18,7 @@ use_ray_token_auth()
 def ray_session():
     import ray
 
+    from orchestrator.engine import leftovers
     from orchestrator.engine.session import (
         API_SERVER_VAR,
         free_port,
@@ -42,8 +43,10 @@ def ray_session():
             log_to_driver=False,
             runtime_env=env,
         )
+    entry = leftovers.record()  # a killed test run's agents go at the next local start
     yield ray
     ray.shutdown()
+    leftovers.forget(entry)
 
 
 @pytest.fixture(scope="session")
