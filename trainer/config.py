@@ -188,7 +188,10 @@ class RuntimeConfig(_Strict):
     bar's loss) once per this many steps rather than every step; a non-finite loss still names
     the exact step it appeared at. ``gpu_memory_fraction``: the share of the GPU's memory this
     process may allocate (a trial given 0.5 GPU gets 0.5; the Ray adapter sets it from the
-    trial's GPU share), null for all of it."""
+    trial's GPU share), null for all of it. ``system_metrics``: rank 0 of a Ray trial logs
+    MLflow system metrics (CPU, memory, disk, network; GPU utilisation and memory where NVML
+    is installed) into the trial's run every 10 s (``MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL``);
+    null: on when the trial trains on GPUs."""
 
     device: Literal["auto", "cpu", "cuda"] = "auto"
     precision: Literal["auto", "fp32", "torch-defaults", "tf32", "bf16"] = "auto"
@@ -198,6 +201,7 @@ class RuntimeConfig(_Strict):
     world_size: int | None = Field(default=None, ge=1)
     compile: bool = False
     adamw: Literal["auto", "fused", "foreach", "for-loop"] = "auto"
+    system_metrics: bool | None = None
     sync_every: int = Field(default=50, ge=1)
     gpu_memory_fraction: float | None = Field(default=None, gt=0.0, le=1.0)
 

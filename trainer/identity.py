@@ -27,6 +27,7 @@ RUNTIME_ONLY = frozenset(
         "runtime.adamw",
         "runtime.sync_every",
         "runtime.gpu_memory_fraction",
+        "runtime.system_metrics",
     }
 )
 

@@ -130,6 +130,7 @@ def _best(args: argparse.Namespace) -> int:
             "scored on the test sets take part",
             file=sys.stderr,
         )
+    _warn_on_corpus_versions(args, rows)
     if args.json:
         print(json.dumps(rows, indent=2, default=str))
     else:
@@ -151,6 +152,24 @@ def _best(args: argparse.Namespace) -> int:
     if args.register:
         return _register(args, rows[0])
     return 0
+
+
+def _warn_on_corpus_versions(args: argparse.Namespace, rows: list[dict[str, Any]]) -> None:
+    """A warning when the ranked trials read different versions (protocol digests) of a
+    corpus of the same name: their numbers are then not comparable."""
+    from mlflow.tracking import MlflowClient
+
+    from orchestrator.tracking import resolve_tracking_uri
+    from orchestrator.tracking.datasets import digest_mismatches
+
+    client = MlflowClient(resolve_tracking_uri(args.tracking_uri, args.out))
+    differ = digest_mismatches(client.get_run(r["run_id"]) for r in rows)
+    for name, digests in sorted(differ.items()):
+        print(
+            f"warning: the trials listed read different versions of {name} (protocol digests "
+            f"{', '.join(sorted(digests))}): their figures are not comparable",
+            file=sys.stderr,
+        )
 
 
 def _register(args: argparse.Namespace, row: dict[str, Any]) -> int:

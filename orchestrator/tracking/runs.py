@@ -235,6 +235,7 @@ class TrialTracker:
         self._skipped: set[str] = set()
         self._pending: list[Metric] = []
         self._down_since: float | None = None
+        self._monitor = None  # MLflow's system-metrics monitor, when started
 
     @classmethod
     def open(
@@ -353,6 +354,20 @@ class TrialTracker:
     def set_tag(self, key: str, value: str) -> None:
         self._retry(f"tagging {key}", lambda: self.client.set_tag(self.run_id, key, value))
 
+    def log_datasets(self, inputs: Sequence[Any]) -> None:
+        """Record the run's dataset inputs (:mod:`orchestrator.tracking.datasets`)."""
+        self._retry("logging the datasets", lambda: self.client.log_inputs(self.run_id, inputs))
+
+    def start_system_metrics(self) -> None:
+        """MLflow's system-metrics monitor for this run, in a thread of this process, until
+        :meth:`finish` (steps continue after a resumed trial's)."""
+        from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
+
+        self._monitor = SystemMetricsMonitor(
+            self.run_id, resume_logging=True, tracking_uri=self.client.tracking_uri
+        )
+        self._monitor.start()
+
     def flush(self) -> None:
         """Send what is buffered (with the outage handling of :meth:`finish`)."""
         self._retry("sending buffered metrics", lambda: None)
@@ -365,4 +380,7 @@ class TrialTracker:
             if self.client.get_run(self.run_id).info.status not in END_STATUSES:
                 _finish(self.client, self.run_id, status)
 
+        monitor, self._monitor = self._monitor, None
+        if monitor is not None:
+            monitor.finish()  # its last samples before the run ends
         self._retry("ending the run", end)

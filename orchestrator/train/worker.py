@@ -18,6 +18,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import ray.train
+import torch
 
 from orchestrator.objective import MONITOR_KEYS, OBJECTIVE, Objective
 from orchestrator.settings import TrialSpec
@@ -31,9 +32,11 @@ from orchestrator.tracking import (
     TrialTracker,
     error_text,
 )
+from orchestrator.tracking.datasets import corpus_inputs
 from orchestrator.tracking.pyfunc import make_mlflow_model
 from orchestrator.train.decisions import wait_for
 from trainer.config import TrainerConfig, flatten
+from trainer.data.errors import CorpusError
 from trainer.evaluate import MODEL_DIR
 from trainer.model import pretrained_revision
 from trainer.run import run_trial
@@ -162,7 +165,23 @@ def make_reporter(
         spool=spec.out_dir / "mlflow_unsent.jsonl",
         tags=spec.run_tags,
     )
+    _describe_run(tracker, cfg, spec)
     return RayReporter(tracker, launch_s, send, objective, decide)
+
+
+def _describe_run(tracker: TrialTracker, cfg: TrainerConfig, spec: TrialSpec) -> None:
+    """Rank 0: the run's dataset inputs (which corpus version each number came from) and,
+    when ``runtime.system_metrics`` says so (by default where the trial has GPUs), MLflow's
+    system metrics until the run ends."""
+    try:
+        tracker.log_datasets(corpus_inputs(cfg))
+    except (CorpusError, OSError) as err:  # the trainer fails on it next, naming it
+        log.warning("trial %s: its corpora could not be described: %s", spec.trial_id, err)
+    wanted = cfg.runtime.system_metrics
+    if wanted is None:
+        wanted = torch.cuda.is_available() and cfg.runtime.device != "cpu"
+    if wanted:
+        tracker.start_system_metrics()
 
 
 def _decider(spec: TrialSpec) -> Decide | None:
