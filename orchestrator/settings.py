@@ -62,6 +62,9 @@ class TrialResources:
         return cls(**json.loads(text))
 
 
+OPTUNA_STORAGE_VAR = "SUPCON_OPTUNA_STORAGE"  # the default of sweep --optuna-storage
+
+
 @dataclass(frozen=True)
 class SweepSettings:
     """Everything a sweep's trial drivers need, saved beside the Tune experiment for ``resume``.
@@ -100,6 +103,15 @@ class SweepSettings:
     # How long a trial's workers may wait for their resources before it fails (see
     # orchestrator.train.trainer.start_attempts): on an autoscaling cluster, nodes take minutes.
     start_timeout_s: float = 600.0
+    # The Optuna study's RDB storage (optuna-dashboard reads it live); "" = in memory only
+    optuna_storage: str = ""
+
+    @property
+    def study_name(self) -> str:
+        """The sweep's Optuna study: its name and its MLflow parent run (a sweep started again
+        under the same name gets a study of its own, never the old one's trials)."""
+        parent = self.tracking.parent_run_id or ""
+        return f"{self.name}-{parent[:8]}" if parent else self.name
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "decision_epochs", tuple(self.decision_epochs))

@@ -164,10 +164,19 @@ class SearchSpace:
         return points
 
     def optuna_search(
-        self, metric: str, mode: str, seed: int | None = None, *, sampler: Any = None
+        self,
+        metric: str,
+        mode: str,
+        seed: int | None = None,
+        *,
+        sampler: Any = None,
+        storage: Any = None,
+        study_name: str | None = None,
     ) -> OptunaSearch:
         """An ``OptunaSearch`` over the sampled keys (TPE seeded with ``seed``, or ``sampler``,
-        an Optuna sampler); suggestions are keyed by dotted path.
+        an Optuna sampler); suggestions are keyed by dotted path. ``storage`` (an Optuna
+        storage) and ``study_name`` keep its study there (optuna-dashboard reads it) instead of
+        in memory.
 
         Suggestions hold the sampled keys only: apply ``fixed()`` to the base config (or pass it
         as the Tuner's ``param_space``, which Tune merges). ``metric`` and ``mode`` are required:
@@ -179,11 +188,18 @@ class SearchSpace:
             raise ValueError(f"optuna_search needs a metric and mode 'min' or 'max', got {mode!r}")
         from ray.tune.search.optuna import OptunaSearch
 
+        study = {"storage": storage, "study_name": study_name}
         if sampler is not None:
             return OptunaSearch(
-                space=self.optuna_distributions(), metric=metric, mode=mode, sampler=sampler
+                space=self.optuna_distributions(),
+                metric=metric,
+                mode=mode,
+                sampler=sampler,
+                **study,
             )
-        return OptunaSearch(space=self.optuna_distributions(), metric=metric, mode=mode, seed=seed)
+        return OptunaSearch(
+            space=self.optuna_distributions(), metric=metric, mode=mode, seed=seed, **study
+        )
 
     def optuna_distributions(self) -> dict[str, Any]:
         """The Optuna distributions of the sampled keys, as the sweep's TPE draws them."""

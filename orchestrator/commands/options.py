@@ -263,6 +263,13 @@ def add_trial_resources(p: argparse.ArgumentParser) -> None:
         "path or a URI such as s3://BUCKET/ray (default OUT)",
     )
     p.add_argument(
+        "--optuna-storage",
+        metavar="URL",
+        help="the Optuna RDB storage the sweep's study lives in, named SWEEP-<parent run id>, "
+        "where `optuna-dashboard URL` shows it live (default SUPCON_OPTUNA_STORAGE, else "
+        "sqlite:///OUT/optuna.db; `none` keeps it in memory)",
+    )
+    p.add_argument(
         "--placement",
         choices=("pack", "spread"),
         default="pack",

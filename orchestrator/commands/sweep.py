@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from dataclasses import replace
@@ -28,7 +29,7 @@ from orchestrator.commands.options import (
 )
 from orchestrator.engine.session import check_local_resources, check_ray_address
 from orchestrator.objective import OBJECTIVE, check_objective
-from orchestrator.settings import SETTINGS_FILE, SweepSettings
+from orchestrator.settings import OPTUNA_STORAGE_VAR, SETTINGS_FILE, SweepSettings
 from orchestrator.train.resources import check_gpus, gpu_share, worker_threads
 from search_spaces import SearchSpace, SpaceError, load_space
 from trainer.config import ConfigError, TrainerConfig, apply_overrides, load_config, resolve_roots
@@ -100,6 +101,19 @@ def _num_samples(asked: int | None, space: SearchSpace) -> int:
     return asked or DEFAULT_NUM_SAMPLES
 
 
+def _optuna_storage(url: str | None, out: Path) -> str:
+    """``--optuna-storage``, else ``SUPCON_OPTUNA_STORAGE``, else ``sqlite:///OUT/optuna.db``;
+    "" for ``none`` (the study in memory, as before)."""
+    chosen = url or os.environ.get(OPTUNA_STORAGE_VAR) or f"sqlite:///{out / 'optuna.db'}"
+    if "@" in chosen.split("://", 1)[-1].split("/", 1)[0]:
+        # the URL is saved with the sweep's settings and printed: no credentials in it
+        raise ConfigError(
+            "--optuna-storage: the URL holds credentials; give the database's password its "
+            "own way (PGPASSWORD or ~/.pgpass for PostgreSQL, MySQL's option file)"
+        )
+    return "" if chosen.lower() == "none" else chosen
+
+
 def _settings(args: argparse.Namespace, cfg: TrainerConfig, space: SearchSpace) -> SweepSettings:
     """The sweep's settings (nothing is checked or created here)."""
     from orchestrator.settings import TrackingTarget
@@ -126,6 +140,7 @@ def _settings(args: argparse.Namespace, cfg: TrainerConfig, space: SearchSpace) 
         tracking=TrackingTarget(resolve_tracking_uri(args.tracking_uri, out), args.experiment),
         searcher=check_searcher(args.searcher, space),
         storage=storage_path(args.storage),
+        optuna_storage=_optuna_storage(args.optuna_storage, out),
         placement=args.placement.upper(),
         eval_top_k=args.eval_top_k,
         verbose=args.verbose,
@@ -175,6 +190,13 @@ def _outcome(settings: SweepSettings, results: ResultGrid, eval_failures: dict[s
         f"  (supcon-sweep best --experiment {target.experiment})"
         f"\nMLflow UI: {ui_link(target.uri, target.experiment_id)}"
     )
+    if settings.optuna_storage:
+        from orchestrator.tune.study import dashboard_command
+
+        print(
+            f"Optuna study {settings.study_name}: {safe_uri(settings.optuna_storage)}"
+            f"\n  live: {dashboard_command(safe_uri(settings.optuna_storage))}"
+        )
     _print_failed(Tracking(target).trial_runs())
     for trial_id, error in eval_failures.items():
         print(f"error: evaluation of trial {trial_id} failed: {error}", file=sys.stderr)
@@ -218,6 +240,14 @@ def _sweep(args: argparse.Namespace) -> int:
         from orchestrator.engine.sweep import run_sweep
 
         start_ray(args.address, args.max_concurrent)
+        if settings.optuna_storage:
+            from orchestrator.tracking import safe_uri
+            from orchestrator.tune.study import dashboard_command
+
+            print(
+                f"the search, live: {dashboard_command(safe_uri(settings.optuna_storage))}",
+                file=sys.stderr,
+            )
         settings, results, eval_failures = run_sweep(space, settings, rungs)
     except (TrackingError, ConnectionError, ConfigError) as err:
         return bad_input(err)
@@ -233,7 +263,10 @@ def _dry_run(args: argparse.Namespace, cfg: TrainerConfig, space: SearchSpace) -
     from orchestrator.tune.preflight import check_corpora
     from trainer.defaults import reads_from
 
-    settings = _settings(args, cfg, space)
+    try:
+        settings = _settings(args, cfg, space)
+    except ConfigError as err:
+        return bad_input(err)
     reports = None
     try:
         if "://" in settings.tracking_uri and not settings.tracking_uri.startswith("sqlite"):

@@ -27,17 +27,17 @@ class Searcher:
 
     label: str
     grid: bool
-    build: Callable[[SearchSpace, str, str, int], Any] | None
+    build: Callable[..., Any] | None
 
 
-def _tpe(space: SearchSpace, metric: str, mode: str, seed: int) -> Any:
-    return space.optuna_search(metric, mode, seed)
+def _tpe(space: SearchSpace, metric: str, mode: str, seed: int, **study: Any) -> Any:
+    return space.optuna_search(metric, mode, seed, **study)
 
 
-def _random(space: SearchSpace, metric: str, mode: str, seed: int) -> Any:
+def _random(space: SearchSpace, metric: str, mode: str, seed: int, **study: Any) -> Any:
     from optuna.samplers import RandomSampler
 
-    return space.optuna_search(metric, mode, sampler=RandomSampler(seed=seed))
+    return space.optuna_search(metric, mode, sampler=RandomSampler(seed=seed), **study)
 
 
 SEARCHERS: dict[str, Searcher] = {
@@ -71,7 +71,19 @@ def label(name: str) -> str:
     return SEARCHERS[name].label
 
 
-def search_algorithm(name: str, space: SearchSpace, metric: str, mode: str, seed: int) -> Any:
-    """The Tune search algorithm of ``name`` (None for the grid)."""
+def search_algorithm(
+    name: str,
+    space: SearchSpace,
+    metric: str,
+    mode: str,
+    seed: int,
+    *,
+    storage: Any = None,
+    study_name: str | None = None,
+) -> Any:
+    """The Tune search algorithm of ``name`` (None for the grid); its Optuna study in
+    ``storage`` (an Optuna storage) under ``study_name`` when given, else in memory."""
     build = SEARCHERS[name].build
-    return build(space, metric, mode, seed) if build is not None else None
+    if build is None:
+        return None
+    return build(space, metric, mode, seed, storage=storage, study_name=study_name)

@@ -29,6 +29,7 @@ from orchestrator.train.resources import DRIVER_RESOURCE
 from orchestrator.train.trainer import fit_trial, torch_trainer, trial_cause
 from orchestrator.tune.scheduling import Rungs, run_order
 from orchestrator.tune.searcher import check_searcher, search_algorithm
+from orchestrator.tune.study import RecordTrials, rdb_storage
 from search_spaces import SearchSpace
 from trainer.config import ConfigError
 
@@ -196,7 +197,10 @@ def tune_config(
         "max_concurrent_trials": s.max_concurrent,
     }
     searcher = check_searcher(s.searcher or None, space)
-    algorithm = search_algorithm(searcher, space, OBJECTIVE, s.mode, s.seed)
+    study = {}
+    if s.optuna_storage:
+        study = {"storage": rdb_storage(s.optuna_storage), "study_name": s.study_name}
+    algorithm = search_algorithm(searcher, space, OBJECTIVE, s.mode, s.seed, **study)
     if algorithm is None:
         param_space = {GRID_KEY: tune.grid_search(run_order(space, s.scheduler, rungs, s.seed))}
         return param_space, tune.TuneConfig(num_samples=1, **common)
@@ -208,6 +212,11 @@ def build_tuner(
     space: SearchSpace, settings: SweepSettings, rungs: Rungs | None = None
 ) -> tune.Tuner:
     param_space, config = tune_config(space, settings, rungs)
+    callbacks = [CloseTrialRuns(settings.target), TrialLines()]
+    if settings.optuna_storage and config.search_alg is None:  # a grid: record its trials
+        distributions = space.study_distributions()
+        url, name = settings.optuna_storage, settings.study_name
+        callbacks.append(RecordTrials(url, name, settings.mode, distributions, GRID_KEY))
     return tune.Tuner(
         trainable(settings),
         param_space=param_space,
@@ -215,7 +224,7 @@ def build_tuner(
         run_config=tune.RunConfig(
             name=settings.name,
             storage_path=settings.tune_dir,
-            callbacks=[CloseTrialRuns(settings.target), TrialLines()],
+            callbacks=callbacks,
             verbose=2 if settings.verbose else 1,
         ),
     )

@@ -12,6 +12,7 @@ import sys
 import time
 from pathlib import Path
 
+import optuna
 import pytest
 from mlflow.tracking import MlflowClient
 
@@ -47,6 +48,10 @@ def _start(out: Path, synth_root: Path) -> subprocess.Popen:
     )
 
 
+def summary_storage(out: Path) -> str:
+    return f"sqlite:///{out / 'optuna.db'}"
+
+
 def _trials(out: Path) -> list:
     client = MlflowClient(f"sqlite:///{out / 'mlflow.db'}")
     exp = client.get_experiment_by_name(DEFAULT_EXPERIMENT)
@@ -76,6 +81,12 @@ def test_two_local_sweeps_at_once_both_finish(synth_root: Path, tmp_path: Path) 
         stopped = [r for r in trials if r.data.tags.get(END_REASON_TAG) == STOPPED_EARLY]
         assert stopped, f"ASHA stopped no trial of the {out.name} sweep"
         assert all(r.info.status in ("FINISHED", "KILLED") for r in trials)
+        # TPE's own study lives in OUT/optuna.db: one trial per run, the values MLflow holds
+        (summary,) = optuna.get_all_study_summaries(f"sqlite:///{out / 'optuna.db'}")
+        study = optuna.load_study(study_name=summary.study_name, storage=summary_storage(out))
+        assert sorted(t.value for t in study.trials) == pytest.approx(
+            sorted(r.data.metrics["sweep/objective"] for r in trials)
+        )
     # Each local instance listens on loopback only: GCS, raylet, dashboard, agents, workers.
     names = {entry[0] for entry in heard}
     assert {"gcs_server", "raylet"} <= names, sorted(names)

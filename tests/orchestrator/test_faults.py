@@ -28,6 +28,12 @@ def _registered(out: Path) -> bool:
     return any((out / "train").glob("*/checkpoint_manager_snapshot.json"))
 
 
+def summary_trials(out: Path, name: str) -> list:
+    import optuna
+
+    return optuna.load_study(study_name=name, storage=f"sqlite:///{out / 'optuna.db'}").trials
+
+
 def _runs(out: Path):
     client = MlflowClient(f"sqlite:///{out / 'mlflow.db'}")
     exp = client.get_experiment_by_name(DEFAULT_EXPERIMENT)
@@ -126,6 +132,12 @@ def test_killed_driver_resumes_without_duplicate_runs(ray_session, synth_root: P
     assert len(parents) == 1 and len(children) == 2
     assert {c.info.status for c in children} == {"FINISHED"}
     assert parents[0].info.status == "FINISHED"
+    # resume continued the sweep's Optuna study: each trial once, with MLflow's value
+    import optuna
+
+    (summary,) = optuna.get_all_study_summaries(f"sqlite:///{tmp_path / 'optuna.db'}")
+    values = sorted(t.value for t in summary_trials(tmp_path, summary.study_name))
+    assert values == pytest.approx(sorted(c.data.metrics["sweep/objective"] for c in children))
     client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
     for child in children:
         # the summary (the kept epoch's EER) after the last of 4 epochs, never on an epoch's

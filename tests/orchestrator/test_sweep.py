@@ -278,11 +278,16 @@ def test_single_trial_through_ray_train(
         str(tmp_path),
         *data_overrides(synth_root),
         "stage1.epochs=1",
+        "runtime.system_metrics=true",  # on by default only where the trial has GPUs
     ]
     assert main(argv) == 0
     assert "eval/asv19/eer" in capsys.readouterr().out
     rows = Tracking.at(uri, DEFAULT_EXPERIMENT).best(metric="eval/pooled_mean/eer")
     assert len(rows) == 1 and rows[0]["trial_id"].startswith("trial-")
+    # rank 0 logged MLflow's system metrics into the trial's run while it trained
+    system = [k for k in rows[0]["metrics"] if k.startswith("system/")]
+    assert "system/cpu_utilization_percentage" in system, sorted(rows[0]["metrics"])
+    assert "system/system_memory_usage_megabytes" in system
 
 
 @pytest.mark.slow
@@ -347,3 +352,98 @@ def test_best_registers_the_champion_that_scores_as_its_trial(
         assert ua == ub and ra == rb and abs(float(sa) - float(sb)) <= 1e-5
     eer = best["metrics"]["eval/asv19/eer"]
     assert f"EER {100 * eer:.2f} %" in capsys.readouterr().err
+
+
+def test_trial_runs_record_their_corpora_and_best_warns_on_versions(
+    smoke_sweep: Path, synth_root: Path, tmp_path: Path, capsys
+) -> None:
+    """Each trial run names the corpus versions its numbers came from (MLflow dataset inputs:
+    the protocol's digest); ``best`` warns when the trials it ranks read different versions."""
+    from mlflow.entities import Dataset, DatasetInput, InputTag
+
+    from orchestrator.tracking.datasets import file_digest
+
+    la = synth_root / "LA" / "ASVspoof2019_LA_cm_protocols"
+    expected = {
+        "train:asvspoof2019/train": ("training", la / "ASVspoof2019.LA.cm.train.trn.txt"),
+        "dev:asvspoof2019/dev": ("validation", la / "ASVspoof2019.LA.cm.dev.trl.txt"),
+        "asv19:asvspoof2019/eval": ("evaluation", la / "ASVspoof2019.LA.cm.eval.trl.txt"),
+    }
+    client = MlflowClient(f"sqlite:///{smoke_sweep / 'mlflow.db'}")
+    runs = _children(smoke_sweep)
+    for run in runs:
+        inputs = {i.dataset.name: i for i in client.get_run(run.info.run_id).inputs.dataset_inputs}
+        assert set(expected) < set(inputs), sorted(inputs)
+        for name, (context, protocol) in expected.items():
+            assert inputs[name].dataset.digest == file_digest(protocol)
+            assert {t.key: t.value for t in inputs[name].tags}["mlflow.data.context"] == context
+        profile = json.loads(inputs["dev:asvspoof2019/dev"].dataset.profile)
+        assert sum(profile["labels"].values()) == profile["rows"] > 0
+    assert main(["best", "--out", str(smoke_sweep)]) == 0
+    assert "different versions" not in capsys.readouterr().err
+    # the same store with one trial's training protocol edited: best says so
+    copy = tmp_path / "copy"
+    copy.mkdir()
+    shutil.copy(smoke_sweep / "mlflow.db", copy / "mlflow.db")
+    edited = Dataset("train:asvspoof2019/train", "0123456789abcdef", "local", "{}")
+    MlflowClient(f"sqlite:///{copy / 'mlflow.db'}").log_inputs(
+        runs[0].info.run_id, [DatasetInput(edited, [InputTag("mlflow.data.context", "training")])]
+    )
+    assert main(["best", "--out", str(copy)]) == 0
+    err = capsys.readouterr().err
+    assert "read different versions of train:asvspoof2019/train" in err
+    assert "0123456789abcdef" in err
+
+
+def test_the_sweeps_study_lives_in_optuna_storage_and_the_dashboard_reads_it(
+    smoke_sweep: Path, tmp_path: Path
+) -> None:
+    """The grid's trials are in the sweep's Optuna study (``OUT/optuna.db``, named after the
+    sweep and its parent run), one per MLflow trial run, with the values MLflow holds as
+    ``sweep/objective``; optuna-dashboard, started on 127.0.0.1, serves them."""
+    import subprocess
+    import sys
+    import urllib.request
+
+    import optuna
+
+    from tests.helpers import free_port, wait_for
+
+    storage = f"sqlite:///{smoke_sweep / 'optuna.db'}"
+    (summary,) = optuna.get_all_study_summaries(storage)
+    client = MlflowClient(f"sqlite:///{smoke_sweep / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name(DEFAULT_EXPERIMENT).experiment_id
+    (parent,) = _sweep_parents(client.search_runs([experiment]))
+    assert summary.study_name == f"smoke-{parent.info.run_id[:8]}"
+    study = optuna.load_study(study_name=summary.study_name, storage=storage)
+    runs = _children(smoke_sweep)
+    mlflow_values = sorted(r.data.metrics["sweep/objective"] for r in runs)
+    assert sorted(t.value for t in study.trials) == pytest.approx(mlflow_values)
+    assert {t.params["loss.temperature"] for t in study.trials} == {0.1, 0.3}
+
+    port = free_port()
+    cmd = [str(Path(sys.executable).parent / "optuna-dashboard"), storage]
+    log = (tmp_path / "dashboard.log").open("w")
+    dashboard = subprocess.Popen(
+        [*cmd, "--host", "127.0.0.1", "--port", str(port)], stdout=log, stderr=subprocess.STDOUT
+    )
+    base = f"http://127.0.0.1:{port}/api/studies"
+
+    def answers() -> bool:
+        try:
+            with urllib.request.urlopen(base, timeout=2):
+                return True
+        except OSError:
+            return dashboard.poll() is not None
+
+    try:
+        wait_for(answers, 60, "optuna-dashboard")
+        with urllib.request.urlopen(base, timeout=5) as reply:
+            (listed,) = json.load(reply)["study_summaries"]
+        assert listed["study_name"] == summary.study_name
+        with urllib.request.urlopen(f"{base}/{listed['study_id']}?after=0", timeout=5) as reply:
+            trials = json.load(reply)["trials"]
+        assert sorted(t["values"][0] for t in trials) == pytest.approx(mlflow_values)
+    finally:
+        dashboard.terminate()
+        dashboard.wait(timeout=30)
