@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from orchestrator.commands.options import (
+    CHAMPION,
     EXIT_FAILED,
     EXIT_STATUS,
     add_ray_args,
@@ -110,6 +111,17 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument(
         "--n-boot", type=whole(1), default=1000, help="bootstrap resamples (default 1000)"
+    )
+    p.add_argument(
+        "--register",
+        metavar="NAME",
+        help="register the model of the configuration confirmed best (by its mean over seeds) "
+        "as a new version of NAME in MLflow's model registry, with --alias: of its seed runs, "
+        "the one at the median of the ranking metric (a representative seed, not the luckiest), "
+        "tagged with the seed count and the pooled EER's interval",
+    )
+    p.add_argument(
+        "--alias", default=CHAMPION, help=f"the alias of --register (default {CHAMPION})"
     )
     add_tracking_args(p)
     add_ray_args(p)
@@ -212,6 +224,7 @@ def _confirm(args: argparse.Namespace) -> int:
         resources=resources,
         n_boot=args.n_boot,
         include_sweep_trial=args.include_sweep_trial,
+        register=(args.register, args.alias) if args.register else None,
     )
     from orchestrator.engine.session import start_ray
 

@@ -17,6 +17,7 @@ again finds both by name and tags: what finished is kept, the rest runs or resum
 from __future__ import annotations
 
 import logging
+import math
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
@@ -32,6 +33,7 @@ from orchestrator.reports.confirm import (
     ConfigRuns,
     ScoreReader,
     SeedRun,
+    Summary,
     parent_metrics,
     summarise,
 )
@@ -45,6 +47,7 @@ from orchestrator.tracking import (
     Tracking,
     row_config_id,
 )
+from orchestrator.tracking.store import TRIAL_TAG
 from orchestrator.tracking.sweeps import SweepRef
 from orchestrator.train.resources import DRIVER_RESOURCE, moved_share
 from orchestrator.train.trainer import failure_line, fit_trial, torch_trainer
@@ -235,6 +238,7 @@ class Confirmation:
     resources: dict[str, Any]
     n_boot: int = 1000
     include_sweep_trial: bool = False
+    register: tuple[str, str] | None = None  # (model name, alias) for --register
 
     def _parent(self) -> SweepRun:
         parent = self.tracking.start_sweep(
@@ -331,6 +335,38 @@ class Confirmation:
         self.tracking.log_summary(parent.run_id, parent_metrics(summary), files)
         print(f"\nconfirmation of sweep {self.sweep.name} (MLflow run {parent.run_id}):")
         print(format_table(*table_rows(summary)))
+        if self.register is not None:
+            self._register(summary)
+
+    def _register(self, summary: Summary) -> None:
+        """``--register``: the confirmed-best configuration's median seed run's model."""
+        from orchestrator.tracking.registry import register
+
+        best = summary.best
+        runs = sorted(best.runs, key=lambda r: r.metrics.get(self.metric, math.inf))
+        chosen = runs[(len(runs) - 1) // 2]  # the lower median: a representative seed
+        run = self.tracking.reader.get_run(chosen.run_id)
+        row = {"run_id": chosen.run_id, "trial_id": run.data.tags.get(TRIAL_TAG, chosen.run_id)}
+        row["tags"] = dict(run.data.tags)
+        pooled = summary.intervals.get(best.config_id, {}).get(POOLED)
+        tags = {
+            "supcon.sweep": self.sweep.name,
+            "supcon.trial_id": row["trial_id"],
+            "supcon.config_id": best.config_id,
+            "supcon.selected_by": f"confirm: mean {self.metric} over seeds ({self.mode})",
+            "supcon.seeds": str(len(best.runs)),
+            "supcon.seed": str(chosen.seed),
+        }
+        if pooled is not None:
+            tags["supcon.pooled_eer_mean"] = repr(pooled.mean)
+            tags["supcon.pooled_eer_interval"] = f"[{pooled.low!r}, {pooled.high!r}]"
+        name, alias = self.register
+        done = register(self.tracking.uri, row, name, alias, tags)
+        what = "registered" if done.created else "already registered (nothing created):"
+        print(
+            f"{what} configuration {best.config_id} (seed {chosen.seed}, the median of "
+            f"{len(best.runs)}) as {name} version {done.version}, alias {alias}: {done.uri}"
+        )
 
 
 def _eval_sets(cand: Candidate) -> dict[str, list[Utterance]]:

@@ -79,12 +79,18 @@ def test_confirm_reruns_the_best_configuration_and_finishes_after_an_interruptio
     seed = int(best["params"]["seed"])
     _interrupted_confirm(sweep_out, ray_session.get_runtime_context().gcs_address)
 
-    assert (
-        main(_confirm_args(sweep_out, "--top", "1", "--seeds", "2", "--max-concurrent", "2")) == 0
-    )
+    argv = _confirm_args(sweep_out, "--top", "1", "--seeds", "2", "--max-concurrent", "2")
+    assert main([*argv, "--register", "confirmed"]) == 0
     out = capsys.readouterr()
     assert "2 rerun(s): " in out.err
     assert "confirmation of sweep smoke" in out.out and cid in out.out  # the console table
+    # --register: the confirmed configuration's median seed run, its seeds and interval tagged
+    assert "registered configuration" in out.out and "models:/confirmed@champion" in out.out
+    client = _client(sweep_out)
+    version = client.get_model_version_by_alias("confirmed", "champion")
+    assert version.tags["supcon.config_id"] == cid and version.tags["supcon.seeds"] == "2"
+    assert version.tags["supcon.pooled_eer_interval"].startswith("[")
+    assert int(version.tags["supcon.seed"]) in (seed + 1000, seed + 2000)
 
     (parent,) = _runs(sweep_out, "tags.`supcon.sweep` = 'confirm-smoke'")
     sweep_run = _client(sweep_out).get_run(best["run_id"])
