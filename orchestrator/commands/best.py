@@ -174,18 +174,18 @@ def _warn_on_corpus_versions(args: argparse.Namespace, rows: list[dict[str, Any]
 
 def _register(args: argparse.Namespace, row: dict[str, Any]) -> int:
     from orchestrator.tracking import TrackingError, resolve_tracking_uri, row_config_id
-    from orchestrator.tracking.registry import register
+    from orchestrator.tracking.registry import register, sweep_of
     from orchestrator.tracking.store import SWEEP_TAG
 
+    uri = resolve_tracking_uri(args.tracking_uri, args.out)
     value = row["metrics"].get(args.metric)
     tags = {
-        "supcon.sweep": row["tags"].get(SWEEP_TAG, ""),
+        SWEEP_TAG: sweep_of(uri, row["run_id"]),
         "supcon.trial_id": row["trial_id"],
         "supcon.config_id": row_config_id(row),
         "supcon.selected_by": f"{args.metric} ({args.mode})",
         "supcon.selected_value": "" if value is None else repr(value),
     }
-    uri = resolve_tracking_uri(args.tracking_uri, args.out)
     try:
         done = register(uri, row, args.register, args.alias, tags)
     except TrackingError as err:

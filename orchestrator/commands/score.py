@@ -126,10 +126,11 @@ def load_detector(model: str, tracking_uri: str):
     local = "://" not in model and not model.startswith("models:/")
     if local and not (Path(model) / "MLmodel").is_file():
         raise ValueError(f"--model {model}: not an MLflow model folder (no MLmodel)")
-    mlflow.set_tracking_uri(tracking_uri)
-    mlflow.set_registry_uri(tracking_uri)
+    from orchestrator.tracking.pyfunc import using_store
+
     try:
-        loaded = mlflow.pyfunc.load_model(model)
+        with using_store(tracking_uri):
+            loaded = mlflow.pyfunc.load_model(model)
     except (MlflowException, OSError) as err:
         raise ValueError(f"--model {model}: {getattr(err, 'message', err)}") from None
     detector = loaded.unwrap_python_model()

@@ -10,9 +10,11 @@ copied: the folder in storage is what the trial's run, the registry and
 
 from __future__ import annotations
 
+import contextlib
 import os
 import tempfile
 import warnings
+from collections.abc import Iterator
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -26,6 +28,27 @@ CODE = "mlflow_detector.py"
 _CODE_SOURCE = Path(__file__).with_name(CODE)
 MLMODEL = "MLmodel"
 MLFLOW_FILES = (MLMODEL, CODE, "requirements.txt", "python_env.yaml", "conda.yaml")
+
+
+@contextlib.contextmanager
+def using_store(uri: str) -> Iterator[None]:
+    """MLflow's global tracking and registry URIs set to ``uri`` inside the block (what
+    ``mlflow.pyfunc.load_model("models:/...")`` reads), and put back after it: MLflow sets them
+    in the environment too, where they would outlive the block."""
+    names = ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")
+    saved = {name: os.environ.get(name) for name in names}
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
+    try:
+        yield
+    finally:
+        mlflow.set_tracking_uri(saved["MLFLOW_TRACKING_URI"])
+        mlflow.set_registry_uri(saved["MLFLOW_REGISTRY_URI"])
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
 
 
 def _requirements() -> list[str]:

@@ -15,7 +15,13 @@ from typing import Any
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
-from orchestrator.tracking.store import MODEL_TAG, SWEEP_TAG, TrackingError, safe_uri
+from orchestrator.tracking.store import (
+    MODEL_TAG,
+    PARENT_TAG,
+    SWEEP_TAG,
+    TrackingError,
+    safe_uri,
+)
 
 RUN_TAG = "supcon.run_id"
 FOLDER_TAG = "supcon.model_folder"  # where the weights are (the source may be a pointer model)
@@ -50,6 +56,14 @@ class Registered:
     @property
     def uri(self) -> str:
         return f"models:/{self.name}@{self.alias}"
+
+
+def sweep_of(uri: str, run_id: str) -> str:
+    """The name of the sweep (or confirmation) whose parent run holds the trial run ``run_id``
+    ("" when it has none): trial runs carry it only through their parent."""
+    client = MlflowClient(uri)
+    parent = client.get_run(run_id).data.tags.get(PARENT_TAG)
+    return client.get_run(parent).data.tags.get(SWEEP_TAG, "") if parent else ""
 
 
 def model_source(row: dict[str, Any]) -> str:
@@ -107,7 +121,7 @@ def register(
             source,
             run_id=row["run_id"],
             tags={**tags, RUN_TAG: row["run_id"], FOLDER_TAG: model_source(row)},
-            description=f"trial {row['trial_id']} of sweep {row['tags'].get(SWEEP_TAG, '?')}",
+            description=f"trial {row['trial_id']} of sweep {tags.get(SWEEP_TAG) or '?'}",
         )
         client.set_registered_model_alias(name, alias, version.version)
     except MlflowException as err:

@@ -368,6 +368,22 @@ class TrialTracker:
         )
         self._monitor.start()
 
+    def stop_system_metrics(self) -> None:
+        """Stop the monitor and log what it sampled since it last logged: MLflow's monitor
+        logs once per interval (10 s) and drops the samples of an unfinished one, which for a
+        short trial is all of them."""
+        monitor, self._monitor = self._monitor, None
+        if monitor is None:
+            return
+        monitor.finish()
+        try:
+            pending = monitor.aggregate_metrics()
+            if pending:
+                monitor.publish_metrics(pending)
+                monitor.mlflow_logger.flush()
+        except Exception as err:  # system metrics never fail a trial
+            log.warning("the last system metrics of run %s were not logged: %s", self.run_id, err)
+
     def flush(self) -> None:
         """Send what is buffered (with the outage handling of :meth:`finish`)."""
         self._retry("sending buffered metrics", lambda: None)
@@ -380,7 +396,5 @@ class TrialTracker:
             if self.client.get_run(self.run_id).info.status not in END_STATUSES:
                 _finish(self.client, self.run_id, status)
 
-        monitor, self._monitor = self._monitor, None
-        if monitor is not None:
-            monitor.finish()  # its last samples before the run ends
+        self.stop_system_metrics()
         self._retry("ending the run", end)

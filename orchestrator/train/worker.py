@@ -136,6 +136,7 @@ class RayReporter:
         the sweep's driver to close (``CloseTrialRuns``: KILLED, stopped early), the one writer
         of its end whichever way the workers go (they may be torn down before this)."""
         if self.tracker is not None:
+            self.tracker.stop_system_metrics()
             self.tracker.flush()
 
 

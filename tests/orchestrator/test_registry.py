@@ -5,6 +5,7 @@ trial again creates nothing, and ``models:/NAME@champion`` loads and scores."""
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import sys
@@ -15,6 +16,7 @@ import numpy as np
 import pytest
 from mlflow.tracking import MlflowClient
 
+from orchestrator.tracking.pyfunc import using_store
 from orchestrator.tracking.registry import FOLDER_TAG, register
 from orchestrator.tracking.store import MODEL_TAG, SWEEP_TAG, TRIAL_TAG, TrackingError
 from tests.helpers import free_port, wait_for
@@ -35,9 +37,10 @@ def _clips(synth_root: Path) -> list[str]:
 
 
 def _load_and_score(uri: str, model_uri: str, clips: list[str]) -> np.ndarray:
-    mlflow.set_tracking_uri(uri)
-    mlflow.set_registry_uri(uri)
-    return mlflow.pyfunc.load_model(model_uri).predict(clips)["score"].to_numpy()
+    with using_store(uri):  # never leaves MLFLOW_TRACKING_URI behind for the next tests
+        model = mlflow.pyfunc.load_model(model_uri)
+    assert "MLFLOW_TRACKING_URI" not in os.environ
+    return model.predict(clips)["score"].to_numpy()
 
 
 def test_register_on_sqlite(micro_trial: Path, synth_root: Path, tmp_path: Path, capsys) -> None:

@@ -166,6 +166,7 @@ IGNORED = {
     "runtime.adamw",
     "runtime.sync_every",
     "runtime.gpu_memory_fraction",
+    "runtime.system_metrics",
 }
 IGNORED_VALUES = {
     "seed": 2024,
@@ -182,6 +183,7 @@ IGNORED_VALUES = {
     "runtime.adamw": "for-loop",
     "runtime.sync_every": 3,
     "runtime.gpu_memory_fraction": 0.5,
+    "runtime.system_metrics": True,
 }
 
 
