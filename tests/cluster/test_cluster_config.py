@@ -266,3 +266,25 @@ def test_kuberay_manifests() -> None:
         assert int(resources["limits"]["nvidia.com/gpu"]) >= 1, group["groupName"]
         assert resources["requests"]["nvidia.com/gpu"] == resources["limits"]["nvidia.com/gpu"]
         assert group["maxReplicas"] >= group["minReplicas"] >= 0
+
+
+def test_the_optuna_study_lives_on_the_heads_disk() -> None:
+    """The sweep's driver runs on the head and is the study's one writer: ``ray up`` keeps it
+    on the head's mounted MLflow folder, KubeRay on a volume every Ray head mounts."""
+    docker = launcher()["docker"]
+    assert (
+        "--env SUPCON_OPTUNA_STORAGE=sqlite:////home/ray/mlflow/optuna.db"
+        in (docker["head_run_options"])
+    )
+    assert any(o.endswith(":/home/ray/mlflow") for o in docker["head_run_options"])
+    kinds = [(d["kind"], d["metadata"]["name"]) for d in manifests("common.yaml")]
+    assert ("PersistentVolumeClaim", "supcon-optuna") in kinds
+    for spec in ray_specs():
+        head = spec["headGroupSpec"]["template"]["spec"]
+        volumes = {v["name"]: v["persistentVolumeClaim"]["claimName"] for v in head["volumes"]}
+        (container,) = head["containers"]
+        mounts = {m["name"]: m["mountPath"] for m in container["volumeMounts"]}
+        env = {e["name"]: e["value"] for e in container["env"]}
+        path = env["SUPCON_OPTUNA_STORAGE"].removeprefix("sqlite:///")
+        (name,) = [n for n, claim_name in volumes.items() if claim_name == "supcon-optuna"]
+        assert path.startswith(mounts[name] + "/")
