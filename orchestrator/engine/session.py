@@ -58,6 +58,12 @@ def loopback_node() -> Iterator[None]:
         ray_constants.ENABLE_RAY_CLUSTER = saved
 
 
+def _host_port(address: str) -> tuple[str, str]:
+    """(host, port) of ``HOST:PORT``, with or without a scheme such as ``ray://``."""
+    host, _, port = address.split("://", 1)[-1].rstrip("/").rpartition(":")
+    return host, port
+
+
 def loopback_only(address: str) -> bool:
     """Whether ``address`` (``HOST:PORT``) is a Ray instance that listens on loopback only (a
     private local instance, :func:`loopback_node`): joining it must keep 127.0.0.1, which
@@ -66,8 +72,7 @@ def loopback_only(address: str) -> bool:
     whose nodes are on the routed address) is left to Ray as before."""
     import ray.util
 
-    hostport = address.split("://", 1)[-1].rstrip("/")
-    host, _, port = hostport.rpartition(":")
+    host, port = _host_port(address)
     if host not in ("127.0.0.1", "localhost", "::1", "[::1]") or not port.isdigit():
         return False
     routed = ray.util.get_node_ip_address()
@@ -100,8 +105,7 @@ def check_ray_address(address: str | None, timeout: float = 5.0) -> None:
     ``ray.init`` would retry for minutes. None (a local instance) and ``auto`` pass."""
     if not address or address == "auto":
         return
-    hostport = address.split("://", 1)[-1].rstrip("/")
-    host, _, port = hostport.rpartition(":")
+    host, port = _host_port(address)
     try:
         with socket.create_connection((host or "127.0.0.1", int(port)), timeout=timeout):
             return
