@@ -177,3 +177,22 @@ def off_loopback(found: set[tuple[str, int, str, int]]) -> list[tuple[str, int, 
     ports = {(e[1], e[3]) for e in outside if e[0].startswith("ray::RayTrainWo")}
     per_trainer = Counter(pid for pid, _ in ports)
     return [e for e in outside if per_trainer.get(e[1], 0) != 1]
+
+
+def cli_env() -> dict[str, str]:
+    """The environment of a ``supcon-sweep`` subprocess joining the tests' Ray (token auth)."""
+    return {**os.environ, "RAY_AUTH_MODE": os.environ.get("RAY_AUTH_MODE", "token")}
+
+
+def run_cli(*argv: str, timeout: float = 600) -> subprocess.CompletedProcess:
+    """``python -m orchestrator.cli ARGV`` run to its end from the repository root, its output
+    captured."""
+    return subprocess.run(
+        [sys.executable, "-m", "orchestrator.cli", *argv],
+        cwd=ROOT,
+        env=cli_env(),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )

@@ -14,7 +14,7 @@ from mlflow.tracking import MlflowClient
 
 from orchestrator.cli import main
 from orchestrator.settings import DEFAULT_EXPERIMENT
-from tests.helpers import checkpoint_dirs, sweep_args, wait_for
+from tests.helpers import checkpoint_dirs, cli_env, run_cli, sweep_args, wait_for
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 ROOT = Path(__file__).resolve().parents[2]
@@ -101,29 +101,20 @@ def _assert_same_as_uninterrupted(out: Path, resumed) -> None:
 
 def test_killed_driver_resumes_without_duplicate_runs(ray_session, synth_root: Path, tmp_path):
     address = ray_session.get_runtime_context().gcs_address
-    env = {**os.environ, "RAY_AUTH_MODE": os.environ.get("RAY_AUTH_MODE", "token")}
     args = [
         *sweep_args(tmp_path, synth_root, "--address", address, "--max-concurrent", "1", workers=1),
         "stage1.epochs=4",
     ]
     cmd = [sys.executable, "-m", "orchestrator.cli", *args]
     log = (tmp_path / "driver.log").open("w")
-    driver = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+    driver = subprocess.Popen(cmd, cwd=ROOT, env=cli_env(), stdout=log, stderr=subprocess.STDOUT)
     wait_for(lambda: _checkpoints(tmp_path) or driver.poll() is not None, 240, "a checkpoint")
     tail = (tmp_path / "driver.log").read_text()[-3000:]
     assert driver.poll() is None, f"the sweep ended before the driver could be killed:\n{tail}"
     driver.send_signal(signal.SIGKILL)
     driver.wait()
     folder = tmp_path / "tune" / "smoke"
-    done = subprocess.run(
-        [sys.executable, "-m", "orchestrator.cli", "resume", str(folder), "--address", address],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-        check=False,
-    )
+    done = run_cli("resume", str(folder), "--address", address)
     assert done.returncode == 0, done.stderr[-3000:]
     assert "2 trial(s), 0 failed" in done.stdout
     runs = _runs(tmp_path)
