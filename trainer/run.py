@@ -116,10 +116,14 @@ class Trial:
         _check_resumable(resume, self.cfg)
         return resume
 
-    def run(self, resume: Path | None = None, resume_local: bool = True) -> dict[str, float] | None:
+    def run(
+        self, resume: Path | None = None, resume_local: bool = True, fork: Path | None = None
+    ) -> dict[str, float] | None:
         """``resume`` names a checkpoint to continue from; without one, ``resume_local`` picks up
         the output folder's own last checkpoint (an orchestrator that keeps checkpoints in its
-        own storage turns that off). Returns the final metrics (the same on every rank), or None
+        own storage turns that off). ``fork``, used only when there is nothing to resume: the
+        checkpoint of another run at the end of the prefix the two share
+        (:mod:`trainer.prefix`). Returns the final metrics (the same on every rank), or None
         when the reporter stopped the trial in stage 1 (nothing after that epoch runs)."""
         stage1 = Stage1(
             self.cfg,
@@ -130,7 +134,11 @@ class Trial:
             out_dir=self.out,
             reporter=self.reporter,
         )
-        encoder = stage1.run(self._resume_from(resume, resume_local))
+        resume = self._resume_from(resume, resume_local)
+        if resume is None and checkpoint.exists(fork):
+            encoder = stage1.run(fork, fork=True)
+        else:
+            encoder = stage1.run(resume)
         if encoder.stopped:
             return None
         self.model.load_state_dict(encoder.best_state)
@@ -243,11 +251,13 @@ def run_trial(
     resume_local: bool = True,
     with_eval: bool = True,
     check_files: bool = True,
+    fork: Path | None = None,
 ) -> dict[str, float] | None:
     """Run stage 1, stage 2 and the dev evaluation, then (``with_eval``) score every evaluation
     set; returns the final metrics (same on every rank), None when the reporter stopped it.
     The final model is saved in ``out_dir/model`` either way, so :mod:`trainer.evaluate` can
     score the sets later.
     ``check_files=False`` skips the audio files' existence check (already made by a sweep's
-    driver)."""
-    return prepare_trial(cfg, out_dir, reporter, with_eval, check_files).run(resume, resume_local)
+    driver). ``fork``: see :meth:`Trial.run`."""
+    trial = prepare_trial(cfg, out_dir, reporter, with_eval, check_files)
+    return trial.run(resume, resume_local, fork)

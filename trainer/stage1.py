@@ -20,7 +20,7 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from trainer import checkpoint, distributed
-from trainer.config import ConfigError, TrainerConfig
+from trainer.config import ConfigError, TrainerConfig, upgrade_stored
 from trainer.contrastive import LossSpec
 from trainer.data.corpora import CorpusSplit
 from trainer.data.dataset import AudioDataset, make_loader
@@ -31,6 +31,7 @@ from trainer.embed import embed
 from trainer.memory import resolve_checkpointing, resolve_eval_batch
 from trainer.metrics import compute_eer
 from trainer.model import SupConModel
+from trainer.prefix import check_fork
 from trainer.queue import CrossBatchQueue
 from trainer.reporting import Reporter
 from trainer.runtime import Runtime, loader_workers
@@ -216,20 +217,30 @@ class Stage1:
 
     # --- checkpoints -------------------------------------------------------------------------
 
-    def _restore(self, folder: Path) -> tuple[Progress, dict[str, Any]]:
+    def _restore(self, folder: Path, fork: bool = False) -> tuple[Progress, dict[str, Any]]:
         """Load the weights, optimiser, schedule, queue and this rank's RNG state saved in
-        ``folder`` in place; returns the saved progress and best weights."""
+        ``folder`` in place; returns the saved progress and best weights.
+
+        ``fork``: ``folder`` is another run's checkpoint within the prefix this run shares with
+        it (:mod:`trainer.prefix`): its config may differ in the late keys only, and its queue,
+        never switched on, is not loaded (this run's queue may have another size)."""
         ckpt = checkpoint.load(folder, map_location=self.rt.device)
         state = ckpt["state"]
         self._check_world_size(folder, len(state["rng"]))
+        progress = Progress(**state["progress"])
+        if fork:
+            check_fork(upgrade_stored(state["config"]), self.cfg, progress.epoch, str(folder))
+            if int(state["queue"]["fill"]) != 0:
+                raise ConfigError(f"{folder}: its queue holds entries, so it is past its prefix")
+        else:
+            self.queue.load_state_dict(state["queue"])
         self.model.load_state_dict(ckpt["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
-        self.queue.load_state_dict(state["queue"])
-        progress = Progress(**state["progress"])
         rng = state["rng"]
         checkpoint.set_rng_state(rng[min(distributed.world_rank(), len(rng) - 1)])
-        log.info("resumed from %s at epoch %d", folder, progress.epoch)
+        how = "forked from the shared prefix in" if fork else "resumed from"
+        log.info("%s %s at epoch %d", how, folder, progress.epoch)
         return progress, ckpt["best_model"]
 
     def _check_world_size(self, folder: Path, saved: int) -> None:
@@ -354,14 +365,14 @@ class Stage1:
         patience = self.cfg.stage1.patience
         return patience is not None and progress.bad_epochs >= patience
 
-    def run(self, resume: Path | None = None) -> Stage1Result:
-        """Train, from scratch or from the checkpoint folder ``resume``, until the epoch budget,
-        early stopping, or the reporter saying stop; saves a checkpoint and reports once per
-        epoch on every rank."""
+    def run(self, resume: Path | None = None, fork: bool = False) -> Stage1Result:
+        """Train, from scratch or from the checkpoint folder ``resume`` (``fork``: another
+        run's, at the end of the prefix both share), until the epoch budget, early stopping, or
+        the reporter saying stop; saves a checkpoint and reports once per epoch on every rank."""
         if resume is None:
             progress, best_state = Progress(), copy.deepcopy(self.model.state_dict())
         else:
-            progress, best_state = self._restore(resume)
+            progress, best_state = self._restore(resume, fork)
         first_step_at = None
         earlier_s, run_started = progress.elapsed_s, time.monotonic()
         epochs = tqdm(
