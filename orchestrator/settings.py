@@ -66,6 +66,44 @@ OPTUNA_STORAGE_VAR = "SUPCON_OPTUNA_STORAGE"  # the default of sweep --optuna-st
 
 
 @dataclass(frozen=True)
+class ForkSource:
+    """A published prefix checkpoint (:mod:`trainer.prefix`): the state after epochs
+    ``0 .. epoch - 1`` of a run whose queue had not acted yet, at ``uri``. ``trial_id`` and
+    ``run_id`` name the trial (and its MLflow run) that trained it, ``seconds`` the wall time
+    that prefix took (its own forks' included), ``history`` its per-epoch metrics."""
+
+    uri: str
+    epoch: int
+    trial_id: str
+    run_id: str
+    seconds: float
+    history: tuple[dict[str, float], ...] = ()
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> ForkSource:
+        raw = json.loads(text)
+        raw["history"] = tuple(raw.get("history") or ())
+        return cls(**raw)
+
+
+@dataclass(frozen=True)
+class PrefixPlan:
+    """A sweep trial's part in sharing prefixes (:mod:`orchestrator.train.prefixes`): its
+    prefix id, the checkpoint it starts from (``fork``; None: from scratch), the epochs at which
+    it publishes its own state for others (``publish``: after epoch ``e - 1``), where published
+    checkpoints go (``store``) and the sweep's ledger actor that keeps account."""
+
+    prefix: str
+    fork: ForkSource | None
+    publish: tuple[int, ...]
+    store: str
+    ledger: Any = None
+
+
+@dataclass(frozen=True)
 class SweepSettings:
     """Everything a sweep's trial drivers need, saved beside the Tune experiment for ``resume``.
 
@@ -105,6 +143,8 @@ class SweepSettings:
     start_timeout_s: float = 600.0
     # The Optuna study's RDB storage (optuna-dashboard reads it live); "" = in memory only
     optuna_storage: str = ""
+    # Trials that share a training prefix start from one another (orchestrator.train.prefixes)
+    share_prefix: bool = True
 
     @property
     def study_name(self) -> str:
@@ -190,6 +230,17 @@ class SweepSettings:
         return TrialResources(self.workers_per_trial, self.gpus_per_trial, self.cpus_per_worker)
 
     @property
+    def prefixes_dir(self) -> str:
+        """Published prefix checkpoints, ``PREFIXES_DIR/PREFIX/epoch-E.TRIAL``, kept until the
+        last trial that starts from one has started (reachable from every node)."""
+        return f"{self.storage_root}/prefixes"
+
+    @property
+    def ledger_name(self) -> str:
+        """The named actor that keeps the sweep's prefixes (one per sweep and parent run)."""
+        return f"supcon-prefixes-{self.study_name}"
+
+    @property
     def trials_dir(self) -> str:
         """Each trial's local outputs (config, scores, plots), under ``out_dir``."""
         return str(Path(self.out_dir) / "trials")
@@ -241,7 +292,8 @@ class TrialSpec:
     configuration id and seed). ``verbose``: keep Ray Train's per-rank "Reporting training
     result" log lines (``--verbose``). ``decisions`` (a :class:`~orchestrator.train.decisions.
     Decisions` actor) and ``decision_epochs``: after those epochs every rank waits, at most
-    ``decision_timeout_s``, for Tune's decision about the trial.
+    ``decision_timeout_s``, for Tune's decision about the trial. ``prefix``: where it starts
+    from and what it publishes when the sweep shares prefixes (None: it shares nothing).
     """
 
     base: TrainerConfig
@@ -260,6 +312,7 @@ class TrialSpec:
     decisions: Any = None
     decision_epochs: tuple[int, ...] = ()
     decision_timeout_s: float = DECISION_TIMEOUT_S
+    prefix: PrefixPlan | None = None
 
     @property
     def out_dir(self) -> Path:

@@ -116,3 +116,26 @@ def prune_unregistered_checkpoints(run_uri: str) -> list[str]:
     for entry in stale:
         fs.delete_dir(entry.path)
     return [e.base_name for e in stale]
+
+
+def delete_folder(uri: str) -> None:
+    """Delete the folder ``uri`` and everything in it (nothing when it is gone)."""
+    import pyarrow.fs
+
+    fs, path = _fs(uri)
+    if fs.get_file_info(path).type == pyarrow.fs.FileType.Directory:
+        fs.delete_dir(path)
+
+
+def subfolders(uri: str) -> list[str]:
+    """The folders directly in ``uri``, by name ([] when it does not exist)."""
+    import pyarrow.fs
+
+    fs, path = _fs(uri)
+    entries = fs.get_file_info(pyarrow.fs.FileSelector(path, allow_not_found=True))
+    return sorted(e.base_name for e in entries if e.type == pyarrow.fs.FileType.Directory)
+
+
+def folder_bytes(local: Path) -> int:
+    """The bytes of the files under the local folder ``local``."""
+    return sum(p.stat().st_size for p in local.rglob("*") if p.is_file())

@@ -173,6 +173,16 @@ def add_sweep_arguments(p: argparse.ArgumentParser) -> None:
         "evaluation sets: an integer (default 3; 0 none) or 'all'. Trials themselves stop at the "
         "dev evaluation; `supcon-sweep evaluate --run-id RUN` scores any other later",
     )
+    p.add_argument(
+        "--no-share-prefix",
+        action="store_true",
+        help="train every trial from scratch. By default trials whose configs differ only in "
+        "the queue's keys (queue.size, start_epoch, start_step, same_label) are one run until "
+        "the earlier queue start: one trains that prefix, the others start from its checkpoint "
+        "there, bit-identical on CPU to a run from scratch. A grid's tree is planned ahead "
+        "(--dry-run shows it); TPE and random share what coincides, which only discrete values "
+        "do: a continuous key (loguniform temperature) makes every prefix unique",
+    )
     p.add_argument("--name", help="sweep name (default sweep-YYYYmmdd-HHMMSS)")
     add_verbose(p)
     add_tracking_args(p)
@@ -196,8 +206,9 @@ def add_dry_run(p: argparse.ArgumentParser) -> None:
         action="store_true",
         help="check everything the sweep would check (arguments, config, search space, the "
         "corpora, a tracking server or Ray address given) and print its plan: a grid's trials "
-        "in run order, or the searcher and its domains; the resources per trial; ASHA's first "
-        "rung; the most stage-1 trial-epochs it can train. Starts nothing, writes nothing; "
+        "in run order, or the searcher and its domains; the shared-prefix tree and the "
+        "trial-epochs it saves; the resources per trial; ASHA's first rung; the most stage-1 "
+        "trial-epochs it can train. Starts nothing, writes nothing; "
         "exit 0 for a valid plan, 2 otherwise",
     )
     p.add_argument(

@@ -144,6 +144,7 @@ def _settings(args: argparse.Namespace, cfg: TrainerConfig, space: SearchSpace) 
         placement=args.placement.upper(),
         eval_top_k=args.eval_top_k,
         verbose=args.verbose,
+        share_prefix=not args.no_share_prefix,
     )
 
 

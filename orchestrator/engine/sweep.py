@@ -8,10 +8,13 @@ MLflow parent and trial runs.
 from __future__ import annotations
 
 import logging
+import sys
 import tempfile
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
+import ray
 from ray import tune
 
 from orchestrator.engine.evaluate import evaluate_rows
@@ -25,9 +28,10 @@ from orchestrator.reports.sweep_summary import (
 )
 from orchestrator.settings import SweepSettings
 from orchestrator.tracking import TUNE_DIR_TAG, SweepRun, Tracking
+from orchestrator.train.prefixes import SHARED_EPOCHS, SHARED_SECONDS
 from orchestrator.tune.scheduling import Rungs, decision_epochs
 from orchestrator.tune.searcher import check_searcher, label
-from orchestrator.tune.tuner import build_tuner, check_resumable, trainable
+from orchestrator.tune.tuner import build_tuner, check_resumable, open_ledger, trainable
 from search_spaces import SearchSpace
 
 log = logging.getLogger(__name__)
@@ -70,13 +74,39 @@ def evaluate_top(settings: SweepSettings) -> dict[str, str]:
     return evaluate_rows(tracking, rows)
 
 
-def summarise(settings: SweepSettings, space: SearchSpace | None) -> dict[str, float]:
+def prefix_figures(
+    runs: list, gpus_per_trial: float, stats: dict[str, int] | None
+) -> dict[str, float]:
+    """What sharing prefixes saved: the stage-1 trial-epochs the forks did not train
+    (``sweep/trial_epochs_saved``), the GPU-hours of those epochs when trials had GPUs, and
+    the prefix checkpoints kept on the way (how many, at most at once, their peak size)."""
+    if stats is None:
+        return {}
+    epochs = sum(r.data.metrics.get(SHARED_EPOCHS, 0.0) for r in runs)
+    seconds = sum(r.data.metrics.get(SHARED_SECONDS, 0.0) for r in runs)
+    out = {
+        "sweep/trial_epochs_saved": float(epochs),
+        "sweep/prefix_checkpoints": float(stats["published"]),
+        "sweep/prefix_checkpoints_peak": float(stats["peak_count"]),
+        "sweep/prefix_storage_peak_gb": stats["peak_bytes"] / 1e9,
+    }
+    if gpus_per_trial:
+        out["sweep/gpu_hours_saved"] = seconds * gpus_per_trial / 3600
+    return out
+
+
+def summarise(
+    settings: SweepSettings, space: SearchSpace | None, prefixes: dict[str, int] | None = None
+) -> dict[str, float]:
     """Log the sweep's summary on its parent run (see :mod:`orchestrator.reports.
     sweep_summary`): the metrics, Optuna's study plots and, for a grid over temperatures, its
-    heatmap, under ``plots/``. Returns the metrics."""
+    heatmap, under ``plots/``; ``prefixes``: the ledger's counts, for :func:`prefix_figures`.
+    Returns the metrics."""
     tracking = Tracking(settings.target)
-    records = [record(r) for r in tracking.trial_runs()]
+    runs = tracking.trial_runs()
+    records = [record(r) for r in runs]
     metrics = summary_metrics(records, settings.mode)
+    metrics |= prefix_figures(runs, settings.gpus_per_trial, prefixes)
     study = rebuild_study(records, settings.mode, space.study_distributions() if space else None)
     with tempfile.TemporaryDirectory(prefix="supcon-summary-") as tmp:
         files, skipped = study_plots(study, Path(tmp), OBJECTIVE)
@@ -92,17 +122,30 @@ def summarise(settings: SweepSettings, space: SearchSpace | None) -> dict[str, f
 
 
 def _tracked_fit(
-    parent: SweepRun, tuner: tune.Tuner, settings: SweepSettings, space: SearchSpace | None
+    parent: SweepRun,
+    tuner: tune.Tuner,
+    settings: SweepSettings,
+    space: SearchSpace | None,
+    ledger: Any = None,
 ) -> tuple[tune.ResultGrid, dict[str, str]]:
-    """Run the search, score its best trials on the evaluation sets and log the summary; the
-    parent run ends FINISHED (FAILED when a trial failed), or KILLED when interrupted."""
+    """Run the search, delete the prefix checkpoints ``ledger`` still keeps, score its best
+    trials on the evaluation sets and log the summary; the parent run ends FINISHED (FAILED
+    when a trial failed), or KILLED when interrupted (the prefix checkpoints then stay for
+    ``resume``)."""
     try:
         results = tuner.fit()
+        prefixes = ray.get(ledger.cleanup.remote()) if ledger is not None else None
         failures = evaluate_top(settings)
-        summarise(settings, space)
+        metrics = summarise(settings, space, prefixes)
     except BaseException:
         parent.finish("KILLED")
         raise
+    if metrics.get("sweep/trial_epochs_saved"):
+        print(
+            f"shared prefixes: {metrics['sweep/trial_epochs_saved']:.0f} stage-1 trial-epochs "
+            "were not trained again (sweep/trial_epochs_saved)",
+            file=sys.stderr,
+        )
     parent.tag("supcon.eval_failures", str(len(failures)))
     parent.finish("FINISHED" if not results.errors else "FAILED")
     return results, failures
@@ -121,7 +164,9 @@ def run_sweep(
     )
     parent, settings = _start_parent(settings, label(settings.searcher))
     settings.save()
-    return settings, *_tracked_fit(parent, build_tuner(space, settings, rungs), settings, space)
+    ledger = open_ledger(space, settings, rungs)
+    tuner = build_tuner(space, settings, rungs)
+    return settings, *_tracked_fit(parent, tuner, settings, space, ledger)
 
 
 def resume_sweep(
@@ -140,4 +185,8 @@ def resume_sweep(
     except BaseException:
         parent.undo_reopen()
         raise
-    return settings, *_tracked_fit(parent, tuner, settings, space)
+    # the grid's order hangs on whether ASHA could stop trials: it did when it had rungs
+    first = settings.decision_epochs[:1]
+    rungs = Rungs(first[0], None, settings.base.stage1.epochs) if first else None
+    ledger = open_ledger(space, settings, rungs)
+    return settings, *_tracked_fit(parent, tuner, settings, space, ledger)

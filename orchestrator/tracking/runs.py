@@ -351,6 +351,13 @@ class TrialTracker:
                 continue
             self._retry(f"uploading {path.name}", upload)
 
+    def steps_of(self, key: str) -> set[int]:
+        """The steps at which the run already has ``key``."""
+        history = _retrying(
+            f"reading {key}", lambda: self.client.get_metric_history(self.run_id, key), 60
+        )
+        return {m.step for m in history}
+
     def set_tag(self, key: str, value: str) -> None:
         self._retry(f"tagging {key}", lambda: self.client.set_tag(self.run_id, key, value))
 

@@ -20,7 +20,7 @@ from ray.train import (
 )
 from ray.train.torch import TorchConfig, TorchTrainer
 
-from orchestrator.settings import SweepSettings, TrialResources, TrialSpec
+from orchestrator.settings import PrefixPlan, SweepSettings, TrialResources, TrialSpec
 from orchestrator.storage import prune_unregistered_checkpoints
 from orchestrator.train.worker import SPEC_KEY, train_worker
 
@@ -67,11 +67,14 @@ def torch_trainer(
     corpora_checked: bool,
     run_tags: dict[str, str] | None = None,
     decisions: Any = None,
+    prefix: PrefixPlan | None = None,
 ) -> TorchTrainer:
     """The Ray Train run of one trial, named after it so that a rerun resumes from its storage.
     ``corpora_checked``: the driver checked the corpora's files, so the workers do not.
     ``run_tags``: set on the trial's MLflow run when it is created. ``decisions``: where the
     workers learn Tune's decision at ``settings.decision_epochs`` (None: they never wait).
+    ``prefix``: the shared prefix it starts from and publishes (:mod:`orchestrator.train.
+    prefixes`; None: it shares nothing).
 
     Storage keeps one reported checkpoint (Ray deletes the older one as each new one lands):
     the latest, which holds the best weights too, is all that resume needs.
@@ -92,6 +95,7 @@ def torch_trainer(
         verbose=settings.verbose,
         decisions=decisions,
         decision_epochs=settings.decision_epochs if decisions is not None else (),
+        prefix=prefix,
     )
     return TorchTrainer(
         train_worker,

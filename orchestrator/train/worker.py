@@ -21,8 +21,8 @@ import ray.train
 import torch
 
 from orchestrator.objective import MONITOR_KEYS, OBJECTIVE, Objective
-from orchestrator.settings import TrialSpec
-from orchestrator.storage import upload_folder
+from orchestrator.settings import ForkSource, TrialSpec
+from orchestrator.storage import local_folder, upload_folder
 from orchestrator.tracking import (
     ERROR_TAG,
     MODEL_TAG,
@@ -35,6 +35,13 @@ from orchestrator.tracking import (
 from orchestrator.tracking.datasets import corpus_inputs
 from orchestrator.tracking.pyfunc import make_mlflow_model
 from orchestrator.train.decisions import wait_for
+from orchestrator.train.prefixes import (
+    FORKED_FROM_TAG,
+    FORKED_TRIAL_TAG,
+    SHARED_EPOCHS,
+    SHARED_SECONDS,
+    Publisher,
+)
 from trainer.config import TrainerConfig, flatten
 from trainer.data.errors import CorpusError
 from trainer.evaluate import MODEL_DIR
@@ -61,13 +68,34 @@ class RayReporter:
         send: Send = ray.train.report,
         objective: Objective | None = None,
         decide: Decide | None = None,
+        publisher: Publisher | None = None,
     ) -> None:
         self.tracker = tracker
         self.launch_s = launch_s
         self.send = send
         self.objective = objective
         self.decide = decide
+        self.publisher = publisher  # rank 0 of a sweep trial that shares prefixes
         self.epoch = 0
+
+    def forked(self, source: ForkSource) -> None:
+        """Rank 0 of a trial started from a shared prefix: its run gets the prefix's epochs (as
+        the trial that trained them logged them, the objective so far included), so its curves
+        and objective are whole, and tags naming the run and epoch it forked from."""
+        if self.tracker is None:
+            return
+        history = [dict(h) for h in source.history]
+        logged = self.tracker.steps_of("encoder/dev/eer")  # a fork restarted before its first
+        for i, metrics in enumerate(history):  # checkpoint replays into the same run: once
+            if int(metrics["epoch"]) in logged:
+                continue
+            if self.objective is not None and self.objective.per_epoch:
+                metrics[OBJECTIVE] = self.objective.so_far(history[: i + 1])
+            self.tracker.log_metrics(metrics, step=int(metrics["epoch"]))
+        self.tracker.set_tag(FORKED_FROM_TAG, f"{source.run_id}@{source.epoch}")
+        self.tracker.set_tag(FORKED_TRIAL_TAG, source.trial_id)
+        shared = {SHARED_EPOCHS: float(source.epoch), SHARED_SECONDS: source.seconds}
+        self.tracker.log_metrics(shared, step=0)
 
     def report(
         self,
@@ -86,9 +114,13 @@ class RayReporter:
             metrics[OBJECTIVE] = self.objective.so_far(history or [metrics])
         if self.tracker is not None:
             self.tracker.log_metrics(metrics, step=epoch)
+        if self.publisher is not None:  # before the report: the next epoch may overwrite it
+            self.publisher.after_epoch(epoch + 1, checkpoint, [dict(h) for h in history])
         ckpt = ray.train.Checkpoint.from_directory(str(checkpoint)) if checkpoint else None
         # A monotonic epoch: after a restore Tune's training_iteration restarts, the epoch does not.
         self.send({**metrics, "epoch": epoch, "step": step}, checkpoint=ckpt)
+        if self.publisher is not None:
+            self.publisher.after_report()
         return self.decide(epoch) if self.decide is not None else True
 
     def final(
@@ -167,7 +199,10 @@ def make_reporter(
         tags=spec.run_tags,
     )
     _describe_run(tracker, cfg, spec)
-    return RayReporter(tracker, launch_s, send, objective, decide)
+    publisher = None
+    if spec.prefix is not None:
+        publisher = Publisher(spec.prefix, spec.trial_id, tracker.run_id)
+    return RayReporter(tracker, launch_s, send, objective, decide, publisher)
 
 
 def _describe_run(tracker: TrialTracker, cfg: TrainerConfig, spec: TrialSpec) -> None:
@@ -212,6 +247,16 @@ def _restore(out_dir: Path, world_rank: int) -> tuple[Path | None, str | None]:
     return Path(restored.to_directory(str(local))), Path(restored.path).name
 
 
+def _fork_source(spec: TrialSpec, world_rank: int) -> tuple[Path | None, ForkSource | None]:
+    """The local copy of the shared prefix this trial starts from, and where it came from;
+    (None, None) when it starts from scratch."""
+    source = spec.prefix.fork if spec.prefix is not None else None
+    if source is None:
+        return None, None
+    scratch = spec.out_dir / "checkpoints" / f"prefix-r{world_rank}"
+    return local_folder(source.uri, scratch), source
+
+
 def _publish_model(spec: TrialSpec, reporter: RayReporter) -> None:
     """Rank 0: make the final model an MLflow model, copy it to the sweep's storage, then tag
     the run with where it is (a run tagged so always has the whole model there)."""
@@ -244,7 +289,10 @@ def train_worker(config: dict[str, TrialSpec]) -> None:
     world_rank = ray.train.get_context().get_world_rank()
     cfg = spec.config()
     resume, resumed_from = _restore(spec.out_dir, world_rank)
+    fork, source = _fork_source(spec, world_rank) if resume is None else (None, None)
     reporter = make_reporter(spec, cfg, world_rank, launch_s)
+    if source is not None:
+        reporter.forked(source)
     reporter.tag(RESOURCES_TAG, spec.resources.to_json())
     revision = pretrained_revision(cfg.model)
     if revision is not None:
@@ -260,6 +308,7 @@ def train_worker(config: dict[str, TrialSpec]) -> None:
             resume_local=False,
             with_eval=spec.with_eval,
             check_files=not spec.corpora_checked,
+            fork=fork,
         )
         if world_rank == 0 and metrics is not None:
             _publish_model(spec, reporter)

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from orchestrator.settings import SweepSettings
+from orchestrator.tune.prefix_tree import PrefixTree, build_tree, searched_candidates
 from orchestrator.tune.preflight import steps_per_epoch
 from orchestrator.tune.scheduling import Rungs, asha_rungs, run_order
 from search_spaces import SearchSpace
@@ -31,6 +32,8 @@ class SweepPlan:
     rung_note: str = ""
     steps_per_epoch: int | None = None  # per rank; None without the data check
     corpora: dict[str, dict[str, int]] = field(default_factory=dict)
+    tree: PrefixTree | None = None  # a grid's shared-prefix tree (None: not shared, or TPE)
+    prefix_note: str = ""  # how a sampled space shares, or that sharing is off
 
     @property
     def n_trials(self) -> int:
@@ -75,6 +78,10 @@ class SweepPlan:
             "steps_per_epoch_per_rank": self.steps_per_epoch,
             "corpora": self.corpora or None,
             "eval_top_k": "all" if s.eval_top_k is None else s.eval_top_k,
+            "share_prefix": s.share_prefix,
+            "trial_epochs_saved": self.tree.trial_epochs_saved if self.tree else None,
+            "tree": self.tree.to_json() if self.tree else None,
+            "prefix_note": self.prefix_note or None,
         }
         if self.trials is not None:
             out["trials"] = self.trials
@@ -107,6 +114,10 @@ class SweepPlan:
         fixed = self.space.fixed()
         if fixed:
             lines.append("fixed: " + "  ".join(f"{k}={v}" for k, v in fixed.items()))
+        if self.tree is not None:
+            lines += self.tree.describe(self.varying())
+        elif self.prefix_note:
+            lines.append(f"shared prefixes: {self.prefix_note}")
         lines += self._resources() + self._budget()
         return "\n".join(lines)
 
@@ -132,6 +143,9 @@ class SweepPlan:
             )
         epochs = s.base.stage1.epochs
         bound = f"at most {self.max_trial_epochs} stage-1 trial-epochs ({self.n_trials} x {epochs})"
+        if self.tree is not None and self.tree.trial_epochs_saved:
+            trained = self.max_trial_epochs - self.tree.trial_epochs_saved
+            bound = f"{bound}, {trained} of them trained with shared prefixes"
         if self.steps_per_epoch is not None:
             bound += (
                 f", {self.steps_per_epoch} step(s) per rank per epoch: at most "
@@ -180,4 +194,12 @@ def plan(
         name: {"bonafide": r.bonafide, "spoof": r.spoof} for name, r in (reports or {}).items()
     }
     trials = run_order(space, settings.scheduler, rungs, settings.seed) if space.is_grid else None
-    return SweepPlan(settings, space, trials, rungs, note, steps, corpora)
+    tree, sharing = None, ""
+    if not settings.share_prefix:
+        sharing = "off (--no-share-prefix): every trial trains from scratch"
+    elif trials is not None:
+        tree = build_tree(trials, settings.base, settings.workers_per_trial)
+        trials = tree.points
+    else:
+        sharing = searched_candidates(space, settings.base)[1]
+    return SweepPlan(settings, space, trials, rungs, note, steps, corpora, tree, sharing)

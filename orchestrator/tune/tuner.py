@@ -9,6 +9,7 @@ epoch, and at ASHA's rungs the workers learn Tune's decision before they start t
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 from collections.abc import Callable
@@ -25,8 +26,10 @@ from orchestrator.settings import SweepSettings, TrackingTarget
 from orchestrator.tracking import Tracking, error_text
 from orchestrator.tracking.store import STOPPED_EARLY
 from orchestrator.train.decisions import Decisions, ForwardReports, relay
+from orchestrator.train.prefixes import claim_prefix, start_ledger
 from orchestrator.train.resources import DRIVER_RESOURCE
 from orchestrator.train.trainer import fit_trial, torch_trainer, trial_cause
+from orchestrator.tune.prefix_tree import build_tree, searched_candidates
 from orchestrator.tune.scheduling import Rungs, run_order
 from orchestrator.tune.searcher import check_searcher, search_algorithm
 from orchestrator.tune.study import RecordTrials, rdb_storage
@@ -70,6 +73,7 @@ def _trial_driver(config: dict[str, Any], settings: SweepSettings) -> None:
     (:mod:`orchestrator.train.decisions`)."""
     params = config.get(GRID_KEY, config)
     trial_id = tune.get_context().get_trial_id()
+    prefix = claim_prefix(settings, trial_id, params) if settings.share_prefix else None
     results = Queue(actor_options={"num_cpus": 0})
     decisions = Decisions.remote() if settings.decision_epochs else None
     callbacks = [ForwardReports(results, objective_report(settings.metric))]
@@ -81,6 +85,7 @@ def _trial_driver(config: dict[str, Any], settings: SweepSettings) -> None:
         with_eval=False,
         corpora_checked=True,
         decisions=decisions,
+        prefix=prefix,
     )
     relay(
         lambda: fit_trial(trainer, settings, trial_id), results, decisions, settings.decision_epochs
@@ -156,6 +161,50 @@ class CloseTrialRuns(tune.Callback):
         self.tracking.close_trial(trial.trial_id, "FAILED", "trial errored", error=cause)
 
 
+class ReleasePrefixes(tune.Callback):
+    """Tells the sweep's prefix ledger that a trial ended (finished, stopped early or failed
+    for good): what it promised and did not publish is free, so a trial waiting for it trains
+    that prefix itself. Holds the ledger's name, so it survives Tune's pickling."""
+
+    def __init__(self, ledger_name: str) -> None:
+        self.ledger_name = ledger_name
+
+    def _ended(self, trial) -> None:
+        import ray
+
+        with contextlib.suppress(ValueError):  # no ledger (it ended with its sweep): nothing
+            ray.get_actor(self.ledger_name).ended.remote(trial.trial_id)
+
+    def on_trial_complete(self, iteration, trials, trial, **info) -> None:
+        self._ended(trial)
+
+    def on_trial_error(self, iteration, trials, trial, **info) -> None:
+        self._ended(trial)
+
+
+def grid_order(space: SearchSpace, s: SweepSettings, rungs: Rungs | None) -> list[dict[str, Any]]:
+    """A grid's points in the order its trials start: :func:`~orchestrator.tune.scheduling.
+    run_order`, in prefix waves when the sweep shares prefixes (:mod:`orchestrator.tune.
+    prefix_tree`)."""
+    points = run_order(space, s.scheduler, rungs, s.seed)
+    if not s.share_prefix:
+        return points
+    return build_tree(points, s.base, s.workers_per_trial).points
+
+
+def open_ledger(space: SearchSpace | None, s: SweepSettings, rungs: Rungs | None) -> Any:
+    """The sweep's prefix ledger actor (None when it does not share prefixes): a grid's tree
+    as its plan, or a sampled space's publishing epochs. Without the space (a resumed sweep
+    whose file is gone) trials still start from the prefixes already published."""
+    if not s.share_prefix:
+        return None
+    if space is not None and space.is_grid:
+        tree = build_tree(run_order(space, s.scheduler, rungs, s.seed), s.base, s.workers_per_trial)
+        return start_ledger(s, tree.plan(), frozenset())
+    candidates = searched_candidates(space, s.base)[0] if space is not None else frozenset()
+    return start_ledger(s, None, candidates)
+
+
 def check_resumable(folder: str) -> None:
     """ConfigError naming ``folder`` when it holds no Tune state to restore (``tuner.pkl``):
     checked before ``resume`` touches the sweep's MLflow run."""
@@ -202,7 +251,7 @@ def tune_config(
         study = {"storage": rdb_storage(s.optuna_storage), "study_name": s.study_name}
     algorithm = search_algorithm(searcher, space, OBJECTIVE, s.mode, s.seed, **study)
     if algorithm is None:
-        param_space = {GRID_KEY: tune.grid_search(run_order(space, s.scheduler, rungs, s.seed))}
+        param_space = {GRID_KEY: tune.grid_search(grid_order(space, s, rungs))}
         return param_space, tune.TuneConfig(num_samples=1, **common)
     limited = ConcurrencyLimiter(algorithm, max_concurrent=s.max_concurrent)
     return {}, tune.TuneConfig(num_samples=s.num_samples, search_alg=limited, **common)
@@ -213,6 +262,8 @@ def build_tuner(
 ) -> tune.Tuner:
     param_space, config = tune_config(space, settings, rungs)
     callbacks = [CloseTrialRuns(settings.target), TrialLines()]
+    if settings.share_prefix:
+        callbacks.append(ReleasePrefixes(settings.ledger_name))
     if settings.optuna_storage and config.search_alg is None:  # a grid: record its trials
         distributions = space.study_distributions()
         url, name = settings.optuna_storage, settings.study_name
