@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 OUT ?= runs
 
-.PHONY: sweep test test-fast lint format bench bench-search clean
+.PHONY: sweep test test-fast lint format bench bench-search bench-prefix clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -47,6 +47,10 @@ bench: $(STAMP)
 # The 24-trial grid against TPE + ASHA on the local task: 15 minutes on 2 cores.
 bench-search: $(STAMP)
 	$(BIN)/python bench/search_efficiency.py
+
+# The same 6-trial grid with and without shared prefixes: 12 minutes on 2 cores.
+bench-prefix: $(STAMP)
+	$(BIN)/python bench/shared_prefix.py
 
 clean:
 	rm -rf $(VENV) $(OUT) .pytest_cache .ruff_cache *.egg-info
