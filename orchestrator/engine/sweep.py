@@ -16,6 +16,7 @@ from typing import Any
 
 import ray
 from ray import tune
+from ray.exceptions import RayActorError
 
 from orchestrator.engine.evaluate import evaluate_rows
 from orchestrator.objective import OBJECTIVE
@@ -27,6 +28,7 @@ from orchestrator.reports.sweep_summary import (
     summary_metrics,
 )
 from orchestrator.settings import SweepSettings
+from orchestrator.storage import delete_folder
 from orchestrator.tracking import TUNE_DIR_TAG, SweepRun, Tracking
 from orchestrator.train.prefixes import SHARED_EPOCHS, SHARED_SECONDS
 from orchestrator.tune.scheduling import Rungs, decision_epochs
@@ -80,16 +82,17 @@ def prefix_figures(
     """What sharing prefixes saved: the stage-1 trial-epochs the forks did not train
     (``sweep/trial_epochs_saved``), the GPU-hours of those epochs when trials had GPUs, and
     the prefix checkpoints kept on the way (how many, at most at once, their peak size)."""
-    if stats is None:
-        return {}
     epochs = sum(r.data.metrics.get(SHARED_EPOCHS, 0.0) for r in runs)
     seconds = sum(r.data.metrics.get(SHARED_SECONDS, 0.0) for r in runs)
-    out = {
-        "sweep/trial_epochs_saved": float(epochs),
-        "sweep/prefix_checkpoints": float(stats["published"]),
-        "sweep/prefix_checkpoints_peak": float(stats["peak_count"]),
-        "sweep/prefix_storage_peak_gb": stats["peak_bytes"] / 1e9,
-    }
+    if stats is None and not epochs:
+        return {}
+    out = {"sweep/trial_epochs_saved": float(epochs)}
+    if stats is not None:
+        out |= {
+            "sweep/prefix_checkpoints": float(stats["published"]),
+            "sweep/prefix_checkpoints_peak": float(stats["peak_count"]),
+            "sweep/prefix_storage_peak_gb": stats["peak_bytes"] / 1e9,
+        }
     if gpus_per_trial:
         out["sweep/gpu_hours_saved"] = seconds * gpus_per_trial / 3600
     return out
@@ -121,6 +124,19 @@ def summarise(
     return metrics
 
 
+def _clean_prefixes(ledger: Any, settings: SweepSettings) -> dict[str, int] | None:
+    """Delete the prefix checkpoints the sweep still keeps; the ledger's counts (None without
+    sharing, or when the ledger was lost: its folder is then deleted here)."""
+    if ledger is None:
+        return None
+    try:
+        return ray.get(ledger.cleanup.remote())
+    except RayActorError as err:
+        log.warning("sweep %s: its prefix ledger is gone (%s)", settings.name, err)
+        delete_folder(settings.prefixes_dir)
+        return None
+
+
 def _tracked_fit(
     parent: SweepRun,
     tuner: tune.Tuner,
@@ -134,7 +150,7 @@ def _tracked_fit(
     ``resume``)."""
     try:
         results = tuner.fit()
-        prefixes = ray.get(ledger.cleanup.remote()) if ledger is not None else None
+        prefixes = _clean_prefixes(ledger, settings)
         failures = evaluate_top(settings)
         metrics = summarise(settings, space, prefixes)
     except BaseException:

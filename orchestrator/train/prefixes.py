@@ -31,11 +31,13 @@ import contextlib
 import logging
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import ray
+from ray.exceptions import RayActorError
+from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from orchestrator.settings import ForkSource, PrefixPlan, SweepSettings
 from orchestrator.storage import (
@@ -101,6 +103,7 @@ class Ledger:
         self.promised: dict[Key, str] = {}
         self.trained: set[str] = set()  # prefixes some trial trains (or trained) itself
         self.first_claim: dict[str, float] = {}
+        self.forks: dict[str, Key] = {}  # trial -> the planned checkpoint it starts from
         self.stats = {"published": 0, "deleted": 0, "peak_count": 0, "peak_bytes": 0}
         self._scan()
 
@@ -133,6 +136,7 @@ class Ledger:
             planned = 0
         own = (prefix, diverges)
         if diverges > 0 and own in self.published and planned > 0:
+            self.forks[trial_id] = own
             return Claim(fork=self.published[own])
         owner = self.promised.get(own)
         if diverges > 0 and planned > 0 and owner not in (None, trial_id):
@@ -182,10 +186,12 @@ class Ledger:
         self.stats["peak_bytes"] = max(self.stats["peak_bytes"], sum(self.sizes.values()))
         return True
 
-    def started(self, prefix: str, epoch: int) -> None:
-        """A trial started from ``(prefix, epoch)``; the last one planned deletes it."""
-        key = (prefix, epoch)
-        if self.plan is None or key not in self.wanted:
+    def started(self, trial_id: str) -> None:
+        """``trial_id`` started from the checkpoint it was planned to start from; the last
+        such trial deletes it. (A fork from an earlier epoch, after its own was lost, was not
+        planned there: it does not count.)"""
+        key = self.forks.pop(trial_id, None)
+        if self.plan is None or key is None or key not in self.wanted:
             return
         self.wanted[key] -= 1
         if self.wanted[key] <= 0 and key in self.published:
@@ -227,15 +233,24 @@ def start_ledger(
     """The sweep's ledger actor, named :attr:`SweepSettings.ledger_name` so that trial drivers
     find it; it lives as long as the caller holds the handle. One left by a killed driver of
     the same sweep (``resume`` joining a cluster; Ray ends it soon anyway) is replaced: what it
-    knew that matters is in storage."""
+    knew that matters is in storage.
+
+    It runs on the driver's own node (the head, for a submitted sweep): a worker node that goes
+    away must not take the sweep's account with it. Restarted there if its process dies, it
+    finds the published checkpoints again (it forgets only promises, which their trials' ends
+    would free, and how many forks started, so those checkpoints wait for the sweep's end)."""
     with contextlib.suppress(ValueError):  # none: the usual case
         ray.kill(ray.get_actor(settings.ledger_name))
+    here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
     deadline = time.monotonic() + 30
     while True:
         try:
-            return PrefixLedger.options(name=settings.ledger_name).remote(
-                settings.prefixes_dir, plan, candidates
-            )
+            return PrefixLedger.options(
+                name=settings.ledger_name,
+                scheduling_strategy=here,
+                max_restarts=3,
+                max_task_retries=3,
+            ).remote(settings.prefixes_dir, plan, candidates)
         except ValueError:  # the old name is released once its actor is dead
             if time.monotonic() > deadline:
                 raise
@@ -261,7 +276,13 @@ def claim_prefix(
     key, waited, since = point_key(params), None, time.monotonic()
     resuming = not missing_files(f"{settings.train_dir}/{trial_id}", (SNAPSHOT,))
     while True:
-        claim = ray.get(ledger.claim.remote(trial_id, key, prefix, diverges, resuming))
+        try:
+            claim = ray.get(ledger.claim.remote(trial_id, key, prefix, diverges, resuming))
+        except RayActorError as err:
+            log.warning(
+                "trial %s: the prefix ledger is gone (%s); it shares nothing", trial_id, err
+            )
+            return None
         if claim.wait_for is None:
             break
         if waited != claim.wait_for:
@@ -291,7 +312,15 @@ class Publisher:
         self.forked_told = plan.fork is None
 
     def after_epoch(self, epoch: int, folder: Path | None, history: list[dict[str, float]]) -> None:
-        """``epoch`` epochs are done and ``folder`` holds the state after them."""
+        """``epoch`` epochs are done and ``folder`` holds the state after them. A ledger gone
+        (its node lost) only means nothing more is shared: the trial trains on."""
+        try:
+            self._publish(epoch, folder, history)
+        except RayActorError as err:
+            log.warning("trial %s: the prefix ledger is gone (%s)", self.trial_id, err)
+            self.plan = replace(self.plan, publish=())
+
+    def _publish(self, epoch: int, folder: Path | None, history: list[dict[str, float]]) -> None:
         plan = self.plan
         if folder is None or epoch not in plan.publish:
             return
@@ -315,4 +344,7 @@ class Publisher:
     def after_report(self) -> None:
         if not self.forked_told and self.plan.fork is not None:
             self.forked_told = True
-            ray.get(self.plan.ledger.started.remote(self.plan.prefix, self.plan.fork.epoch))
+            try:
+                ray.get(self.plan.ledger.started.remote(self.trial_id))
+            except RayActorError as err:  # its checkpoint then goes when the sweep ends
+                log.warning("trial %s: the prefix ledger is gone (%s)", self.trial_id, err)

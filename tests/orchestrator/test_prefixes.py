@@ -95,9 +95,9 @@ def test_the_ledger_trains_once_forks_waiters_and_deletes_after_the_last_start(t
     assert a.fork is not None and a.fork.epoch == 1 and a.fork.run_id == "run-T"
     b = ledger.claim("B", "b", "p", 1)
     assert b.fork == a.fork and b.publish == ()
-    ledger.started("p", 1)
+    ledger.started("A")
     assert first.is_dir()  # "b" has not started from it yet
-    ledger.started("p", 1)
+    ledger.started("B")
     assert not first.exists()  # its last planned fork started: gone
     # The trunk fails for good before epoch 2: "c" does not wait for it, it trains the
     # prefix itself (nothing earlier is left to start from) and publishes nothing.
@@ -136,7 +136,28 @@ def test_a_sampled_space_shares_what_coincides_and_keeps_it_to_the_end(tmp_path:
     assert ledger.claim("T3", "{}", "p", 6).fork.epoch == 6  # the same trial again: stage 2 only
     partial = ledger.claim("T4", "{}", "p", 5)  # no checkpoint at 5: from 4, trains 4..5 itself
     assert partial.fork.epoch == 4 and partial.publish == ()
-    ledger.started("p", 4)
-    ledger.started("p", 6)
+    for trial in ("T2", "T3", "T4"):
+        ledger.started(trial)
     assert all(f.is_dir() for f in folders)  # a later suggestion may still want them
     assert ledger.cleanup()["deleted"] == 3 and not store.exists()
+
+
+def test_a_fork_from_an_earlier_epoch_does_not_use_up_the_planned_forks_checkpoint(
+    tmp_path: Path,
+) -> None:
+    """The trunk fails for good after publishing epoch 1: the fork planned at epoch 2 starts
+    from epoch 1 instead; the two forks planned at epoch 1 still find it (found by a fresh
+    clone's run, where the third fork then trained from scratch)."""
+    store = tmp_path / "prefixes"
+    plan = {"t": ("p", 0), "a": ("p", 1), "b": ("p", 1), "c": ("p", 2)}
+    ledger = Ledger(str(store), plan)
+    ledger.claim("T", "t", "p", 3)
+    _publish(ledger, store, "T", "p", 1)
+    ledger.ended("T")
+    c = ledger.claim("C", "c", "p", 2)
+    assert c.fork.epoch == 1 and c.publish == ()
+    ledger.started("C")
+    for trial, key in (("A", "a"), ("B", "b")):
+        assert ledger.claim(trial, key, "p", 1).fork.epoch == 1, trial
+        ledger.started(trial)
+    assert not (store / "p").exists() or not any((store / "p").iterdir())
