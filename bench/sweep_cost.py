@@ -19,6 +19,7 @@ from pathlib import Path
 
 import torch
 
+from orchestrator.storage import folder_bytes
 from trainer import checkpoint
 from trainer.config import load_config
 from trainer.evaluate import FinalModel
@@ -29,10 +30,6 @@ from trainer.step import build_optimizer
 TRAIN, DEV = 25_380, 24_844  # ASVspoof 2019 LA train and dev clips
 TEST = {"asv19": 71_237, "itw": 31_779, "asv21la": 181_566, "asv21df": 611_829}  # all trials
 GB = 1e9
-
-
-def _size(folder: Path) -> int:
-    return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
 
 
 def measure(preset: str, queue_size: int) -> tuple[int, int, int]:
@@ -55,7 +52,7 @@ def measure(preset: str, queue_size: int) -> tuple[int, int, int]:
         )
         final = FinalModel(cfg, model, torch.nn.Linear(cfg.model.embedding_dim, 1))
         folder = final.save(Path(tmp) / "model")
-        return count_parameters(model), _size(ckpt), _size(folder)
+        return count_parameters(model), folder_bytes(ckpt), folder_bytes(folder)
 
 
 def main() -> None:

@@ -214,13 +214,6 @@ class Ledger:
         delete_folder(self.store)
         return dict(self.stats)
 
-    def waiting_state(self) -> dict[str, Any]:
-        """What is published and promised (for tests and logs)."""
-        return {
-            "published": sorted(f"{p}@{e}" for p, e in self.published),
-            "promised": {f"{p}@{e}": t for (p, e), t in self.promised.items()},
-        }
-
 
 PrefixLedger = ray.remote(num_cpus=0)(Ledger)
 

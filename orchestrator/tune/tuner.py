@@ -29,7 +29,7 @@ from orchestrator.train.decisions import Decisions, ForwardReports, relay
 from orchestrator.train.prefixes import claim_prefix, start_ledger
 from orchestrator.train.resources import DRIVER_RESOURCE
 from orchestrator.train.trainer import fit_trial, torch_trainer, trial_cause
-from orchestrator.tune.prefix_tree import build_tree, searched_candidates
+from orchestrator.tune.prefix_tree import PrefixTree, build_tree, searched_candidates
 from orchestrator.tune.scheduling import Rungs, run_order
 from orchestrator.tune.searcher import check_searcher, search_algorithm
 from orchestrator.tune.study import RecordTrials, rdb_storage
@@ -182,14 +182,19 @@ class ReleasePrefixes(tune.Callback):
         self._ended(trial)
 
 
+def grid_tree(space: SearchSpace, s: SweepSettings, rungs: Rungs | None) -> PrefixTree:
+    """A grid's shared-prefix tree over :func:`~orchestrator.tune.scheduling.run_order`
+    (:mod:`orchestrator.tune.prefix_tree`): its points in prefix waves, and the ledger's plan."""
+    points = run_order(space, s.scheduler, rungs, s.seed)
+    return build_tree(points, s.base, s.workers_per_trial)
+
+
 def grid_order(space: SearchSpace, s: SweepSettings, rungs: Rungs | None) -> list[dict[str, Any]]:
     """A grid's points in the order its trials start: :func:`~orchestrator.tune.scheduling.
-    run_order`, in prefix waves when the sweep shares prefixes (:mod:`orchestrator.tune.
-    prefix_tree`)."""
-    points = run_order(space, s.scheduler, rungs, s.seed)
+    run_order`, in prefix waves when the sweep shares prefixes."""
     if not s.share_prefix:
-        return points
-    return build_tree(points, s.base, s.workers_per_trial).points
+        return run_order(space, s.scheduler, rungs, s.seed)
+    return grid_tree(space, s, rungs).points
 
 
 def open_ledger(space: SearchSpace | None, s: SweepSettings, rungs: Rungs | None) -> Any:
@@ -199,8 +204,7 @@ def open_ledger(space: SearchSpace | None, s: SweepSettings, rungs: Rungs | None
     if not s.share_prefix:
         return None
     if space is not None and space.is_grid:
-        tree = build_tree(run_order(space, s.scheduler, rungs, s.seed), s.base, s.workers_per_trial)
-        return start_ledger(s, tree.plan(), frozenset())
+        return start_ledger(s, grid_tree(space, s, rungs).plan(), frozenset())
     candidates = searched_candidates(space, s.base)[0] if space is not None else frozenset()
     return start_ledger(s, None, candidates)
 
