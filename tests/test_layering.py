@@ -41,7 +41,12 @@ COLLECTIVES_OWNER = "trainer.distributed"
 HEAVY = ("torch", "transformers", "ray", "mlflow", "optuna")
 # The orchestrator's roles, bottom up; a module may import its own layer and those below.
 ORCHESTRATOR_LAYERS = (
-    ("orchestrator.settings", "orchestrator.objective", "orchestrator.storage"),
+    (
+        "orchestrator.settings",
+        "orchestrator.objective",
+        "orchestrator.storage",
+        "orchestrator.mlflow_server",
+    ),
     ("orchestrator.tracking",),
     ("orchestrator.reports",),
     ("orchestrator.train",),

@@ -18,6 +18,7 @@ from mlflow.utils.validation import MAX_PARAM_VAL_LENGTH, MAX_PARAMS_TAGS_PER_BA
 
 from orchestrator.settings import TrackingTarget
 from orchestrator.tracking.store import (
+    AUTH_ERRORS,
     CODE_TAG,
     END_REASON_TAG,
     END_STATUSES,
@@ -30,6 +31,7 @@ from orchestrator.tracking.store import (
     _quoted,
     _sqlite_path,
     artifact_root,
+    auth_refused,
     code_version,
     encode_param,
     ensure_experiment,
@@ -197,14 +199,26 @@ def _transient(err: MlflowException) -> bool:
     return err.error_code in ("INTERNAL_ERROR", "TEMPORARILY_UNAVAILABLE")
 
 
-def _retrying(what: str, call, patience: float):
-    """``call()``, retried with backoff through transient MLflow errors for ``patience`` s."""
+def _refused(client: MlflowClient, what: str, err: MlflowException) -> TrackingError | None:
+    """A :class:`TrackingError` naming the user when the server refused the credentials (401)
+    or the permission (403): no retry cures that, so the trial fails now, not after its
+    outage patience."""
+    if err.error_code not in AUTH_ERRORS:
+        return None
+    return TrackingError(auth_refused(client.tracking_uri, what, err.error_code))
+
+
+def _retrying(what: str, call, patience: float, client: MlflowClient | None = None):
+    """``call()``, retried with backoff through transient MLflow errors for ``patience`` s;
+    refused credentials raise at once (:func:`_refused`)."""
     deadline = time.monotonic() + patience
     delay = 1.0
     while True:
         try:
             return call()
         except MlflowException as err:
+            if client is not None and (refused := _refused(client, what, err)):
+                raise refused from None
             if not _transient(err):
                 raise
             if time.monotonic() > deadline:
@@ -265,7 +279,7 @@ class TrialTracker:
             _log_params(client, run_id, params)
             return run_id
 
-        run_id = _retrying(f"opening the run of trial {trial_id}", attempt, patience)
+        run_id = _retrying(f"opening the run of trial {trial_id}", attempt, patience, client)
         return cls(client, run_id, spool, patience)
 
     def log_metrics(self, metrics: Mapping[str, float], step: int) -> None:
@@ -278,7 +292,10 @@ class TrialTracker:
             elif key not in self._skipped:
                 self._skipped.add(key)
                 log.warning("metric %s is %s at step %d; not logged to MLflow", key, value, step)
-        self._flush()
+        try:
+            self._flush()
+        except TrackingError:  # refused credentials: the points go to the spool, as on an outage
+            self._retry("logging metrics", lambda: None)
 
     def _flush(self) -> bool:
         """Send the buffered metrics in order; False (keeping the rest) on a transient error."""
@@ -287,6 +304,8 @@ class TrialTracker:
             try:
                 self.client.log_batch(self.run_id, metrics=chunk, synchronous=True)
             except MlflowException as err:
+                if refused := _refused(self.client, "logging metrics", err):
+                    raise refused from None
                 if not _transient(err):
                     raise
                 if self._down_since is None:
@@ -312,7 +331,7 @@ class TrialTracker:
             call()
 
         try:
-            _retrying(what, attempt, self.patience)
+            _retrying(what, attempt, self.patience, self.client)
         except TrackingError as err:
             kept = self._spool()
             raise TrackingError(
@@ -354,7 +373,10 @@ class TrialTracker:
     def steps_of(self, key: str) -> set[int]:
         """The steps at which the run already has ``key``."""
         history = _retrying(
-            f"reading {key}", lambda: self.client.get_metric_history(self.run_id, key), 60
+            f"reading {key}",
+            lambda: self.client.get_metric_history(self.run_id, key),
+            60,
+            self.client,
         )
         return {m.step for m in history}
 

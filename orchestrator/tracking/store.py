@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import functools
 import math
 import os
@@ -18,6 +19,8 @@ from urllib.parse import urlsplit, urlunsplit
 import yaml
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
+
+from orchestrator.mlflow_server import PASSWORD_VAR, USER_VAR
 
 SWEEP_TAG = "supcon.sweep"
 TRIAL_TAG = "supcon.trial_id"
@@ -127,21 +130,66 @@ def _check_scheme(uri: str) -> None:
         ) from None
 
 
+AUTH_ERRORS = ("UNAUTHENTICATED", "PERMISSION_DENIED")
+
+
+def auth_refused(uri: str, what: str, status: str) -> str:
+    """The message for a server that refused this process's credentials: it names the user
+    (``MLFLOW_TRACKING_USERNAME``), never the password."""
+    user = os.environ.get(USER_VAR)
+    if status in ("UNAUTHENTICATED", "401"):
+        if not user:
+            return (
+                f"MLflow at {safe_uri(uri)} asks for credentials ({what}: 401) and none are set: "
+                f"export {USER_VAR} and {PASSWORD_VAR} (a cluster's are in the file of "
+                "`supcon-sweep cluster credentials`, see cluster/README.md)"
+            )
+        return (
+            f"MLflow at {safe_uri(uri)} refused user {user!r} ({what}: 401, wrong user or "
+            f"password): check {USER_VAR} and {PASSWORD_VAR}"
+        )
+    return (
+        f"MLflow at {safe_uri(uri)} denied user {user or '(none)'!r} ({what}: 403): the user "
+        "may read but not write here; an admin can grant it EDIT on the experiment"
+    )
+
+
+def _check_credentials(base: str, uri: str, timeout: float) -> None:
+    """One request that needs a login, with the environment's credentials, as MLflow's client
+    would send them: a 401 here is a refused sweep, not minutes of retries later."""
+    url = f"{base}/api/2.0/mlflow/experiments/search?max_results=1"
+    request = urllib.request.Request(url)
+    user, password = os.environ.get(USER_VAR), os.environ.get(PASSWORD_VAR)
+    if user and password:
+        token = base64.b64encode(f"{user}:{password}".encode()).decode()
+        request.add_header("Authorization", f"Basic {token}")
+    try:
+        with urllib.request.urlopen(request, timeout=timeout):
+            return
+    except urllib.error.HTTPError as err:
+        if err.code in (401, 403):
+            raise TrackingError(auth_refused(uri, "a first request", str(err.code))) from None
+    except (urllib.error.URLError, OSError):
+        return  # reachability is /health's question
+
+
 def check_reachable(uri: str, timeout: float = 5, *, create: bool = True) -> None:
-    """Fail fast, naming the URI, when an http(s) server does not answer or the SQLite folder
-    cannot be created. One plain GET without retries (MLflow's client retries for minutes); any
-    HTTP answer, even an error status or a TLS handshake, counts as reachable. Other schemes
-    (databricks, postgresql, ...) are not checked; a scheme MLflow has no store for is refused."""
+    """Fail fast, naming the URI, when an http(s) server does not answer, refuses the
+    environment's credentials (``MLFLOW_TRACKING_USERNAME``/``PASSWORD``: 401, named user), or
+    the SQLite folder cannot be created. Plain requests without retries (MLflow's client retries
+    for minutes); any other HTTP answer, even an error status or a TLS handshake, counts as
+    reachable. Other schemes (databricks, postgresql, ...) are not checked; a scheme MLflow has
+    no store for is refused."""
     _check_scheme(uri)
     parts = urlsplit(uri)
     if parts.scheme in ("http", "https"):
         netloc = parts.netloc.rpartition("@")[2]  # credentials are not needed for /health
-        url = urlunsplit((parts.scheme, netloc, parts.path.rstrip("/") + "/health", "", ""))
+        base = urlunsplit((parts.scheme, netloc, parts.path.rstrip("/"), "", ""))
         try:
-            with urllib.request.urlopen(url, timeout=timeout):
-                return
+            with urllib.request.urlopen(f"{base}/health", timeout=timeout):
+                pass
         except urllib.error.HTTPError:
-            return
+            pass
         except (urllib.error.URLError, OSError) as err:
             reason = getattr(err, "reason", err)
             if isinstance(reason, ssl.SSLError):  # it answered; TLS trust is MLflow's setting
@@ -150,6 +198,8 @@ def check_reachable(uri: str, timeout: float = 5, *, create: bool = True) -> Non
                 f"MLflow tracking server {safe_uri(uri)} is not reachable ({reason}; waited at "
                 f"most {timeout:g} s); start it or pass another --tracking-uri"
             ) from None
+        _check_credentials(base, uri, timeout)
+        return
     db = _sqlite_path(uri)
     if db is not None and not create:  # a read: nothing is created where there is no store
         if not db.is_file():
