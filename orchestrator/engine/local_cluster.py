@@ -1,8 +1,11 @@
 """A multi-node Ray cluster and an MLflow server on this machine: the cloud flow, rehearsed.
 
 ``up`` starts a Ray head (``ray start --head``, its own ports and temp folder, the dashboard and
-job server on 127.0.0.1), ``nodes`` more Ray nodes joined to it with their own CPUs, and an
-``mlflow server`` on 127.0.0.1 with an SQLite store and a local artifact root. Ray's own GCS and
+job server on 127.0.0.1), ``nodes`` more Ray nodes joined to it with their own CPUs, and the
+cluster's MLflow server on 127.0.0.1 (``supcon-sweep cluster server``: a PostgreSQL server of
+its own, MLflow's basic-auth, the sweep user's credentials in ``FOLDER/mlflow/secrets/sweep.env``,
+exported into every Ray node as ``ray start`` does on a cluster; or, with ``backend="sqlite"``,
+one SQLite worker without authentication). Ray's own GCS and
 raylet ports listen on the machine's address, as ``ray start`` requires for nodes to join (it
 turns 127.0.0.1 into that address); token authentication guards them. Every process is
 started in a new session and recorded (pid and start time) in ``FOLDER/cluster.json``; ``down``
@@ -20,19 +23,17 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
 import time
-import urllib.error
-import urllib.request
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import psutil
 
+from orchestrator import mlflow_server as srv
 from orchestrator.train.resources import DRIVER_RESOURCE
 
 STATE = "cluster.json"
@@ -55,6 +56,7 @@ class Spec:
     head_cpus: int = 1
     worker_cpus: int = 1
     drivers: int = 2
+    backend: str = "postgresql"  # the MLflow server's store; "sqlite": no authentication
 
 
 @dataclass
@@ -74,6 +76,14 @@ class Cluster:
     mlflow_port: int
     spec: dict[str, Any]
     procs: list[Proc] = field(default_factory=list)
+    pg_port: int = 0
+
+    @property
+    def credentials(self) -> Path | None:
+        """The sweep user's MLflow credentials file (None without authentication)."""
+        if self.spec.get("backend", "sqlite") == "sqlite":
+            return None
+        return Path(self.folder) / "mlflow" / "secrets" / "sweep.env"
 
     @property
     def address(self) -> str:
@@ -106,19 +116,19 @@ class Cluster:
         return next((p for p in self.procs if p.name == name), None)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _env() -> dict[str, str]:
-    """The children's environment: token auth on, and this interpreter's bin folder first on
-    PATH, because Ray Jobs run their entrypoint with the raylet's PATH."""
+def _env(c: Cluster) -> dict[str, str]:
+    """The children's environment: token auth on, this interpreter's bin folder first on
+    PATH (Ray Jobs run their entrypoint with the raylet's PATH), and the MLflow sweep user's
+    credentials, which Ray's jobs and workers inherit from the node as on a cluster."""
     env = dict(os.environ)
     env["RAY_AUTH_MODE"] = env.get("RAY_AUTH_MODE") or "token"
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
     env.pop("RAY_ADDRESS", None)
+    for key in (srv.USER_VAR, srv.PASSWORD_VAR):
+        env.pop(key, None)
+    if c.credentials is not None:
+        user, password = srv.user_credentials(c.credentials)
+        env.update({srv.USER_VAR: user, srv.PASSWORD_VAR: password})
     return env
 
 
@@ -142,7 +152,7 @@ def _spawn(c: Cluster, name: str, cmd: list[str]) -> Proc:
             stdout=out,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
-            env=_env(),
+            env=_env(c),
             cwd=c.folder,
             start_new_session=True,
         )
@@ -161,17 +171,6 @@ def _wait(proc: Proc, ready, what: str, timeout: float) -> None:
         if time.monotonic() > deadline:
             raise StartError(f"{what} not ready after {timeout:.0f} s (log {proc.log})")
         time.sleep(0.5)
-
-
-def _http_ok(url: str) -> bool:
-    """Whether an HTTP server answers at ``url`` (an auth error is an answer)."""
-    try:
-        with urllib.request.urlopen(url, timeout=2):
-            return True
-    except urllib.error.HTTPError:
-        return True
-    except (urllib.error.URLError, OSError):
-        return False
 
 
 def _ray() -> str:
@@ -193,9 +192,9 @@ def _start_head(c: Cluster, spec: Spec) -> None:
         "--dashboard-port",
         str(c.dashboard_port),
         "--ray-client-server-port",
-        str(_free_port()),
+        str(srv.free_port()),
         "--dashboard-agent-listen-port",
-        str(_free_port()),
+        str(srv.free_port()),
         "--num-cpus",
         str(spec.head_cpus),
         "--num-gpus",
@@ -205,7 +204,7 @@ def _start_head(c: Cluster, spec: Spec) -> None:
         "--disable-usage-stats",
     ]
     proc = _spawn(c, "head", cmd)
-    _wait(proc, lambda: _http_ok(f"{c.dashboard}/api/version"), "the Ray head", 120)
+    _wait(proc, lambda: srv.http_ok(f"{c.dashboard}/api/version"), "the Ray head", 120)
 
 
 def _start_node(c: Cluster, name: str, spec: Spec) -> None:
@@ -220,7 +219,7 @@ def _start_node(c: Cluster, name: str, spec: Spec) -> None:
         "--temp-dir",
         f"{c.temp_dir}/{name}",
         "--dashboard-agent-listen-port",
-        str(_free_port()),
+        str(srv.free_port()),
         "--num-cpus",
         str(spec.worker_cpus),
         "--num-gpus",
@@ -241,6 +240,13 @@ def _raylets(proc: Proc) -> int:
 
 def _start_mlflow(c: Cluster) -> None:
     folder = Path(c.folder)
+    if c.credentials is not None:
+        cmd = [str(Path(sys.executable).parent / "supcon-sweep"), "cluster", "server"]
+        cmd += ["--folder", str(folder / "mlflow"), "--port", str(c.mlflow_port)]
+        cmd += ["--pg-port", str(c.pg_port), "--users", str(c.credentials)]
+        proc = _spawn(c, "mlflow", cmd)
+        _wait(proc, lambda: srv.http_ok(f"{c.tracking_uri}/health"), "the MLflow server", 240)
+        return
     cmd = [
         str(Path(sys.executable).parent / "mlflow"),
         "server",
@@ -256,7 +262,7 @@ def _start_mlflow(c: Cluster) -> None:
         str(folder / "mlartifacts"),
     ]
     proc = _spawn(c, "mlflow", cmd)
-    _wait(proc, lambda: _http_ok(f"{c.tracking_uri}/health"), "the MLflow server", 120)
+    _wait(proc, lambda: srv.http_ok(f"{c.tracking_uri}/health"), "the MLflow server", 120)
 
 
 def up(folder: Path, spec: Spec | None = None) -> Cluster:
@@ -269,8 +275,11 @@ def up(folder: Path, spec: Spec | None = None) -> Cluster:
     else:
         spec = spec or Spec()
         temp = tempfile.mkdtemp(prefix="sray-")  # short: Ray's socket paths must stay < 108
-        c = Cluster(str(folder), temp, _free_port(), _free_port(), _free_port(), asdict(spec))
+        ports = [srv.free_port() for _ in range(4)]
+        c = Cluster(str(folder), temp, *ports[:3], asdict(spec), pg_port=ports[3])
         c.save()
+    if c.credentials is not None:  # before any Ray node starts: they export them
+        srv.user_credentials(c.credentials)
     try:
         if _live(c, "head") is None:
             if c.procs:  # the head died: its nodes cannot rejoin a new GCS
@@ -304,6 +313,11 @@ def stop(folder: Path, name: str, grace: float = 10.0) -> bool:
     if root is None:
         return False
     tree = [root, *root.children(recursive=True)]
+    if name == "mlflow" and c.credentials is not None:
+        # The server's supervisor stops MLflow, then PostgreSQL with its fast shutdown.
+        with contextlib.suppress(psutil.Error):
+            root.send_signal(signal.SIGTERM)
+        _, tree = psutil.wait_procs(tree, timeout=4 * grace)
     for p in tree:
         with contextlib.suppress(psutil.Error):
             p.send_signal(signal.SIGTERM)
@@ -337,5 +351,6 @@ def status(folder: Path) -> dict[str, Any]:
         "address": c.address,
         "dashboard": c.dashboard,
         "tracking_uri": c.tracking_uri,
+        "credentials": str(c.credentials) if c.credentials else None,
         "processes": {p.name: {"pid": p.pid, "alive": _handle(p) is not None} for p in c.procs},
     }

@@ -1,23 +1,30 @@
 """The README's cluster flow on a real multi-node Ray cluster started on this machine.
 
-``supcon-sweep cluster local up`` starts a Ray head, a second Ray node and an MLflow server;
-sweeps go in as Ray Jobs through the job server (``supcon-sweep submit``), and the best trial
-comes back over HTTP (``supcon-sweep best --tracking-uri http://...``). Faults: the MLflow
-server restarting mid-sweep, and the second node dying mid-trial.
+``supcon-sweep cluster local up`` starts a Ray head, a second Ray node and the cluster's MLflow
+server (a real PostgreSQL, MLflow's basic-auth; the sweep user's login exported into the Ray
+nodes as on a cluster); sweeps go in as Ray Jobs through the job server (``supcon-sweep
+submit``), and the best trial comes back over HTTP (``supcon-sweep best --tracking-uri
+http://...``) with the same login. Faults: the MLflow server (and its database) restarting
+mid-sweep, and the second node dying mid-trial. The sweep user's password is looked for
+everywhere a sweep writes: it is nowhere.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import time
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 import psutil
 import pytest
 from mlflow.tracking import MlflowClient
 
+from orchestrator import mlflow_server as srv
 from orchestrator.cli import main
 from orchestrator.engine import local_cluster as lc
 from orchestrator.settings import DEFAULT_EXPERIMENT
@@ -50,7 +57,13 @@ def cluster(tmp_path_factory: pytest.TempPathFactory):
         )
         == 0
     )
-    yield lc.Cluster.load(folder)
+    c = lc.Cluster.load(folder)
+    # This process logs in as the researcher does: `set -a; . CREDENTIALS; set +a`.
+    saved = {k: os.environ.get(k) for k in (srv.USER_VAR, srv.PASSWORD_VAR)}
+    os.environ.update(srv.read_env_file(c.credentials))
+    yield c
+    for key, value in saved.items():
+        os.environ.pop(key) if value is None else os.environ.update({key: value})
     if (folder / lc.STATE).is_file():
         lc.down(folder)
 
@@ -146,6 +159,39 @@ def test_cluster_status_lists_the_nodes_and_mlflow(cluster: lc.Cluster, capsys) 
     assert set(info["processes"]) == {"head", "node1", "mlflow"}
     assert all(p["alive"] for p in info["processes"].values())
     assert info["tracking_uri"].startswith("http://127.0.0.1:")
+    assert info["credentials"] == str(cluster.credentials)
+    search = f"{cluster.tracking_uri}/api/2.0/mlflow/experiments/search?max_results=1"
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        urllib.request.urlopen(search, timeout=10)  # no login
+    assert refused.value.code == 401
+    pg = [c for c in psutil.Process(cluster.proc("mlflow").pid).children(recursive=True)]
+    assert any(p.name() == "postgres" for p in pg), "the MLflow store is a PostgreSQL server"
+
+
+def _password_anywhere(cluster: lc.Cluster, out: Path, texts: list[str]) -> list[str]:
+    """Where the sweep user's password appears: ``texts`` (console, job logs), every run's
+    params and tags and every artifact, every file of the Ray session (the nodes' logs), the
+    cluster's logs and the sweep's output folder."""
+    password = srv.read_env_file(cluster.credentials)[srv.PASSWORD_VAR]
+    found = [f"text {i}" for i, t in enumerate(texts) if password in t]
+    client = MlflowClient(cluster.tracking_uri)
+    exp = client.get_experiment_by_name(DEFAULT_EXPERIMENT)
+    for run in client.search_runs([exp.experiment_id]):
+        if password in json.dumps([run.data.params, run.data.tags]):
+            found.append(f"run {run.info.run_id} params/tags")
+        folder = Path(client.download_artifacts(run.info.run_id, "", str(out / "artifacts")))
+        texts_of = [p for p in folder.rglob("*") if p.is_file()]
+        found += [f"artifact {p}" for p in texts_of if password.encode() in p.read_bytes()]
+    roots = [Path(cluster.temp_dir), Path(cluster.folder) / "logs", out]
+    roots += [Path(cluster.folder) / "mlflow" / "logs"]
+    for root in roots:
+        for path in (p for p in root.rglob("*") if p.is_file() and not p.is_symlink()):
+            try:
+                if password.encode() in path.read_bytes():
+                    found.append(str(path))
+            except OSError:
+                continue  # sockets, files Ray removed meanwhile
+    return found
 
 
 def test_submitted_sweep_survives_an_mlflow_restart(
@@ -201,10 +247,13 @@ def test_submitted_sweep_survives_an_mlflow_restart(
         stamps += [m.timestamp / 1000 for m in history]
     assert any(down_at < t < up_at for t in stamps), "no epoch fell inside the outage"
     assert main(["best", "--tracking-uri", uri, "--metric", "eval/pooled_mean/eer", "--json"]) == 0
-    best = json.loads(capsys.readouterr().out)
+    console = capsys.readouterr()
+    best = json.loads(console.out)
     assert [row["run_id"] for row in best][:1] == [
         min(children, key=lambda r: r.data.metrics["eval/pooled_mean/eer"]).info.run_id
     ]
+    texts = [logs, console.out, console.err]
+    assert _password_anywhere(cluster, tmp_path, texts) == []
 
 
 def test_node_loss_resumes_the_trial_on_the_remaining_node(
