@@ -30,9 +30,17 @@ def manifests(name: str) -> list[dict]:
     return [doc for doc in yaml.safe_load_all((KUBERAY / name).read_text()) if doc]
 
 
-def one(name: str, kind: str) -> dict:
-    (doc,) = [d for d in manifests(name) if d["kind"] == kind]
+def one(name: str, kind: str, called: str | None = None) -> dict:
+    """The one document of ``kind`` in manifest file ``name`` (the one ``called`` so)."""
+    (doc,) = [
+        d for d in manifests(name) if d["kind"] == kind and called in (None, d["metadata"]["name"])
+    ]
     return doc
+
+
+MLFLOW = ("common.yaml", "Deployment", "supcon-mlflow")
+POSTGRES = ("common.yaml", "Deployment", "supcon-postgres")
+SETTINGS = ("common.yaml", "ConfigMap", "supcon-sweep-env")
 
 
 def launcher_commands(cfg: dict) -> list[str]:

@@ -20,7 +20,8 @@ _SECRETS = {
     "a Ray token (64 hex digits)": re.compile(r"\b[0-9a-f]{64}\b"),
     "an AWS access key id": re.compile(r"\b(?:AKIA|ASIA)[0-9A-Z]{16}\b"),
     "a credential written as a literal": re.compile(
-        r"(?i)(?:RAY_AUTH_TOKEN|auth_token|secret_access_key)[\"']?\s*[:=]\s*[\"']?"
+        r"(?i)(?:RAY_AUTH_TOKEN|auth_token|secret_access_key|PASSWORD|admin_password)[\"']?"
+        r"\s*[:=]\s*[\"']?"
         r"[A-Za-z0-9+/_\-]{16,}"
     ),
 }

@@ -19,11 +19,15 @@ from mlflow.server.security_utils import is_allowed_host_header
 from ray.autoscaler._private.util import prepare_config, validate_config
 from ray.scripts.scripts import cli as ray_cli
 
+from orchestrator import mlflow_server as srv
 from orchestrator.cli import build_parser
 from orchestrator.train.resources import DRIVER_RESOURCE
 from tests.cluster.configs import (
     CLUSTER,
     IMAGE_ROOT,
+    MLFLOW,
+    POSTGRES,
+    SETTINGS,
     launcher,
     launcher_commands,
     manifests,
@@ -146,33 +150,114 @@ def test_launcher_opens_no_port_beyond_ssh() -> None:
     assert rules == []
 
 
+def server_args(line: str) -> argparse.Namespace:
+    """``supcon-sweep cluster server ...`` in ``line``, parsed by our CLI."""
+    (args,) = [a for a in invocations(line, "supcon-sweep") if a[:2] == ["cluster", "server"]]
+    return parse_ours(args)
+
+
+def check_mlflow_command(parsed: argparse.Namespace, store_uri: str) -> dict:
+    """The ``mlflow server`` command ``cluster server`` runs for ``parsed``, parsed by MLflow's
+    own CLI: basic-auth, artifacts through the server. Returns its params."""
+    spec = srv.ServerSpec(
+        folder=parsed.folder,
+        host=parsed.host,
+        port=parsed.port,
+        backend=parsed.backend,
+        database_url=parsed.database_url,
+        artifacts=parsed.artifacts,
+        allowed_hosts=parsed.allowed_hosts,
+    )
+    cmd = srv.mlflow_command(spec, store_uri)
+    params = parse_click(mlflow_cli, cmd[1:], "mlflow").params
+    assert params["app_name"] == "basic-auth" and params["serve_artifacts"]
+    assert int(params["workers"]) == srv.WORKERS and params["backend_store_uri"] == store_uri
+    return params
+
+
 def test_mlflow_server_on_the_head() -> None:
+    """`cluster server` on the head: its own PostgreSQL (never SQLite), basic-auth, artifacts
+    to the bucket, Host headers limited to the head's IP and localhost."""
     cfg = launcher()
-    (line,) = [c for c in cfg["head_start_ray_commands"] if invocations(c, "mlflow")]
-    (args,) = invocations(line, "mlflow")
-    params = parse_click(mlflow_cli, args, "mlflow").params
-    assert params["serve_artifacts"] and params["port"] == 5000 and params["host"] == "0.0.0.0"
-    assert params["artifacts_destination"].startswith("s3://test-bucket/")
-    assert params["backend_store_uri"].startswith("sqlite:////")  # an absolute path
+    (line,) = [c for c in cfg["head_start_ray_commands"] if "cluster server" in c]
+    parsed = server_args(line)
+    assert parsed.backend == "postgresql" and parsed.database_url is None
+    assert parsed.port == 5000 and parsed.host == "0.0.0.0"
+    assert parsed.artifacts.startswith("s3://test-bucket/")
+    assert str(parsed.folder).startswith("/home/ray/mlflow")  # the head's mounted disk
+    assert not any(invocations(c, "mlflow") for c in cfg["head_start_ray_commands"])
+    params = check_mlflow_command(parsed, "postgresql+psycopg2://mlflow@127.0.0.1:5433/mlflow")
     allowed = params["allowed_hosts"].split(",")
     assert "*" not in allowed
     assert is_allowed_host_header(allowed, "127.0.0.1:5000")  # through ssh -L / ray attach
     (start,) = [c for c in cfg["head_start_ray_commands"] if "ray start" in c]
     uri = exported_tracking_uri(start)
     assert is_allowed_host_header(allowed, uri.removeprefix("http://")), uri
+    setup = " ".join(cfg["head_setup_commands"])
+    assert "apt-get install" in setup and "postgresql" in setup  # Ubuntu's server programs
+    assert "supcon-sweep[server]" in setup
+
+
+def sourced_files(line: str) -> list[str]:
+    """The files ``line`` sources with ``set -a`` (every variable in them exported)."""
+    words = simple_commands(line)
+    return [w[1] for i, w in enumerate(words) if w[0] == "." and ["set", "-a"] in words[:i]]
+
+
+def test_every_node_exports_the_sweep_users_credentials() -> None:
+    """The sweep user's file from the laptop (beside the Ray token, never in the working tree)
+    is installed with mode 600 and sourced into `ray start` on the head and on every worker, so
+    job drivers and Train workers log in; the server creates that user from the same file."""
+    cfg = launcher()
+    (install,) = [c for c in cfg["setup_commands"] if "mlflow.env" in c]
+    (copy,) = [w for w in simple_commands(install) if w[0] == "install"]
+    assert copy[1:3] == ["-m", "600"] and copy[3] == "~/ray-auth/mlflow.env"
+    node_file = copy[4]
+    for key in ("head_start_ray_commands", "worker_start_ray_commands"):
+        (start,) = [c for c in cfg[key] if "ray start" in c]
+        assert sourced_files(start) == [node_file], key
+        assert start.index("set -a") < start.index("ray start"), key
+    (line,) = [c for c in cfg["head_start_ray_commands"] if "cluster server" in c]
+    assert str(server_args(line).users) == node_file
 
 
 def test_mlflow_server_on_kubernetes() -> None:
-    deployment = one("common.yaml", "Deployment")
-    (container,) = deployment["spec"]["template"]["spec"]["containers"]
-    (args,) = invocations(" ".join(container["args"]), "mlflow")
-    params = parse_click(mlflow_cli, args, "mlflow").params
-    assert params["serve_artifacts"] and params["backend_store_uri"].startswith("sqlite:////")
-    assert params["artifacts_destination"].startswith("s3://test-bucket/")
-    uri = one("common.yaml", "ConfigMap")["data"]["MLFLOW_TRACKING_URI"]
+    """`cluster server` on the PostgreSQL Deployment's database, the users from Secrets; the
+    PostgreSQL Deployment allows the connections the MLflow workers' pools may open."""
+    container = one(*MLFLOW)["spec"]["template"]["spec"]["containers"][0]
+    parsed = server_args(" ".join(container["args"]))
+    assert parsed.users_from_env and parsed.artifacts.startswith("s3://test-bucket/")
+    settings = one(*SETTINGS)["data"]
+    database = settings[srv.DATABASE_URL_VAR]
+    assert database.startswith("postgresql+psycopg2://mlflow@supcon-postgres:5432/")
+    assert ":" not in database.split("://")[1].split("@")[0], "no password in the URL"
+    params = check_mlflow_command(parsed, database)
     allowed = params["allowed_hosts"].split(",")
-    assert is_allowed_host_header(allowed, uri.removeprefix("http://"))
+    assert is_allowed_host_header(allowed, settings["MLFLOW_TRACKING_URI"].removeprefix("http://"))
     assert is_allowed_host_header(allowed, "127.0.0.1:5000")  # kubectl port-forward
+    secrets = {e["secretRef"]["name"] for e in container["envFrom"] if "secretRef" in e}
+    assert secrets == {"supcon-mlflow-db", "supcon-mlflow-users"}
+    (postgres,) = one(*POSTGRES)["spec"]["template"]["spec"]["containers"]
+    assert f"max_connections={srv.MAX_CONNECTIONS}" in postgres["args"]
+    env = {e["name"]: e for e in postgres["env"]}
+    assert env["POSTGRES_PASSWORD"]["valueFrom"]["secretKeyRef"]["name"] == "supcon-mlflow-db"
+    service = one("common.yaml", "Service", "supcon-postgres")
+    assert service["spec"]["ports"][0]["port"] == 5432
+
+
+def test_ray_containers_log_in_as_the_sweep_user() -> None:
+    """Every Ray container and the RayJob's submitter take the sweep user from its Secret;
+    the containers that only copy data do not."""
+    templates = [one("rayjob.yaml", "RayJob")["spec"]["submitterPodTemplate"]]
+    for spec in ray_specs():
+        templates += [spec["headGroupSpec"]["template"]]
+        templates += [g["template"] for g in spec["workerGroupSpecs"]]
+    for template in templates:
+        for container in template["spec"]["containers"]:
+            refs = {e["secretRef"]["name"] for e in container["envFrom"] if "secretRef" in e}
+            assert refs == {"supcon-mlflow-users"}, container["name"]
+        for container in template["spec"].get("initContainers", []):
+            assert "supcon-mlflow-users" not in json.dumps(container), container["name"]
 
 
 # -- Commands of this project, and the guide's commands -------------------------------------
@@ -251,6 +336,7 @@ def test_kuberay_manifests() -> None:
     assert [d["kind"] for d in manifests("raycluster.yaml")] == ["RayCluster"]
     assert [d["kind"] for d in manifests("rayjob.yaml")] == ["RayJob"]
     shared = {"ConfigMap", "ServiceAccount", "PersistentVolumeClaim", "Deployment", "Service"}
+    assert "Secret" not in {d["kind"] for d in manifests("common.yaml")}  # made with kubectl
     assert {d["kind"] for d in manifests("common.yaml")} == shared
     cluster, job = one("raycluster.yaml", "RayCluster"), one("rayjob.yaml", "RayJob")
     assert cluster["apiVersion"] == job["apiVersion"] == "ray.io/v1"

@@ -19,7 +19,9 @@ from tests.cluster.configs import (
     CLUSTER,
     KUBERAY,
     LAUNCHER,
+    MLFLOW,
     ROOT,
+    SETTINGS,
     launcher,
     manifests,
     one,
@@ -52,7 +54,7 @@ def test_images_match_the_installed_ray_and_python() -> None:
     assert f'"ray[default,tune,train]=={ray.__version__}"' in (ROOT / "pyproject.toml").read_text()
     templates = [
         one("rayjob.yaml", "RayJob")["spec"]["submitterPodTemplate"],
-        one("common.yaml", "Deployment")["spec"]["template"],
+        one(*MLFLOW)["spec"]["template"],
     ]
     for spec in ray_specs():
         assert spec["rayVersion"] == ray.__version__
@@ -150,6 +152,8 @@ def test_secret_scan_finds_literals() -> None:
     assert secret_findings(f"export RAY_AUTH_TOKEN={token}")
     assert secret_findings("stringData:\n  auth_token: some-literal-secret-value")
     assert secret_findings("aws_access_key_id = AKIAIOSFODNN7EXAMPLE")
+    assert secret_findings("MLFLOW_TRACKING_PASSWORD=Zq3vKx9_pL2mN8rT4wYb")
+    assert secret_findings("  POSTGRES_PASSWORD: 'Zq3vKx9_pL2mN8rT4wYb'")
     assert secret_findings("--from-file=auth_token=$HOME/.config/x/auth_token") == []
 
 
@@ -158,7 +162,7 @@ def test_the_bucket_is_named_once_per_deployment() -> None:
     (definition,) = [o for o in cfg["docker"]["run_options"] if "SUPCON_BUCKET=" in o]
     definitions = {
         LAUNCHER: definition.split("=", 1)[1],
-        KUBERAY / "common.yaml": one("common.yaml", "ConfigMap")["data"]["SUPCON_BUCKET"],
+        KUBERAY / "common.yaml": one(*SETTINGS)["data"]["SUPCON_BUCKET"],
     }
     texts = {p: p.read_text() for p in CLUSTER.rglob("*") if p.is_file()}
     for bucket in set(definitions.values()):
@@ -172,11 +176,9 @@ def test_the_bucket_is_named_once_per_deployment() -> None:
 
 
 def test_containers_that_name_the_bucket_read_it_from_the_configmap() -> None:
-    (configmap,) = [
-        d["metadata"]["name"] for d in manifests("common.yaml") if d["kind"] == "ConfigMap"
-    ]
+    configmap = one(*SETTINGS)["metadata"]["name"]
     templates = [
-        one("common.yaml", "Deployment")["spec"]["template"],
+        one(*MLFLOW)["spec"]["template"],
         one("rayjob.yaml", "RayJob")["spec"]["submitterPodTemplate"],
     ]
     for spec in ray_specs():
@@ -184,7 +186,9 @@ def test_containers_that_name_the_bucket_read_it_from_the_configmap() -> None:
         templates += [g["template"] for g in spec["workerGroupSpecs"]]
     users = 0
     for container in (c for t in templates for c in pod_containers(t)):
-        sources = {e["configMapRef"]["name"] for e in container.get("envFrom", [])}
+        sources = {
+            e["configMapRef"]["name"] for e in container.get("envFrom", []) if "configMapRef" in e
+        }
         assert configmap in sources, container["name"]
         users += "SUPCON_BUCKET" in json.dumps(container)
     assert users >= 2  # the MLflow server and the data copy
