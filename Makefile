@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 OUT ?= runs
 
-.PHONY: sweep test test-fast lint format bench bench-search bench-prefix clean
+.PHONY: sweep test test-fast lint format bench bench-search bench-prefix bench-mlflow clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -51,6 +51,11 @@ bench-search: $(STAMP)
 # The same 6-trial grid with and without shared prefixes: 12 minutes on 2 cores.
 bench-prefix: $(STAMP)
 	$(BIN)/python bench/shared_prefix.py
+
+# The team MLflow server (PostgreSQL + basic-auth) against the old SQLite one under 8/32/64
+# trial-shaped writers: 15 minutes on 2 cores.
+bench-mlflow: $(STAMP)
+	$(BIN)/python bench/mlflow_load.py
 
 clean:
 	rm -rf $(VENV) $(OUT) .pytest_cache .ruff_cache *.egg-info

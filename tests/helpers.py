@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 import os
-import signal
 import socket
 import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -200,58 +198,21 @@ def run_cli(*argv: str, timeout: float = 600) -> subprocess.CompletedProcess:
     )
 
 
-@dataclass
-class TeamServer:
-    """A running ``supcon-sweep cluster server`` (PostgreSQL + basic-auth) on loopback."""
+def process_tree(pid: int) -> list:
+    """The live process ``pid`` and all its descendants (psutil processes)."""
+    import psutil
 
-    folder: Path
-    url: str
-    pg_port: int
-    proc: subprocess.Popen
-
-    @property
-    def credentials(self) -> dict[str, str]:
-        """The sweep user's MLFLOW_TRACKING_USERNAME/PASSWORD."""
-        from orchestrator.mlflow_server import read_env_file
-
-        return read_env_file(self.folder / "secrets" / "sweep.env")
-
-    def tree(self) -> list:
-        import psutil
-
-        root = psutil.Process(self.proc.pid)
-        return [root, *root.children(recursive=True)]
+    root = psutil.Process(pid)
+    return [root, *root.children(recursive=True)]
 
 
 @contextmanager
-def team_mlflow(folder: Path, timeout: float = 240) -> Iterator[TeamServer]:
-    """Start the team MLflow server in ``folder``, yield it once it answers, stop it (SIGTERM:
-    the supervisor stops MLflow, then PostgreSQL) and check that nothing of it is left."""
-    import psutil
+def team_mlflow(folder: Path) -> Iterator:
+    """The team MLflow server (``supcon-sweep cluster server``: PostgreSQL + basic-auth) in
+    ``folder`` on free loopback ports, as ``bench/mlflow_load.py`` starts it; once stopped
+    (SIGTERM), nothing of it may be left running."""
+    from bench.mlflow_load import cluster_server
 
-    port, pg_port = free_port(), free_port()
-    cmd = [sys.executable, "-m", "orchestrator.cli", "cluster", "server", "--folder", str(folder)]
-    cmd += ["--port", str(port), "--pg-port", str(pg_port)]
-    folder.mkdir(parents=True, exist_ok=True)
-    with (folder / "supervisor.log").open("ab") as log:
-        proc = subprocess.Popen(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
-    server = TeamServer(folder, f"http://127.0.0.1:{port}", pg_port, proc)
-    try:
-        wait_for(
-            lambda: proc.poll() is not None or "MLflow ready" in _text(folder / "supervisor.log"),
-            timeout,
-            "the team MLflow server",
-        )
-        assert proc.poll() is None, _text(folder / "supervisor.log")[-3000:]
+    with cluster_server(folder) as server:
         yield server
-    finally:
-        tree = server.tree() if proc.poll() is None else []
-        proc.send_signal(signal.SIGTERM)
-        _, alive = psutil.wait_procs(tree, timeout=60)
-        for p in alive:
-            p.kill()
-        assert not alive, f"left running after SIGTERM: {[p.pid for p in alive]}"
-
-
-def _text(path: Path) -> str:
-    return path.read_text(errors="replace") if path.is_file() else ""
+    assert server.leftovers == [], server.leftovers

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import sweep_args, use_ray_token_auth
+from tests.helpers import sweep_args, team_mlflow, use_ray_token_auth
 
 use_ray_token_auth()
 
@@ -71,3 +71,11 @@ def smoke_sweep(ray_session, synth_root: Path, tmp_path_factory) -> Path:
     keys = {r.info.run_id: sorted(r.data.metrics) for r in runs}
     (out / "after_sweep.json").write_text(json.dumps(keys))
     return out
+
+
+@pytest.fixture(scope="session")
+def team_server(tmp_path_factory):
+    """One team MLflow server (PostgreSQL + basic-auth, ``cluster server``) for the session's
+    tests of it (no Ray): about 20 s to start."""
+    with team_mlflow(tmp_path_factory.mktemp("team-mlflow")) as server:
+        yield server

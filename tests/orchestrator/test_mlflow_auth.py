@@ -15,24 +15,22 @@ from pathlib import Path
 import pytest
 
 from orchestrator.tracking import Tracking, TrackingError
-from tests.helpers import TeamServer, run_cli, team_mlflow
+from tests.helpers import process_tree, run_cli
 
 pytestmark = pytest.mark.slow
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory):
-    with team_mlflow(tmp_path_factory.mktemp("team-mlflow")) as running:
-        yield running
+@pytest.fixture
+def server(team_server):
+    return team_server
 
 
 @pytest.fixture
-def login(server: TeamServer, monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
+def login(server, monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
     """The sweep user's credentials in this process's environment, as a node exports them."""
-    creds = server.credentials
-    for key, value in creds.items():
+    for key, value in server.env.items():
         monkeypatch.setenv(key, value)
-    return creds
+    return dict(server.env)
 
 
 def _status(url: str) -> int:
@@ -43,14 +41,14 @@ def _status(url: str) -> int:
         return err.code
 
 
-def test_a_request_without_credentials_is_refused(server: TeamServer) -> None:
+def test_a_request_without_credentials_is_refused(server) -> None:
     assert _status(f"{server.url}/health") == 200  # probes need no login
     assert _status(f"{server.url}/api/2.0/mlflow/experiments/search?max_results=1") == 401
     assert _status(f"{server.url}/") == 401  # the UI too
 
 
 def test_the_sweep_user_writes_and_a_wrong_password_fails_fast(
-    server: TeamServer, login: dict[str, str], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+    server, login: dict[str, str], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
     sweep = Tracking.at(server.url, "auth-test").start_sweep(
         "auth", searcher="grid", params={}, tags={}, space_text=None
@@ -81,7 +79,7 @@ def test_the_sweep_user_writes_and_a_wrong_password_fails_fast(
 
 
 def test_the_cli_refuses_missing_or_wrong_credentials_naming_the_user(
-    server: TeamServer, login: dict[str, str], monkeypatch: pytest.MonkeyPatch
+    server, login: dict[str, str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     for key in login:
         monkeypatch.delenv(key)
@@ -97,9 +95,7 @@ def test_the_cli_refuses_missing_or_wrong_credentials_naming_the_user(
     assert "wrong-password-1234" not in done.stderr + done.stdout
 
 
-def test_secrets_stay_in_private_files_and_off_command_lines(
-    server: TeamServer, login: dict[str, str]
-) -> None:
+def test_secrets_stay_in_private_files_and_off_command_lines(server, login: dict[str, str]) -> None:
     """Every secret is a mode-600 file in a mode-700 folder; none is on a command line (``ps``
     shows those to every user) or in a log."""
     folder = server.folder / "secrets"
@@ -111,14 +107,14 @@ def test_secrets_stay_in_private_files_and_off_command_lines(
             secrets[path.name] = path.read_text().strip()
     secrets["sweep password"] = login["MLFLOW_TRACKING_PASSWORD"]
     assert {"admin.pw", "postgres.pw", "mlflow-db.pw", "flask.key"} <= set(secrets)
-    commands = [" ".join(p.cmdline()) for p in server.tree()]
+    commands = [" ".join(p.cmdline()) for p in process_tree(server.pid)]
     assert any("mlflow" in c and "basic-auth" in c for c in commands)
     assert any("postgres" in c and "127.0.0.1" in c for c in commands)
     logs = [p.read_text(errors="replace") for p in server.folder.glob("**/*.log")]
     for name, secret in secrets.items():
         assert not [c for c in commands if secret in c], f"{name} on a command line"
         assert not [t for t in logs if secret in t], f"{name} in a log"
-    mlflow_env = [p for p in server.tree() if "basic-auth" in " ".join(p.cmdline())]
+    mlflow_env = [p for p in process_tree(server.pid) if "basic-auth" in " ".join(p.cmdline())]
     for proc in mlflow_env:  # the server never holds a client login
         assert "MLFLOW_TRACKING_PASSWORD" not in proc.environ()
     assert os.environ["MLFLOW_TRACKING_USERNAME"] == "sweep"
