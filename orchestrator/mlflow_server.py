@@ -376,10 +376,11 @@ def http_ok(url: str) -> bool:
 
 
 def _server_env(extra: dict[str, str]) -> dict[str, str]:
-    """A child's environment: no MLflow client credentials (a server needs none) and no
-    inherited database password beyond what ``extra`` sets."""
+    """The MLflow server's environment: no client login (a server needs none), and MLflow's
+    server-side job runner off (a runner and 7 consumers per start, which the project never
+    uses, each start leaving a folder in /dev/shm)."""
     env = {k: v for k, v in os.environ.items() if k not in (USER_VAR, PASSWORD_VAR)}
-    return {**env, **extra}
+    return {**env, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false", **extra}
 
 
 def _wait(proc: subprocess.Popen, ready, what: str, timeout: float, logfile: Path) -> None:
@@ -393,16 +394,21 @@ def _wait(proc: subprocess.Popen, ready, what: str, timeout: float, logfile: Pat
         time.sleep(0.3)
 
 
-def _stop(proc: subprocess.Popen | None, sig: int, grace: float = 30) -> None:
-    if proc is None or proc.poll() is not None:
-        return
-    with contextlib.suppress(ProcessLookupError):
-        proc.send_signal(sig)
-    try:
-        proc.wait(grace)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
+def _stop(proc: subprocess.Popen, sig: int, grace: float = 30) -> None:
+    """``sig`` to a child, then, if it has not exited after ``grace`` s, SIGKILL to its whole
+    process group (each child leads its own: MLflow's uvicorn workers and job runners, the
+    PostgreSQL backends)."""
+    if proc.poll() is None:
+        with contextlib.suppress(ProcessLookupError):
+            proc.send_signal(sig)
+        try:
+            proc.wait(grace)
+            return
+        except subprocess.TimeoutExpired:
+            pass
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
 
 
 def serve(spec: ServerSpec) -> int:
@@ -436,7 +442,11 @@ def serve(spec: ServerSpec) -> int:
             pg_log = logs / "postgres.log"
             with pg_log.open("ab") as out:
                 proc = subprocess.Popen(
-                    pg.command(), stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
+                    pg.command(),
+                    stdout=out,
+                    stderr=subprocess.STDOUT,
+                    stdin=subprocess.DEVNULL,
+                    process_group=0,
                 )
             children.append((proc, signal.SIGINT))  # SIGINT: PostgreSQL's fast shutdown
             _wait(proc, pg.ready, "PostgreSQL", 120, pg_log)
@@ -462,6 +472,7 @@ def serve(spec: ServerSpec) -> int:
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
                 env=_server_env(env),
+                process_group=0,
             )
         children.append((proc, signal.SIGTERM))
         _wait(proc, lambda: http_ok(f"{spec.url}/health"), "the MLflow server", 180, ml_log)
@@ -480,6 +491,8 @@ def serve(spec: ServerSpec) -> int:
         print(f"error: {err}", file=sys.stderr, flush=True)
         return 1
     finally:
+        for sig in previous:  # a second SIGTERM or Ctrl-C must not cut the shutdown short
+            signal.signal(sig, signal.SIG_IGN)
         for proc, sig in reversed(children):
             _stop(proc, sig)
         for sig, handler in previous.items():
