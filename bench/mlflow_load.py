@@ -160,6 +160,20 @@ def _session_pids(sid: int) -> list[int]:
     return pids
 
 
+def _start(cmd: list[str], cwd: Path, log: Path) -> subprocess.Popen:
+    """A server in a session of its own (so that :func:`_stop` finds all of it), output to
+    ``log``."""
+    with log.open("ab") as out:
+        return subprocess.Popen(
+            cmd,
+            cwd=cwd,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+
+
 @contextlib.contextmanager
 def cluster_server(folder: Path) -> Iterator[Server]:
     """``supcon-sweep cluster server`` (PostgreSQL of its own, basic-auth) in ``folder``, on free
@@ -170,15 +184,7 @@ def cluster_server(folder: Path) -> Iterator[Server]:
     log = folder / "server.log"
     cmd = [sys.executable, "-m", "orchestrator.cli", "cluster", "server", "--folder", str(data)]
     cmd += ["--port", str(port), "--pg-port", str(pg_port)]
-    with log.open("ab") as out:
-        proc = subprocess.Popen(
-            cmd,
-            cwd=ROOT,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            start_new_session=True,
-        )
+    proc = _start(cmd, ROOT, log)
     server = None
     try:
         _wait_ready(proc, lambda: "MLflow ready at" in _tail(log, 100_000), "cluster server", log)
@@ -207,15 +213,7 @@ def sqlite_server(folder: Path) -> Iterator[Server]:
     cmd += ["--backend-store-uri", f"sqlite:///{db}", "--workers", "1"]
     cmd += ["--host", "127.0.0.1", "--port", str(port)]
     cmd += ["--artifacts-destination", str(folder / "mlartifacts"), "--serve-artifacts"]
-    with log.open("ab") as out:
-        proc = subprocess.Popen(
-            cmd,
-            cwd=folder,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            start_new_session=True,
-        )
+    proc = _start(cmd, folder, log)
     server = None
     try:
         url = f"http://127.0.0.1:{port}"
@@ -401,20 +399,6 @@ def _writer_process(target, indices, epochs, metrics, gate, deadline, sent, resu
     os._exit(0)  # writers still blocked in a request die with the process
 
 
-@contextlib.contextmanager
-def _environ(env: Mapping[str, str]) -> Iterator[None]:
-    saved = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)
-    try:
-        yield
-    finally:
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
-
-
 def _percentile(values: list[float], q: float) -> float:
     """Nearest-rank percentile (NaN when empty)."""
     if not values:
@@ -444,7 +428,7 @@ def run_load(
     with contextlib.ExitStack() as stack:
         if work is None:
             work = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="mlflow_load_")))
-        stack.enter_context(_environ({**TRIAL_HTTP_ENV, **QUIET_ENV, **(env or {})}))
+        stack.enter_context(srv.environ({**TRIAL_HTTP_ENV, **QUIET_ENV, **(env or {})}))
         sweep = Tracking.at(uri, EXPERIMENT).start_sweep(
             f"load-{writers}",
             searcher="load",

@@ -39,6 +39,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
@@ -324,12 +325,25 @@ def write_auth_config(spec: ServerSpec, auth_uri: str) -> Path:
     return path
 
 
+@contextlib.contextmanager
+def environ(env: Mapping[str, str]) -> Iterator[None]:
+    """``env`` set in this process's environment inside the block, the old values back after."""
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    try:
+        yield
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
 def ensure_user(auth_uri: str, username: str, password: str, env: dict[str, str]) -> None:
     """Create MLflow user ``username`` in the users' database, or set its password to
     ``password`` (so a rotated credentials file takes effect at the next start)."""
-    saved = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)  # PGPASSFILE for the database connection
-    try:
+    with environ(env):  # PGPASSFILE for the database connection
         from mlflow.server.auth.sqlalchemy_store import SqlAlchemyStore
 
         store = SqlAlchemyStore()
@@ -339,12 +353,6 @@ def ensure_user(auth_uri: str, username: str, password: str, env: dict[str, str]
         else:
             store.create_user(username, password)
         store.engine.dispose()
-    finally:
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
 
 
 def mlflow_command(spec: ServerSpec, store_uri: str) -> list[str]:

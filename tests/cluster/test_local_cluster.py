@@ -12,7 +12,6 @@ everywhere a sweep writes: it is nowhere.
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 import time
@@ -59,11 +58,8 @@ def cluster(tmp_path_factory: pytest.TempPathFactory):
     )
     c = lc.Cluster.load(folder)
     # This process logs in as the researcher does: `set -a; . CREDENTIALS; set +a`.
-    saved = {k: os.environ.get(k) for k in (srv.USER_VAR, srv.PASSWORD_VAR)}
-    os.environ.update(srv.read_env_file(c.credentials))
-    yield c
-    for key, value in saved.items():
-        os.environ.pop(key) if value is None else os.environ.update({key: value})
+    with srv.environ(srv.read_env_file(c.credentials)):
+        yield c
     if (folder / lc.STATE).is_file():
         lc.down(folder)
 
